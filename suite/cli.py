@@ -1,0 +1,203 @@
+"""``spikesuite`` / ``python -m suite``: run, plan, evaluate, report, ui (and search, worker, bench).
+
+Exit codes: 0 success, 1 some runs failed, 2 bad input (nothing written)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from suite.study import Study, StudyError, load_study
+
+log = logging.getLogger("spikesuite")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("mlflow", "alembic", "optuna", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except StudyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spikesuite", description=__doc__)
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    def cmd(name: str, func, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        sp.add_argument("--results", type=Path, default=Path("results"), help="records directory (default results/)")
+        return sp
+
+    r = cmd("run", _run, "train and evaluate every run of a study (finished runs are skipped)")
+    r.add_argument("study", type=Path)
+    r.add_argument("--workers", type=int, default=None, help="processes sharing the study (default: execution.workers)")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: execution.device)")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-report", action="store_true")
+    r.add_argument("--parent-run", default=None, help=argparse.SUPPRESS)
+
+    pl = cmd("plan", _plan, "dry run: list the expanded runs, their ids and status")
+    pl.add_argument("study", type=Path)
+
+    e = cmd("evaluate", _evaluate, "re-evaluate a trained run with evaluation-time settings changed")
+    e.add_argument("study", type=Path)
+    e.add_argument("run_id")
+    e.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="e.g. tokens.halting.beta_offset=-2 (value parsed as YAML)")
+    e.add_argument("--name", default=None, help="name of the recorded evaluation (default from --set)")
+
+    rep = cmd("report", _report, "figures and tables from a study's records")
+    rep.add_argument("target", help="a study file or a results/<study> directory")
+
+    u = cmd("ui", _ui, "start the MLflow UI over the suite's tracking store")
+    u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--uri", default=None, help="tracking URI (default: sqlite store under --results)")
+    return p
+
+
+def _load(path: Path) -> Study:
+    return load_study(path)
+
+
+def _run(args) -> int:
+    from suite.execute import run_study
+
+    study = _load(args.study)
+    summary = run_study(study, args.results, source=str(args.study), study_file=args.study, workers=args.workers,
+                        parent_run=args.parent_run, progress=not args.no_progress and sys.stderr.isatty(),
+                        device=args.device)
+    if args.parent_run is None and not args.no_report:
+        _report_dir(summary.study_dir)
+    n = len(summary.done) + len(summary.skipped) + len(summary.failed) + len(summary.busy)
+    print(f"{study.name}: {n} runs: {len(summary.done)} run now, {len(summary.skipped)} already done, "
+          f"{len(summary.busy)} run by another process, {len(summary.failed)} failed "
+          f"({summary.wall_time_s:.1f} s). Records: {summary.study_dir}")
+    if summary.failed:
+        print("failed runs (rerun the same command to retry them):", file=sys.stderr)
+        for rid, reason in summary.failed.items():
+            print(f"  {rid}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _plan(args) -> int:
+    from suite import records
+    from suite.execute import preflight, study_dir_for
+
+    study = _load(args.study)
+    specs = preflight(study, str(args.study))
+    sdir = study_dir_for(args.results, study.name)
+    print(f"{study.name}: {len(specs)} runs -> {sdir}")
+    print(f"{'run id':<13} {'status':<8} {'variant':<16} axes")
+    for spec in specs:
+        state = records.run_state(sdir / spec.run_id, spec.run_id)
+        axes = {k: v for k, v in spec.axes.items() if k != "variant"}
+        print(f"{spec.run_id:<13} {state:<8} {spec.variant:<16} {json.dumps(axes)}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    import yaml
+
+    from suite import records
+    from suite.execute import DataCache, evaluate_override, study_dir_for
+    from suite.study import expand
+    from suite.train import CHECKPOINT, pick_device
+
+    study = _load(args.study)
+    specs = {s.run_id: s for s in expand(study, str(args.study))}
+    if args.run_id not in specs:
+        raise StudyError(str(args.study), [f"run_id: {args.run_id!r} is not a run of this study (see spikesuite plan)"])
+    updates = {}
+    for item in args.sets:
+        if "=" not in item:
+            raise StudyError("--set", [f"{item!r}: expected KEY=VALUE"])
+        key, value = item.split("=", 1)
+        updates[key] = yaml.safe_load(value)
+    from suite.study import apply_overrides
+    from suite.train_config import EVAL_TIME_KEYS
+
+    spec = specs[args.run_id]
+    for key in updates:
+        if not any(key == k or key.startswith(k + ".") for k in EVAL_TIME_KEYS):
+            raise StudyError("--set", [f"{key}: not an evaluation-time setting (allowed: {', '.join(EVAL_TIME_KEYS)})"])
+    try:
+        apply_overrides(spec.config, updates)
+    except Exception as exc:  # pydantic ValidationError: report as bad input
+        raise StudyError("--set", [str(exc)]) from None
+    run_dir = study_dir_for(args.results, study.name) / args.run_id
+    if records.run_state(run_dir, args.run_id) != "done" or not (run_dir / CHECKPOINT).exists():
+        raise StudyError(str(run_dir), ["the run has no finished checkpoint: spikesuite run the study first"])
+    import torch
+
+    device = pick_device(study.execution.device)
+    state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=True)["model"]
+    data = DataCache().get(spec.config.dataset)
+    metrics, details = evaluate_override(spec.config, state, data, device, updates)
+    name = args.name or "_".join(f"{k.split('.')[-1]}={v}" for k, v in updates.items()) or "default"
+    name = "".join(c if c.isalnum() or c in "_.=+-" else "_" for c in name)[:80]
+    path = records.write_eval(run_dir, name, updates, metrics, details)
+    keys = ("accuracy", "token_pct", "timesteps_mean", "energy_exact_uj")
+    print(json.dumps({k: round(metrics[k], 4) for k in keys if k in metrics}))
+    print(f"recorded: {path}")
+    records.collect_tables(run_dir.parent, list(specs.values()))
+    return 0
+
+
+def _report_dir(study_dir: Path) -> list[Path]:
+    from suite.report import build_report
+
+    paths = build_report(study_dir)
+    for p in paths:
+        print(f"wrote {p}")
+    return paths
+
+
+def _report(args) -> int:
+    target = Path(args.target)
+    if target.is_dir():
+        study_dir = target
+    else:
+        from suite.execute import study_dir_for
+
+        study_dir = study_dir_for(args.results, _load(target).name)
+    try:
+        _report_dir(study_dir)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _ui(args) -> int:
+    from suite.study import TrackingConfig
+    from suite.tracking import tracking_uri
+
+    uri = args.uri or tracking_uri(TrackingConfig(), args.results)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port)]
+    if uri.startswith("sqlite"):
+        cmd += ["--default-artifact-root", (args.results / "mlartifacts").resolve().as_uri()]
+    print(f"MLflow UI on http://{args.host}:{args.port}  (store: {uri}; Ctrl-C to stop)", flush=True)
+    env = dict(os.environ)
+    return subprocess.call(cmd, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Evaluate a trained model on real data: accuracy, token and timestep counts, firing rates,
+operation counts and energy, throughput, early exit, halting maps; and re-evaluate a checkpoint
+with evaluation-time overrides (one checkpoint, several points on an accuracy/cost curve)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from spikingjelly.activation_based import functional
+
+from baselines.temporal import early_exit
+from suite.data import DataBundle, make_loader
+from suite.metrics import EnergyConfig, energy_metrics, firing_rates, merge_counts, merge_spikes, ops_weighted_steps
+from suite.models import Spikformer
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # flat scalars: the runs table columns
+    details: dict[str, Any] = field(default_factory=dict)  # per-layer vectors, histograms (metrics.json)
+    maps: dict[str, np.ndarray] | None = None  # halting maps sample (maps.npz)
+
+
+@torch.no_grad()
+def evaluate(model: Spikformer, run, data: DataBundle, device: torch.device, *, maps: bool = True) -> EvalResult:
+    """Evaluate ``model`` for ``run`` (a RunConfig) on its evaluation split."""
+    ec = run.eval
+    ds = data.test if ec.split == "test" or data.val is None else data.val
+    model.eval()
+    amp = device.type == "cuda" and run.train.amp == "auto"
+    loader = make_loader(ds, batch_size=run.train.eval_batch_size, shuffle=False, seed=0)
+    L, T, N = len(model.blocks), model.T, model.num_tokens
+    ops: dict = {}
+    spikes: dict = {}
+    correct = seen = 0
+    loss_sum = 0.0
+    active_sum = torch.zeros(L, T)
+    units: list[torch.Tensor] = []
+    exit_steps: list[torch.Tensor] = []
+    exit_correct = 0
+    exit_units: list[torch.Tensor] = []
+    depth_hist = torch.zeros(L * T + 1)
+    sample: dict[str, list] = {"images": [], "maps": [], "labels": [], "pred": []}
+    n_maps = ec.heatmap_images if maps else 0
+    for b, (x, y) in enumerate(loader):
+        if ec.max_batches is not None and b >= ec.max_batches:
+            break
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x, count=True, record_maps=sum(map(len, sample["images"])) < n_maps)
+        functional.reset_net(model)
+        logits = out.logits.float()
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(-1) == y).sum())
+        seen += x.shape[0]
+        act = out.active_tokens.float().cpu()  # [B, L, T]
+        active_sum += act.sum(0)
+        units.append(act.sum((1, 2)))
+        ops = merge_counts(ops, out.ctx.ops)
+        spikes = merge_spikes(spikes, out.ctx.spikes)
+        if out.token_depth is not None:
+            depth_hist += torch.bincount(out.token_depth.long().flatten().cpu(), minlength=L * T + 1)[:L * T + 1]
+        if run.time.exit is not None and out.step_logits is not None:
+            res = early_exit(out.step_logits.float(), run.time.exit)
+            exit_steps.append(res.exit_step.cpu())
+            exit_correct += int((res.pred == y).sum())
+            steps_before = act.cumsum(2).sum(1)  # [B, T]: token-units up to and including each step
+            exit_units.append(steps_before.gather(1, (res.exit_step.cpu() - 1).view(-1, 1))[:, 0])
+        if out.maps is not None:
+            take = n_maps - sum(map(len, sample["images"]))
+            sample["images"].append(x[:take].float().cpu().numpy())
+            sample["maps"].append(out.maps[:take].cpu().numpy())
+            sample["labels"].append(y[:take].cpu().numpy())
+            sample["pred"].append(logits[:take].argmax(-1).cpu().numpy())
+    u = torch.cat(units)
+    m: dict[str, float] = {
+        "accuracy": 100 * correct / seen,
+        "loss": loss_sum / seen,
+        "eval_images": float(seen),
+        "tokens_per_block_step": float(u.mean()) / (L * T),
+        "token_units": float(u.mean()),
+        "token_pct": 100 * float(u.mean()) / (L * T * N),
+        "dense_token_units": float(L * T * N),
+    }
+    details: dict[str, Any] = {
+        "active_tokens_block_step": (active_sum / seen).tolist(),
+        "firing_rates": firing_rates(spikes),
+        "counting": "tokens: a merged token counts once; token_units = sum over blocks and timesteps",
+    }
+    rates = list(details["firing_rates"].values())
+    m["firing_rate_mean"] = float(np.mean(rates)) if rates else 0.0
+    energy = EnergyConfig(e_mac_pj=ec.e_mac_pj, e_ac_pj=ec.e_ac_pj)
+    m.update(energy_metrics(ops, seen, energy))
+    details["ops"] = {k: vars(v) for k, v in ops.items()}
+    steps = model.time_policy.active_steps() if model.time_policy is not None else None
+    if steps:
+        details["active_steps"] = steps
+        m["timesteps_mean"] = float(np.mean(list(steps.values())))
+        m["timesteps_weighted"] = ops_weighted_steps(steps, ops)
+    else:
+        m["timesteps_mean"] = m["timesteps_weighted"] = float(T)
+    if exit_steps:
+        es = torch.cat(exit_steps)
+        m["accuracy_dense_readout"] = m["accuracy"]
+        m["accuracy"] = 100 * exit_correct / seen
+        m["exit_step_mean"] = float(es.float().mean())
+        m["timesteps_mean"] = m["timesteps_weighted"] = m["exit_step_mean"]
+        eu = torch.cat(exit_units)
+        m["token_units"] = float(eu.mean())
+        m["token_pct"] = 100 * m["token_units"] / (L * T * N)
+        # Counts were taken over all T steps; scale by each sample's share of steps (labelled approx).
+        m["energy_exact_uj"] *= m["exit_step_mean"] / T
+        m["energy_paper_uj"] *= m["exit_step_mean"] / T
+        details["exit_histogram"] = torch.bincount(es, minlength=T + 1)[1:].tolist()
+        details["energy_note"] = "early exit: energy scaled by mean exit step / T"
+    if out.unit_halting is not None:
+        details["depth_histogram"] = (depth_hist / depth_hist.sum().clamp_min(1)).tolist()
+    m["images_per_s"] = throughput(model, ds, device, run.train.eval_batch_size, amp)
+    m["params"] = float(sum(p.numel() for p in model.parameters()))
+    sample_maps = None
+    if sample["images"]:
+        sample_maps = {k: np.concatenate(v) for k, v in sample.items()}
+        sample_maps["grid"] = np.array(model.grid)
+    return EvalResult(m, details, sample_maps)
+
+
+@torch.no_grad()
+def throughput(model: Spikformer, ds, device: torch.device, batch_size: int, amp: bool, repeats: int = 5) -> float:
+    """Images/s of the (masked) forward without counting: median of ``repeats`` timed batches after a warm-up."""
+    x, _ = next(iter(make_loader(ds, batch_size=min(batch_size, len(ds)), shuffle=False, seed=0)))
+    x = x.to(device)
+    times = []
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            model(x)
+        functional.reset_net(model)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return x.shape[0] / statistics.median(times)

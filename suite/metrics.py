@@ -1,0 +1,156 @@
+"""Operation counts -> per-image MACs, SOPs and energy; firing rates; ops-weighted timesteps.
+
+The model counts (``Context.ops``: layer -> ``LayerCounts``, sums over a batch; ``Context.spikes``:
+LIF layer -> [spike sum, element count]) are accumulated over the evaluation set with
+``merge_counts`` / ``merge_spikes`` and turned into per-image numbers here. Two SOP conventions
+are carried side by side and named in every key:
+
+- ``exact``: non-zero operand products (a spike of a residual-stream value 2 counts once);
+- ``paper``: firing rate x dense FLOPs (Spikformer-family convention; rate = mean input value,
+  so a residual-stream value of 2 counts twice).
+
+Energy (Spikformer appendix, papers.md 2.8): ``E = E_MAC * MACs + E_AC * SOPs``; MACs are the analog
+first conv and the head, SOPs everything else (convs, linears, both attention products).
+See docs/counting.md for what is and is not counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from suite.models.context import LayerCounts
+
+KINDS: tuple[str, ...] = ("stem", "attention", "mlp", "head")  # the per-kind breakdown of the report
+_SUMMED: tuple[str, ...] = ("macs", "sops_exact", "sops_paper", "dense_flops")  # additive LayerCounts fields
+_PJ_TO_UJ = 1e-6
+BREAKDOWN_COLUMNS: tuple[str, ...] = ("layer", "kind", "block", "macs", "sops_exact", "sops_paper",
+                                      "dense_flops", "energy_exact_pj", "energy_paper_pj")
+
+
+class EnergyConfig(BaseModel):
+    """Energy per operation in picojoules."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    e_mac_pj: float = Field(4.6, ge=0)  # 45 nm 32-bit float multiply+add, Horowitz ISSCC 2014
+    e_ac_pj: float = Field(0.9, ge=0)  # 45 nm 32-bit float add, Horowitz ISSCC 2014
+
+
+def merge_counts(total: Mapping[str, LayerCounts], new: Mapping[str, LayerCounts]) -> dict[str, LayerCounts]:
+    """Add one batch's counts into a running total; returns a new dict and leaves both inputs unchanged.
+
+    A layer present in both must have the same ``kind`` and ``block`` (else ``ValueError``)."""
+    out = {name: replace(rec) for name, rec in total.items()}
+    for name, rec in new.items():
+        cur = out.get(name)
+        if cur is None:
+            out[name] = replace(rec)
+            continue
+        if (cur.kind, cur.block) != (rec.kind, rec.block):
+            raise ValueError(f"layer {name!r}: kind/block {(rec.kind, rec.block)} != {(cur.kind, cur.block)}")
+        out[name] = replace(cur, **{f: getattr(cur, f) + getattr(rec, f) for f in _SUMMED})
+    return out
+
+
+def merge_spikes(total: Mapping[str, Sequence[float]],
+                 new: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+    """Add one batch's ``[spike sum, element count]`` per LIF layer into a running total (pure)."""
+    out = {name: [float(s), float(c)] for name, (s, c) in total.items()}
+    for name, (s, c) in new.items():
+        acc = out.setdefault(name, [0.0, 0.0])
+        acc[0] += float(s)
+        acc[1] += float(c)
+    return out
+
+
+def firing_rates(spikes: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Spike sum / element count per LIF layer, over processed entries only (0 where nothing ran)."""
+    return {name: float(s) / float(c) if c else 0.0 for name, (s, c) in spikes.items()}
+
+
+def layer_energy_pj(rec: LayerCounts, cfg: EnergyConfig, convention: str) -> float:
+    """``E_MAC * MACs + E_AC * SOPs`` of one layer in pJ, with SOPs in ``convention`` (exact | paper)."""
+    if convention not in ("exact", "paper"):
+        raise ValueError(f"convention must be 'exact' or 'paper', not {convention!r}")
+    return cfg.e_mac_pj * rec.macs + cfg.e_ac_pj * getattr(rec, f"sops_{convention}")
+
+
+def _check(ops: Mapping[str, LayerCounts], n_images: int) -> None:
+    if n_images <= 0:
+        raise ValueError(f"n_images must be positive, not {n_images}")
+    for name, rec in ops.items():
+        if rec.kind not in KINDS:
+            raise ValueError(f"layer {name!r} has unknown kind {rec.kind!r} (expected one of {KINDS})")
+
+
+def energy_metrics(ops: Mapping[str, LayerCounts], n_images: int, cfg: EnergyConfig) -> dict[str, float]:
+    """Flat per-image totals: ``macs``, ``sops_exact``, ``sops_paper``, ``dense_flops``,
+    ``energy_exact_uj``, ``energy_paper_uj`` and, for every kind in ``KINDS`` (0 when absent),
+    ``sops_exact_<kind>``, ``sops_paper_<kind>``, ``energy_exact_uj_<kind>``, ``energy_paper_uj_<kind>``.
+
+    ``ops`` are sums over ``n_images`` images (the real evaluation set)."""
+    _check(ops, n_images)
+    recs = list(ops.values())
+    out: dict[str, float] = {f: sum(getattr(r, f) for r in recs) / n_images for f in _SUMMED}
+    for conv in ("exact", "paper"):
+        out[f"energy_{conv}_uj"] = sum(layer_energy_pj(r, cfg, conv) for r in recs) / n_images * _PJ_TO_UJ
+    for kind in KINDS:
+        sub = [r for r in recs if r.kind == kind]
+        for conv in ("exact", "paper"):
+            out[f"sops_{conv}_{kind}"] = sum(getattr(r, f"sops_{conv}") for r in sub) / n_images
+        for conv in ("exact", "paper"):
+            pj = sum(layer_energy_pj(r, cfg, conv) for r in sub)
+            out[f"energy_{conv}_uj_{kind}"] = pj / n_images * _PJ_TO_UJ
+    return out
+
+
+def breakdown_frame(ops: Mapping[str, LayerCounts], n_images: int, cfg: EnergyConfig) -> pd.DataFrame:
+    """One row per layer in forward order, all values per image: ``BREAKDOWN_COLUMNS`` (energy in pJ)."""
+    _check(ops, n_images)
+    rows = [
+        {"layer": name, "kind": r.kind, "block": r.block,
+         **{f: getattr(r, f) / n_images for f in _SUMMED},
+         "energy_exact_pj": layer_energy_pj(r, cfg, "exact") / n_images,
+         "energy_paper_pj": layer_energy_pj(r, cfg, "paper") / n_images}
+        for name, r in ops.items()
+    ]
+    return pd.DataFrame(rows, columns=list(BREAKDOWN_COLUMNS))
+
+
+def feeding_layers(lif: str) -> tuple[str, ...]:
+    """The counted synaptic layers whose work runs only at the active steps of LIF layer ``lif``.
+
+    Every LIF layer is fed by the synaptic layer of the same name (``stem.i``, ``stem.rpe``,
+    ``block<i>.q/k/v/proj/mlp1/mlp2``); ``block<i>.attn`` is fed by ``block<i>.av``, and its time mask
+    also gates ``block<i>.qk`` (``Block._count_attention`` counts both at the attention LIF's steps)."""
+    owner, _, kind = lif.rpartition(".")
+    if kind == "attn":
+        return (f"{owner}.qk", f"{owner}.av")
+    return (lif,)
+
+
+def ops_weighted_steps(active_steps: Mapping[str, float], ops: Mapping[str, LayerCounts]) -> float:
+    """Mean active timesteps over LIF layers, each weighted by the dense FLOPs per active step of the
+    layers it gates (``feeding_layers``); the plain mean is ``mean(active_steps.values())``.
+
+    A layer's ``dense_flops`` were counted over its active steps only, so FLOPs per step =
+    ``dense_flops / active_steps``; with token policies this is the mean over active steps."""
+    if not active_steps:
+        raise ValueError("active_steps is empty")
+    num = den = 0.0
+    for lif, steps in active_steps.items():
+        if steps <= 0:
+            raise ValueError(f"LIF layer {lif!r} has no active step; its FLOPs per step are unknown")
+        missing = [n for n in feeding_layers(lif) if n not in ops]
+        if missing:
+            raise ValueError(f"LIF layer {lif!r}: no counts for {missing} (run the forward with count=True)")
+        weight = sum(ops[n].dense_flops for n in feeding_layers(lif)) / steps
+        num += weight * steps
+        den += weight
+    if den == 0:
+        raise ValueError("all layers have zero dense FLOPs")
+    return num / den

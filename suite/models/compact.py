@@ -1,0 +1,317 @@
+"""Compacted inference: run each block only on its active (token, timestep) entries.
+
+The masked path (``Spikformer.forward`` with a ``TokenPolicy``) keeps every token in the
+``[T, B, N, C]`` tensor and zeroes the inactive ones, so a halted, merged or dropped token costs as
+much wall-clock time as a running one. Here the same policy makes the same decisions (its own
+``forward`` is called, with compact blocks in place of the model's blocks), but each block gathers the
+entries it must compute into one packed matrix ``[M, C]`` and runs on that:
+
+- Linear and BatchNorm (eval: an affine map per channel) act on each row alone, so the model's own
+  ``nn.Linear`` / ``nn.BatchNorm1d`` modules run on the packed rows unchanged.
+- LIF neurons carry state over time per (image, token), so each neuron has a dense state buffer
+  ``[B * N, C]`` and only the rows computed at a step are read and written (``lif_step``, the same
+  arithmetic as spikingjelly's CPU kernel).
+- Spiking self-attention has no softmax, so ``(Q K^T) V = Q (K^T V)``: per (timestep, image), sum
+  ``w_j k_j v_j^T`` over active keys only (``w`` = merged-token size), then each active query row
+  multiplies its segment's sum. The cost is linear in active tokens, not quadratic in all of them.
+- Rows that are not computed keep their residual-stream value, exactly as the masked path's
+  zero update leaves them.
+
+Which rows are computed: every active entry, plus any inactive entry that lies *before* a later
+active step of the same token in the same block call (a "hole"). The masked path runs the LIF of a
+hole (its output is zeroed, its membrane moves on), so the later active step sees that state; the
+compacted path must compute the hole too. Block-major halting, 1-D halting, keep masks and
+``per: all_steps`` merges only produce prefixes of active steps, so they have no holes and nothing
+extra is computed; ``per: timestep`` merges can produce holes and stay exact at a small extra cost.
+
+Timings and token counts are separate numbers (DESIGN.md "Wall-clock"): this module only changes
+how fast the same logits come out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from spikingjelly.activation_based import functional, neuron
+from torch import Tensor
+
+from suite.models.context import Context
+from suite.models.spikformer import Block, LinearBNLIF, Spikformer
+from suite.models.tokens import TokenPolicy
+
+__all__ = [
+    "CompactBlock",
+    "LIFParams",
+    "PackedRows",
+    "active_fraction",
+    "compact_forward",
+    "lif_params",
+    "lif_step",
+    "pack_rows",
+    "segment_linear_attention",
+]
+
+# Outer products k_j v_j^T are built in chunks of at most this many elements, so the attention
+# bookkeeping never holds more than ~16 MiB (float32) of temporaries whatever the batch size.
+_CHUNK_ELEMS = 1 << 22
+
+
+# ---------------------------------------------------------------------------------------- LIF
+
+
+@dataclass(frozen=True)
+class LIFParams:
+    """The constants of one spikingjelly ``LIFNode`` (read off the model, never assumed)."""
+
+    tau: float
+    v_threshold: float
+    v_reset: float | None  # None: soft reset (subtract the threshold)
+    decay_input: bool
+
+
+def lif_params(node: neuron.LIFNode) -> LIFParams:
+    """Read the constants of a spikingjelly LIF neuron."""
+    return LIFParams(float(node.tau), float(node.v_threshold),
+                     None if node.v_reset is None else float(node.v_reset), bool(node.decay_input))
+
+
+def lif_initial_value(p: LIFParams) -> float:
+    """spikingjelly's initial membrane potential: ``v_reset``, or 0 with soft reset."""
+    return 0.0 if p.v_reset is None else p.v_reset
+
+
+def lif_step(x: Tensor, v: Tensor, p: LIFParams) -> tuple[Tensor, Tensor]:
+    """One LIF step on explicit state: returns ``(spike, v_next)``, both shaped like ``x``.
+
+    The operations and their order follow spikingjelly 2.0's CPU kernel (``_ops/lif/cpu.py``), so the
+    charge ``H`` is bit-identical and a spike at exactly the threshold (``H >= v_th``, spikingjelly's
+    ``heaviside(H - v_th)`` with ``heaviside(0) = 1``) is decided the same way."""
+    reset_value = 0.0 if p.v_reset is None else p.v_reset
+    if p.decay_input:
+        h = v + (x - (v - reset_value)) / p.tau
+    else:
+        h = v - (v - reset_value) / p.tau + x
+    spike = (h >= p.v_threshold).to(x.dtype)
+    if p.v_reset is None:
+        v_next = h - spike * p.v_threshold
+    else:
+        v_next = spike * p.v_reset + (1 - spike) * h
+    return spike, v_next
+
+
+def lif_packed(y: Tensor, state: Tensor, rows: PackedRows, p: LIFParams) -> Tensor:
+    """Run a LIF neuron over packed rows ``y`` [M, C], timestep by timestep.
+
+    ``state`` [B * N, C] holds each (image, token)'s membrane potential and is updated in place for
+    the rows computed at each step; all other tokens' states are left untouched."""
+    out = torch.empty_like(y)
+    for t in range(len(rows.bounds) - 1):
+        lo, hi = rows.bounds[t], rows.bounds[t + 1]
+        if lo == hi:
+            continue
+        idx = rows.token[lo:hi]
+        spike, v_next = lif_step(y[lo:hi], state.index_select(0, idx), p)
+        state.index_copy_(0, idx, v_next)
+        out[lo:hi] = spike
+    return out
+
+
+# ------------------------------------------------------------------------------------ packing
+
+
+@dataclass(frozen=True)
+class PackedRows:
+    """Which entries of a ``[T', B, N]`` block call are computed, in (t, b, n) order."""
+
+    flat: Tensor  # [M] long: index into the flattened [T' * B * N] entries
+    token: Tensor  # [M] long: b * N + n, the row of the LIF state buffers
+    segment: Tensor  # [M] long: t * B + b, the attention group (tokens of one image at one step)
+    step: Tensor  # [M] long: t
+    bounds: list[int]  # rows of step t are [bounds[t], bounds[t + 1])
+    on: Tensor  # [M] float: the policy's active value (0 for holes: computed only to carry LIF state)
+    computed_last: Tensor  # [B * N] bool: tokens computed at the call's last step
+
+    @property
+    def size(self) -> int:
+        return self.flat.numel()
+
+
+def pack_rows(active: Tensor) -> PackedRows:
+    """Pack the entries a block call must compute from the policy's ``active`` [T', B, N].
+
+    An entry is computed when the token is active at that step or at any later step of the call
+    (holes are filled, see the module docstring). ``nonzero`` returns indices in row-major order, so
+    rows come sorted by step and, within a step, by image: each step is one contiguous slice."""
+    T, B, N = active.shape
+    on = active > 0
+    # A suffix "any": computed[t] = any(on[t:]); flip, cumulative count, flip back.
+    computed = torch.cumsum(on.flip(0).to(torch.int32), 0).flip(0) > 0
+    flat = computed.reshape(-1).nonzero().squeeze(1)
+    per_step = computed.reshape(T, -1).sum(1)
+    bounds = [0] + torch.cumsum(per_step, 0).tolist()
+    return PackedRows(
+        flat=flat,
+        token=flat % (B * N),
+        segment=flat // N,
+        step=flat // (B * N),
+        bounds=bounds,
+        on=active.reshape(-1).index_select(0, flat),
+        computed_last=computed[-1].reshape(-1),
+    )
+
+
+def _scatter_rows(dense: Tensor, rows: PackedRows, values: Tensor) -> Tensor:
+    """A copy of ``dense`` [T', B, N, C] with the packed rows replaced by ``values`` [M, C]."""
+    C = dense.shape[-1]
+    return dense.reshape(-1, C).index_copy(0, rows.flat, values).view(dense.shape)
+
+
+# ---------------------------------------------------------------------------------- attention
+
+
+def segment_linear_attention(q: Tensor, k: Tensor, v: Tensor, segment: Tensor, num_segments: int, heads: int,
+                             scale: float, key_weight: Tensor | None = None) -> Tensor:
+    """Softmax-free multi-head attention within segments of packed rows.
+
+    ``out[m] = scale * q[m] @ sum_{j : segment[j] = segment[m]} key_weight[j] * k[j]^T v[j]`` per head,
+    which equals ``(Q K^T * scale * size) V`` of the dense block restricted to the segment's rows.
+    ``q``, ``k``, ``v`` are [M, C] with C = heads * d; ``segment`` [M] long in [0, num_segments).
+    Cost and memory are linear in M (outer products are summed chunk by chunk with ``index_add_``)."""
+    M, C = q.shape
+    d = C // heads
+    qh, kh, vh = (x.reshape(M, heads, d) for x in (q, k, v))
+    if key_weight is not None:
+        kh = kh * key_weight.to(kh.dtype).view(M, 1, 1)
+    kv = q.new_zeros(num_segments, heads, d, d)
+    chunk = max(1, _CHUNK_ELEMS // (heads * d * d))
+    for lo in range(0, M, chunk):
+        hi = min(lo + chunk, M)
+        kv.index_add_(0, segment[lo:hi], kh[lo:hi].unsqueeze(-1) * vh[lo:hi].unsqueeze(-2))
+    out = torch.empty_like(qh)
+    for lo in range(0, M, chunk):
+        hi = min(lo + chunk, M)
+        out[lo:hi] = (qh[lo:hi].unsqueeze(-2) @ kv.index_select(0, segment[lo:hi])).squeeze(-2)
+    return out.reshape(M, C) * scale
+
+
+# ------------------------------------------------------------------------------------ blocks
+
+
+class CompactBlock:
+    """Stands in for one ``Block`` inside ``TokenPolicy.forward``: same call signature and return
+    values (dense residual stream and dense key spikes), but only the packed rows are computed.
+
+    One instance lives for one forward pass: its LIF state buffers persist between calls, which is
+    what time-major halting (one call per timestep) needs."""
+
+    def __init__(self, block: Block, *, need_keys: bool):
+        self.block, self.need_keys = block, need_keys
+        self._state: dict[str, Tensor] = {}
+        self._skipped: Tensor | None = None  # [B * N] bool: tokens left uncomputed at some earlier step
+
+    def __call__(self, z: Tensor, ctx: Context, active: Tensor | None = None,
+                 size: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        T, B, N, C = z.shape
+        if active is None:
+            active = z.new_ones(T, B, N)
+        rows = pack_rows(active)
+        self._check_state_is_exact(rows)
+        if rows.size == 0:
+            return z, z.new_zeros(()).expand_as(z)
+        blk = self.block
+        x = z.reshape(-1, C).index_select(0, rows.flat)
+        q = self._linear_lif(blk.q, x, rows, ctx)
+        k = self._linear_lif(blk.k, x, rows, ctx)
+        v = self._linear_lif(blk.v, x, rows, ctx)
+        weight = None if size is None else size.reshape(-1).index_select(0, rows.flat)
+        a = segment_linear_attention(q, k, v, rows.segment, T * B, blk.heads, blk.scale, weight)
+        a = self._lif(f"{blk.name}.attn", blk.attn_lif, a, rows, ctx)
+        x = x + self._linear_lif(blk.proj, a, rows, ctx)
+        x = x + self._linear_lif(blk.mlp2, self._linear_lif(blk.mlp1, x, rows, ctx), rows, ctx)
+        keys = _scatter_rows(torch.zeros_like(z), rows, k) if self.need_keys else z.new_zeros(()).expand_as(z)
+        return _scatter_rows(z, rows, x), keys
+
+    def _check_state_is_exact(self, rows: PackedRows) -> None:
+        """Across calls (time-major halting) a token left out at one step must stay out: its skipped
+        LIF update cannot be replayed. Halting is monotone, so this never fires for the policies in
+        ``tokens.py``; it guards against a future policy silently giving different logits."""
+        if self._skipped is not None and rows.size and bool(self._skipped.index_select(0, rows.token).any()):
+            raise NotImplementedError("compacted path: a token resumed after being skipped in an earlier "
+                                      "call; its neuron state would differ from the masked path")
+        skipped = ~rows.computed_last
+        self._skipped = skipped if self._skipped is None else self._skipped | skipped
+
+    def _linear_lif(self, layer: LinearBNLIF, x: Tensor, rows: PackedRows, ctx: Context) -> Tensor:
+        """``LinearBNLIF`` on packed rows: the model's own Linear and (eval) BN, then the LIF."""
+        return self._lif(layer.name, layer.lif, layer.bn(layer.fc(x)), rows, ctx)
+
+    def _lif(self, name: str, node: neuron.LIFNode, y: Tensor, rows: PackedRows, ctx: Context) -> Tensor:
+        """LIF on packed rows, then the masks of the masked path: the policy's active value (0 for
+        holes) and the layer's time mask (``Context.fire`` uses the layer name as its group)."""
+        p = lif_params(node)
+        state = self._state.get(name)
+        if state is None:  # first call of this forward: one row per (image, token)
+            state = y.new_full((int(rows.computed_last.numel()), y.shape[1]), lif_initial_value(p))
+            self._state[name] = state
+        spikes = lif_packed(y, state, rows, p)
+        gate = rows.on.to(y.dtype)
+        m = ctx.time_mask(name)
+        if m is not None:
+            gate = gate * m.to(y.dtype).index_select(0, rows.step)
+        return spikes * gate.unsqueeze(1)
+
+
+# ------------------------------------------------------------------------------------- model
+
+
+def _need_keys(policy: TokenPolicy) -> bool:
+    mc = policy.cfg.merge
+    return mc is not None and mc.metric == "keys"
+
+
+@torch.no_grad()
+def compact_forward(model: Spikformer, x: Tensor) -> Tensor:
+    """Logits [B, K] of ``model(x).logits`` computed on active (token, timestep) entries only.
+
+    Requires ``model.eval()``: BatchNorm must use its running statistics, so that each token's rows
+    are independent of which other rows are in the packed batch (and the policies are deterministic).
+    Supports every ``TokenPolicy`` setting (2-D halting in either order, 1-D halting, ACT or carry
+    readout, merges by r or threshold, per all_steps or timestep, any metric or mode, drop/select
+    keep masks) and time masks; without a token policy it runs the model itself. The policy's own
+    ``forward`` makes every decision, so they are those of the masked path by construction.
+
+    Resets all neuron states (spikingjelly ``reset_net``) before and after."""
+    training = [name for name, m in model.named_modules() if m.training]
+    if training:
+        raise ValueError(f"compact_forward needs model.eval() (BatchNorm must use running statistics); "
+                         f"in training mode: {training[0] or 'model'}")
+    policy = model.token_policy
+    functional.reset_net(model)
+    try:
+        if policy is None:
+            return model(x).logits
+        if not isinstance(policy, TokenPolicy):
+            raise NotImplementedError(f"compact_forward: unsupported token policy {type(policy).__name__}")
+        masks = model.time_policy.layer_masks() if model.time_policy is not None else None
+        ctx = Context(T=model.T, time_masks=masks)
+        z = model.stem(x.unsqueeze(0).repeat(model.T, *([1] * x.dim())), ctx)
+        blocks = [CompactBlock(b, need_keys=_need_keys(policy)) for b in model.blocks]
+        run = policy(blocks, z, ctx)
+        # Same readout as Spikformer.forward: pooled per step then mean over time, or the ACT pool.
+        return model.head(run.feats.mean(0) if run.feats is not None else run.pooled)
+    finally:
+        functional.reset_net(model)
+
+
+@torch.no_grad()
+def active_fraction(model: Spikformer, x: Tensor) -> float:
+    """Mean fraction of (block, timestep, token) units the masked path processes on ``x``:
+    ``ModelOutput.active_tokens`` [B, L, T] summed over everything / (B * L * T * N); a merged token
+    counts once. Runs the model in its current mode and resets its neurons afterwards."""
+    try:
+        out = model(x)
+    finally:
+        functional.reset_net(model)
+    B, L, T = out.active_tokens.shape
+    return float(out.active_tokens.sum()) / (B * L * T * model.num_tokens)

@@ -1,0 +1,114 @@
+"""Per-forward context: what a forward pass needs to know (time masks, which timesteps it runs)
+and what it observed (spike statistics, operation counts, active tokens).
+
+A new ``Context`` is made by every ``Spikformer.forward`` and returned inside its output, so no
+statistic is ever read off a module by the training loop (A-ViT's ``model.module.rho_token``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class LayerCounts:
+    """Sums over the batch for one synaptic layer (divide by the number of images for per-image values)."""
+
+    kind: str  # stem | attention | mlp | head: the breakdown in the report
+    block: int  # -1 for the stem and the head
+    macs: float = 0.0  # multiply-accumulates on analog inputs (first conv, head)
+    sops_exact: float = 0.0  # non-zero operand products (exact counting)
+    sops_paper: float = 0.0  # firing rate x dense FLOPs over active tokens and steps (Spikformer-family convention)
+    dense_flops: float = 0.0  # FLOPs over active tokens and active steps, ignoring sparsity
+
+
+@dataclass
+class Context:
+    """State of one forward pass. ``step`` selects the timesteps the current call processes
+    (all of them in layer-wise execution, one at a time in time-major halting)."""
+
+    T: int
+    time_masks: dict[str, Tensor] | None = None  # group name -> [T] float mask (straight-through)
+    count: bool = False  # collect firing rates and operation counts (evaluation)
+    step: slice = field(default_factory=lambda: slice(None))
+    spikes: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
+    ops: dict[str, LayerCounts] = field(default_factory=dict)
+
+    def time_mask(self, group: str | None) -> Tensor | None:
+        """The [T'] mask of ``group`` for the timesteps being processed, or None when unmasked."""
+        if self.time_masks is None or group is None or group not in self.time_masks:
+            return None
+        return self.time_masks[group][self.step]
+
+    def fire(self, name: str, spikes: Tensor, group: str | None, active: Tensor | None = None) -> Tensor:
+        """Apply the time mask of ``group`` to a neuron's output ``[T', B, ...]`` and record its firing.
+
+        ``active`` ([T', B, N] float) marks the tokens being processed; the firing rate is taken
+        over active tokens at active timesteps only (halted tokens and masked steps do not run)."""
+        m = self.time_mask(group)
+        if m is not None:
+            spikes = spikes * m.view(-1, *([1] * (spikes.dim() - 1)))
+        if self.count:
+            with torch.no_grad():
+                valid = _valid(spikes, active, m)
+                # float64 sums: bf16 (autocast) or float32 totals would round large counts
+                self.spikes[name][0] += float((spikes * valid).sum(dtype=torch.float64))
+                self.spikes[name][1] += float(valid.expand_as(spikes).sum(dtype=torch.float64))
+        return spikes
+
+    def synapse(
+        self,
+        name: str,
+        *,
+        kind: str,
+        block: int,
+        x: Tensor,
+        fan_out: int,
+        active: Tensor | None,
+        group: str | None,
+        analog: bool = False,
+        exact: Tensor | None = None,
+        paper: Tensor | None = None,
+        dense: Tensor | None = None,
+    ) -> None:
+        """Count the operations of a token-wise synaptic layer (Linear) fed by ``x`` [T', B, N, Cin].
+
+        A layer whose neuron's output is time-masked at a step would not run at that step, so its
+        operations count only at unmasked steps; likewise only active tokens count. Convolutions and
+        attention products pass their own ``exact``/``paper``/``dense`` totals."""
+        if not self.count:
+            return
+        with torch.no_grad():
+            m = self.time_mask(group)
+            valid = _valid(x, active, m)
+            rec = self.ops.setdefault(name, LayerCounts(kind=kind, block=block))
+            if dense is None:
+                cin = x.shape[-1]
+                tokens = float(valid.expand(*x.shape[:-1], 1).sum(dtype=torch.float64))
+                dense = torch.tensor(tokens * cin * fan_out, dtype=torch.float64)
+                xv = x * valid
+                exact = (xv != 0).sum() * fan_out
+                # Spikformer-family convention: SOP = firing rate x FLOPs, with the rate taken as the
+                # mean input value, so a residual-stream value of 2 counts as two spikes.
+                paper = xv.sum(dtype=torch.float64) * fan_out
+            if analog:
+                rec.macs += float(dense)
+            else:
+                rec.sops_exact += float(exact)
+                rec.sops_paper += float(paper)
+            rec.dense_flops += float(dense)
+
+
+def _valid(x: Tensor, active: Tensor | None, m: Tensor | None) -> Tensor:
+    """A broadcastable 0/1 float tensor marking processed entries of ``x`` ([T', B, ...])."""
+    v = torch.ones((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)
+    if m is not None:
+        v = v * m.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+    if active is not None:
+        a = active.to(x.dtype)
+        v = v * a.view(*a.shape, *([1] * (x.dim() - a.dim())))
+    return v

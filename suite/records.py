@@ -1,0 +1,156 @@
+"""Run records under ``results/<study>/<run_id>/``: the source of truth for everything downstream.
+
+Files per run: ``config.yaml`` (resolved config), ``status.json`` (running | done | failed, with the
+reason and traceback), ``metrics.json``, ``history.csv``, ``checkpoint.pt``, ``maps.npz`` and
+``evals/<override>.json``. Every file is written to a temporary name and renamed, so a kill leaves
+either the old file or the new one. A record that does not parse is treated as missing: the run is
+redone, never silently read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+STATUS, METRICS, CONFIG, HISTORY, MAPS, EVALS = "status.json", "metrics.json", "config.yaml", "history.csv", \
+    "maps.npz", "evals"
+RUNS_TABLE, EVALS_TABLE = "runs.csv", "evals.csv"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def read_json(path: Path) -> dict | None:
+    """The parsed file, or None when it is missing, truncated or not a JSON object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_config(run_dir: Path, spec) -> None:
+    doc = {"run_id": spec.run_id, "study": spec.study, "axes": spec.axes,
+           "config": spec.config.model_dump(mode="json")}
+    atomic_write_text(run_dir / CONFIG, yaml.safe_dump(doc, sort_keys=False))
+
+
+def write_status(run_dir: Path, state: str, **extra: Any) -> None:
+    prev = read_json(run_dir / STATUS) or {}
+    doc = {"state": state, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), **extra}
+    if "attempts" in prev:
+        doc.setdefault("attempts", prev["attempts"])
+    atomic_write_json(run_dir / STATUS, doc)
+
+
+def run_state(run_dir: Path, run_id: str) -> str:
+    """done | failed | running | pending. ``done`` needs a status, metrics and config that all parse and
+    agree on the run id; anything less (a crash mid-write, a hand-edited file) means redo."""
+    status = read_json(run_dir / STATUS)
+    if status is None:
+        return "pending"
+    state = status.get("state")
+    if state == "done":
+        metrics = read_json(run_dir / METRICS)
+        if metrics is None or metrics.get("run_id") != run_id or "metrics" not in metrics:
+            return "pending"
+        return "done"
+    return state if state in ("failed", "running") else "pending"
+
+
+@contextlib.contextmanager
+def claim(run_dir: Path) -> Iterator[bool]:
+    """An exclusive, non-blocking lock on the run directory: True if this process owns the run.
+    The OS releases it when the process dies, so a killed run can be claimed again at once."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_dir / ".lock", "w")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        fh.close()
+
+
+def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
+    atomic_write_text(run_dir / HISTORY, pd.DataFrame(history).to_csv(index=False))
+
+
+def write_result(run_dir: Path, run_id: str, metrics: dict[str, float], details: dict[str, Any],
+                 maps: dict[str, np.ndarray] | None) -> None:
+    if maps is not None:
+        tmp = run_dir / f".maps.tmp{os.getpid()}.npz"
+        np.savez_compressed(tmp, **maps)
+        os.replace(tmp, run_dir / MAPS)
+    atomic_write_json(run_dir / METRICS, {"run_id": run_id, "metrics": metrics, "details": details})
+
+
+def write_eval(run_dir: Path, name: str, updates: dict[str, Any], metrics: dict[str, float],
+               details: dict[str, Any]) -> Path:
+    (run_dir / EVALS).mkdir(exist_ok=True)
+    path = run_dir / EVALS / f"{name}.json"
+    atomic_write_json(path, {"name": name, "set": updates, "metrics": metrics, "details": details})
+    return path
+
+
+def collect_tables(study_dir: Path, specs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per run (``runs.csv``) and one per run x evaluation override (``evals.csv``)."""
+    rows, evals = [], []
+    for spec in specs:
+        run_dir = study_dir / spec.run_id
+        state = run_state(run_dir, spec.run_id)
+        row: dict[str, Any] = {"run_id": spec.run_id, "status": state, **_axes(spec)}
+        if state == "done":
+            row.update(read_json(run_dir / METRICS)["metrics"])
+        elif state == "failed":
+            row["error"] = (read_json(run_dir / STATUS) or {}).get("reason", "")
+        rows.append(row)
+        for path in sorted((run_dir / EVALS).glob("*.json")) if (run_dir / EVALS).is_dir() else []:
+            ev = read_json(path)
+            if ev is not None and "metrics" in ev:
+                evals.append({"run_id": spec.run_id, **_axes(spec), "override": ev["name"],
+                              "set": json.dumps(ev["set"], sort_keys=True), **ev["metrics"]})
+    runs = pd.DataFrame(rows)
+    evals_df = pd.DataFrame(evals)
+    atomic_write_text(study_dir / RUNS_TABLE, runs.to_csv(index=False))
+    if not evals_df.empty:
+        atomic_write_text(study_dir / EVALS_TABLE, evals_df.to_csv(index=False))
+    return runs, evals_df
+
+
+def _axes(spec) -> dict[str, Any]:
+    cfg = spec.config
+    return {"variant": cfg.variant, "seed": cfg.seed, "T": cfg.model.T,
+            **{k: v for k, v in spec.axes.items() if k not in ("variant", "seed")}}

@@ -1,0 +1,135 @@
+"""MLflow mirror of the records: experiment = study, a parent run per invocation, a child run per
+run id. The records stay the source of truth; a finished run already mirrored is never logged twice,
+and a run killed mid-way has its MLflow run closed as KILLED and its replacement tagged with it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from suite.study import TrackingConfig
+
+log = logging.getLogger(__name__)
+RUN_TAG, STUDY_TAG, KIND_TAG = "spikesuite.run_id", "spikesuite.study", "spikesuite.kind"
+
+
+def tracking_uri(cfg: TrackingConfig, results: Path) -> str:
+    """MLFLOW_TRACKING_URI, else the study's ``tracking.uri``, else one sqlite store for all studies
+    under the results directory (each study is an experiment in it)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or f"sqlite:///{(results / 'mlflow.db').resolve()}"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list) else str(v)
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Tracker:
+    """Thin wrapper over ``MlflowClient`` (no fluent global state, so several studies can log at once)."""
+
+    def __init__(self, cfg: TrackingConfig, study: str, results: Path):
+        self.enabled = cfg.enabled
+        if not self.enabled:
+            return
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri(cfg, results)
+        self.client = MlflowClient(self.uri)
+        name = cfg.experiment or study
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            artifacts = (results / "mlartifacts" / name).resolve().as_uri() if self.uri.startswith("sqlite") else None
+            self.experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
+        else:
+            self.experiment_id = exp.experiment_id
+        self.study = study
+
+    def start_parent(self, tags: dict[str, str]) -> str | None:
+        if not self.enabled:
+            return None
+        run = self.client.create_run(self.experiment_id, run_name=f"{self.study} invocation",
+                                     tags={KIND_TAG: "invocation", STUDY_TAG: self.study, **tags})
+        return run.info.run_id
+
+    def finish(self, mlflow_run_id: str | None, status: str = "FINISHED") -> None:
+        if self.enabled and mlflow_run_id:
+            self.client.set_terminated(mlflow_run_id, status)
+
+    def children(self, run_id: str) -> list:
+        if not self.enabled:
+            return []
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{run_id}'",
+                                       max_results=1000)
+
+    def has_finished(self, run_id: str) -> bool:
+        return any(r.info.status == "FINISHED" for r in self.children(run_id))
+
+    def start_child(self, spec, parent: str | None) -> str | None:
+        """A child run for ``spec``; earlier unfinished ones are closed as KILLED and linked."""
+        if not self.enabled:
+            return None
+        stale = [r.info.run_id for r in self.children(spec.run_id) if r.info.status in ("RUNNING", "SCHEDULED")]
+        for rid in stale:
+            self.client.set_terminated(rid, "KILLED")
+        tags = {RUN_TAG: spec.run_id, STUDY_TAG: spec.study, KIND_TAG: "run", "variant": spec.variant,
+                "seed": str(spec.config.seed), "git_commit": git_commit()}
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+        if stale:
+            tags["spikesuite.replaces"] = ",".join(stale)
+        run = self.client.create_run(self.experiment_id, run_name=f"{spec.variant}-s{spec.config.seed}-{spec.run_id}",
+                                     tags=tags)
+        rid = run.info.run_id
+        params = flatten(spec.config.model_dump(mode="json"))
+        from mlflow.entities import Param
+
+        items = [Param(k[:250], v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(rid, params=items[i:i + 100])
+        return rid
+
+    def log_metrics(self, mlflow_run_id: str | None, metrics: dict[str, float], step: int = 0) -> None:
+        if not self.enabled or not mlflow_run_id:
+            return
+        from mlflow.entities import Metric
+
+        import time
+
+        now = int(time.time() * 1000)
+        items = [Metric(_key(k), float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and v == v]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(mlflow_run_id, metrics=items[i:i + 500])
+
+    def log_artifacts(self, mlflow_run_id: str | None, paths: list[Path], artifact_path: str | None = None) -> None:
+        if not self.enabled or not mlflow_run_id:
+            return
+        for p in paths:
+            if p.exists():
+                self.client.log_artifact(mlflow_run_id, str(p), artifact_path)
+
+    def set_tag(self, mlflow_run_id: str | None, key: str, value: str) -> None:
+        if self.enabled and mlflow_run_id:
+            self.client.set_tag(mlflow_run_id, key, value)
+
+
+def _key(k: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in k)

@@ -1,0 +1,66 @@
+"""Training and evaluation settings (kept apart from the loops so the schema imports nothing heavy)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class TrainConfig(BaseModel):
+    """Defaults follow the official Spikformer CIFAR-10 recipe (ZK-Zhou/spikformer cifar10.yml)
+    where it transfers; studies for CPU shrink epochs and batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(300, ge=1, le=100_000)  # cifar10.yml: 300
+    batch_size: int = Field(128, ge=1, le=65_536)  # cifar10.yml: 128
+    eval_batch_size: int = Field(256, ge=1, le=65_536)
+    lr: float = Field(5e-4, gt=0, le=10)  # cifar10.yml: 5e-4
+    min_lr: float = Field(1e-5, ge=0)  # cifar10.yml: 1e-5
+    weight_decay: float = Field(6e-2, ge=0)  # cifar10.yml: 6e-2
+    warmup_epochs: float = Field(20, ge=0)  # cifar10.yml: 20
+    label_smoothing: float = Field(0.1, ge=0, lt=1)  # cifar10.yml: 0.1
+    loss: Literal["ce", "tet"] = "ce"  # tet: per-timestep CE + MSE (Deng et al. 2022), used by SEENN/DT-SNN
+    tet_lambda: float = Field(1e-3, ge=0, le=1)  # SEENN train_snn.py default
+    mixup: float = Field(0.0, ge=0)  # Beta(alpha, alpha) mixup alpha; cifar10.yml uses 0.5; 0 = off
+    mixup_off_epoch: int | None = Field(None, ge=0)  # cifar10.yml: 200
+    amp: Literal["auto", "off"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    grad_clip: float | None = Field(None, gt=0)
+    num_workers: int = Field(0, ge=0, le=64)  # data loader workers
+    compile: bool = False  # torch.compile the model for training
+    inject_fault: Literal["none", "nan", "error"] = "none"  # for robustness tests: a NaN loss / an exception at epoch 1
+
+    @model_validator(mode="after")
+    def _lr(self) -> TrainConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        return self
+
+
+class Override(BaseModel):
+    """One evaluation of a trained checkpoint with some settings changed (no retraining)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=+-]{0,80}$")
+    set: dict[str, Any]  # dotted path -> value, e.g. tokens.halting.beta_offset: -2
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    split: Literal["test", "val"] = "test"
+    overrides: list[Override] = []
+    heatmap_images: int = Field(8, ge=0, le=256)  # halting maps saved with the run for the report
+    e_mac_pj: float = Field(4.6, gt=0)  # 45 nm 32-bit float MAC (Horowitz, ISSCC 2014)
+    e_ac_pj: float = Field(0.9, gt=0)  # 45 nm 32-bit float add (Horowitz, ISSCC 2014)
+    max_batches: int | None = Field(None, ge=1)  # evaluate on a prefix of the split (quick checks)
+
+
+# Evaluation-time settings: a checkpoint can be re-evaluated with any of these changed.
+EVAL_TIME_KEYS = (
+    "tokens.halting.eps", "tokens.halting.beta_offset", "tokens.merge", "tokens.merge.r", "tokens.merge.threshold",
+    "tokens.drop.keep_ratio", "tokens.select.keep_ratio", "time.mask.threshold", "time.exit",
+    "time.exit.threshold", "time.exit.criterion",
+)

@@ -1,0 +1,96 @@
+"""Study files: validation with key paths, expansion, run-id stability."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from suite.study import StudyError, expand, parse_study, run_id
+
+BASE = """
+name: t
+dataset: {name: synthetic}
+model: {depth: 1, dim: 16, heads: 2, T: 2}
+train: {epochs: 1, batch_size: 16, warmup_epochs: 0}
+variants:
+  dense: {}
+  act: {tokens: {halting: {}}}
+matrix: {seed: [0, 1]}
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(StudyError) as exc:
+        parse_study(text, "s.yaml")
+    return exc.value.problems
+
+
+def test_expansion_product_and_stable_ids():
+    study = parse_study(BASE)
+    specs = expand(study)
+    assert [(s.variant, s.config.seed) for s in specs] == [("dense", 0), ("dense", 1), ("act", 0), ("act", 1)]
+    again = expand(parse_study(BASE))
+    assert [s.run_id for s in specs] == [s.run_id for s in again]
+    assert len({s.run_id for s in specs}) == 4
+    # the id depends on the resolved settings only: reordering keys or renaming the study keeps it
+    reordered = BASE.replace("name: t", "name: other").replace("{depth: 1, dim: 16, heads: 2, T: 2}",
+                                                               "{T: 2, heads: 2, dim: 16, depth: 1}")
+    assert [s.run_id for s in expand(parse_study(reordered))] == [s.run_id for s in specs]
+    assert run_id(specs[0].config) == specs[0].run_id
+
+
+def test_axis_include_exclude():
+    text = BASE.replace("matrix: {seed: [0, 1]}", """matrix:
+  seed: [0]
+  model.T: [1, 2]
+  tokens.halting.beta: [5.0, 10.0]
+  exclude: [{variant: dense, model.T: 1}]
+  include: [{variant: act, seed: 3}]""")
+    specs = expand(parse_study(text))
+    combos = sorted((s.variant, s.config.seed, s.config.model.T,
+                     s.config.tokens.halting.beta if s.config.tokens.halting else None) for s in specs)
+    # dense ignores the halting axis (no such policy) and loses T=1; act gets 2x2 plus the include
+    assert combos == [("act", 0, 1, 5.0), ("act", 0, 1, 10.0), ("act", 0, 2, 5.0), ("act", 0, 2, 10.0),
+                      ("act", 3, 2, 10.0), ("dense", 0, 2, None)]
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (("halting: {}", "halting: {epz: 0.1}"), "variants.act.tokens.halting.epz: unknown key"),
+    (("epochs: 1", "epochs: -1"), "train.epochs: Input should be greater than or equal to 1"),
+    (("epochs: 1", "epochs: one"), "train.epochs: Input should be a valid integer"),
+    (("name: synthetic", "name: mnist"), "dataset.name: Input should be"),
+    (("name: t", "name: ../escape"), "name: String should match pattern"),
+    (("heads: 2", "heads: 3"), "model: Value error, dim (16) must be divisible by heads (3)"),
+    (("matrix: {seed: [0, 1]}", "matrix: {seed: []}"), "matrix.seed: an axis must be a non-empty list"),
+    (("matrix: {seed: [0, 1]}", "matrix: {model.dpeth: [1]}"), "matrix.model.dpeth: unknown key"),
+    (("variants:", "variantz: {}\nvariants:"), "variantz: unknown key"),
+])
+def test_schema_errors_name_the_key(edit, expected):
+    found = problems(BASE.replace(*edit))
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_non_mapping_and_empty_and_tags():
+    assert problems("") == ["the study file is empty"]
+    assert "must be a mapping" in problems("- a\n- b\n")[0]
+    assert "invalid YAML" in problems("name: !!python/object/apply:os.system ['echo hi']\n")[0]
+
+
+def test_exclude_everything():
+    text = BASE.replace("matrix: {seed: [0, 1]}", "matrix: {seed: [0], exclude: [{seed: 0}]}")
+    assert problems(text) == ["matrix: expands to no runs (check exclude and the axis lists)"]
+
+
+def test_cli_bad_study_exits_2_and_writes_nothing(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BASE.replace("halting: {}", "halting: {epz: 0.1}"))
+    results = tmp_path / "results"
+    for cmd in ("run", "plan"):
+        proc = subprocess.run([sys.executable, "-m", "suite", cmd, str(bad), "--results", str(results)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert "variants.act.tokens.halting.epz: unknown key" in proc.stderr
+    assert not results.exists()
