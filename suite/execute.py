@@ -229,10 +229,18 @@ def finish_run(spec: RunSpec, result, data: DataBundle, device: torch.device, ru
     """Evaluate the trained model, then every evaluation override of the run."""
     from suite.evaluate import evaluate
 
-    ev = evaluate(result.model, spec.config, data, device)
+    state = result.model.state_dict()
+    if spec.config.eval.apply:  # an evaluation-only policy on the trained weights (e.g. training-free ToMe)
+        from suite.train import make_model
+
+        cfg = apply_overrides(spec.config, spec.config.eval.apply)
+        model = make_model(cfg, data).to(device)
+        model.load_state_dict(state)
+        ev = evaluate(model, cfg, data, device)
+    else:
+        ev = evaluate(result.model, spec.config, data, device)
     details = dict(ev.details)
     details["_maps"] = ev.maps
-    state = result.model.state_dict()
     for ov in spec.config.eval.overrides:
         m, d = evaluate_override(spec.config, state, data, device, ov.set)
         records.write_eval(run_dir, ov.name, ov.set, m, d)

@@ -198,12 +198,23 @@ def parse_study(text: str, source: str = "<study>") -> Study:
         raise StudyError(source, ["the study file is empty"])
     if not isinstance(raw, dict):
         raise StudyError(source, [f"the top level must be a mapping of keys, got {type(raw).__name__}"])
+    if bad := _non_finite(raw):
+        raise StudyError(source, [f"{p}: must be a finite number (got {v})" for p, v in bad])
     try:
         study = Study.model_validate(raw)
     except ValidationError as exc:
         raise StudyError(source, format_errors(exc)) from None
     expand(study, source)  # every variant x matrix combination must resolve
     return study
+
+
+def _non_finite(node: Any, path: str = "") -> list[tuple[str, float]]:
+    """Key paths of NaN and infinite numbers (.nan, .inf): never a meaningful setting, and pydantic's float
+    fields accept them, so they would only fail (or silently misbehave) in the middle of training."""
+    if isinstance(node, float):
+        return [] if math.isfinite(node) else [(path or "<root>", node)]
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    return [bad for k, v in items for bad in _non_finite(v, f"{path}.{k}" if path else str(k))]
 
 
 def format_errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
@@ -259,7 +270,7 @@ def expand(study: Study, source: str = "<study>") -> list[RunSpec]:
         if spec is not None and spec.run_id not in runs:
             runs[spec.run_id] = spec
     if problems:
-        raise StudyError(source, problems)
+        raise StudyError(source, list(dict.fromkeys(problems)))  # one line per problem, not per run
     return list(runs.values())
 
 
@@ -269,7 +280,8 @@ def _matrix(study: Study, source: str) -> tuple[dict[str, list], list[dict], lis
     include, exclude = [], []
     for key, value in study.matrix.items():
         if key in ("include", "exclude"):
-            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            if not isinstance(value, list) or not all(isinstance(v, dict) and all(isinstance(k, str) for k in v)
+                                                      for v in value):
                 problems.append(f"matrix.{key}: must be a list of mappings")
                 continue
             (include if key == "include" else exclude).extend(value)
@@ -278,15 +290,15 @@ def _matrix(study: Study, source: str) -> tuple[dict[str, list], list[dict], lis
         else:
             axes[key] = value
     for i, inc in enumerate(include):
-        if inc.get("variant") not in study.variants:
+        if not isinstance(inc.get("variant"), str) or inc["variant"] not in study.variants:
             problems.append(f"matrix.include.{i}.variant: must name one of {sorted(study.variants)}")
     for v in axes.get("variant", []):
-        if v not in study.variants:
+        if not isinstance(v, str) or v not in study.variants:
             problems.append(f"matrix.variant: unknown variant {v!r} (have {sorted(study.variants)})")
     axes.setdefault("seed", [0])
     if problems:
         raise StudyError(source, problems)
-    return axes, [dict(seed=0, **i) if "seed" not in i else i for i in include], exclude
+    return axes, [i if "seed" in i else {"seed": 0, **i} for i in include], exclude
 
 
 def _matches(combo: dict[str, Any], pattern: dict[str, Any]) -> bool:
@@ -312,9 +324,11 @@ def _resolve(study: Study, base: dict, combo: dict[str, Any], problems: list[str
             parent = parent.get(p) if isinstance(parent, dict) else None
             if parent is None:
                 break
-        if parent is None:
-            if parts[0] in ("tokens", "time"):
-                continue  # this variant has no such policy: the axis does not apply to it
+        if parent is None and parts[0] in ("tokens", "time") and len(parts) > 2 \
+                and parts[1] in (TokenConfig.model_fields if parts[0] == "tokens" else TimeConfig.model_fields) \
+                and cfg[parts[0]].get(parts[1]) is None:
+            continue  # this variant has no such policy: the axis does not apply to it
+        if not isinstance(parent, dict):  # a missing section, or a path through a value (model.depth.x)
             problems.append(f"matrix.{key}: unknown key path")
             continue
         parent[parts[-1]] = value
@@ -324,18 +338,22 @@ def _resolve(study: Study, base: dict, combo: dict[str, Any], problems: list[str
     except ValidationError as exc:
         for line in format_errors(exc):
             section = line.split(".", 1)[0]
-            if any(line.startswith(f"{k}:") or line.startswith(f"{k}.") for k in applied):
+            if any(line.startswith(f"{k}:") or line.startswith(f"{k}.") for k in [*applied, "seed"]):
                 problems.append(f"matrix.{line}")
             elif section in ("model", "train", "eval") and getattr(variant, section):
                 problems.append(f"variants.{name}.{line}")
             else:
                 problems.append(line if section not in ("tokens", "time") else f"variants.{name}.{line}")
         return None
-    for i, ov in enumerate(config.eval.overrides):
-        for key in ov.set:
+    checks = [(f"eval.overrides.{i}.set", ov.set) for i, ov in enumerate(config.eval.overrides)]
+    for where, updates in checks + [("eval.apply", config.eval.apply)]:
+        for key in updates:
             if not any(key == k or key.startswith(k + ".") for k in EVAL_TIME_KEYS):
-                problems.append(f"eval.overrides.{i}.set.{key}: not an evaluation-time setting "
-                                f"(allowed: {', '.join(EVAL_TIME_KEYS)})")
+                problems.append(f"{where}.{key}: not an evaluation-time setting (allowed: {', '.join(EVAL_TIME_KEYS)})")
+        try:
+            apply_overrides(config, updates)
+        except ValidationError as exc:
+            problems += [f"variants.{name}.{where}: {line}" for line in format_errors(exc)]
     return RunSpec(study.name, run_id(config), config, {"variant": name, "seed": config.seed, **applied})
 
 
@@ -352,8 +370,11 @@ def apply_overrides(config: RunConfig, updates: dict[str, Any]) -> RunConfig:
     for key, value in updates.items():
         parts = key.split(".")
         parent = cfg
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             parent = parent.setdefault(p, {})
+            if not isinstance(parent, dict):  # a path through a value (tokens.halting.eps.x): a validation error
+                raise ValidationError.from_exception_data("RunConfig", [
+                    {"type": "dict_type", "loc": tuple(parts[:i + 1]), "input": parent}])
         if isinstance(value, float) and math.isfinite(value) and value.is_integer() and parts[-1] in ("r",):
             value = int(value)
         parent[parts[-1]] = value

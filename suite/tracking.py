@@ -4,10 +4,13 @@ and a run killed mid-way has its MLflow run closed as KILLED and its replacement
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +57,16 @@ class Tracker:
         self.uri = tracking_uri(cfg, results)
         self.client = MlflowClient(self.uri)
         name = cfg.experiment or study
-        exp = self.client.get_experiment_by_name(name)
-        if exp is None:
-            artifacts = (results / "mlartifacts" / name).resolve().as_uri() if self.uri.startswith("sqlite") else None
-            self.experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
-        else:
-            self.experiment_id = exp.experiment_id
+        # Several processes may start on one study at once: creating the store's tables and the experiment
+        # must not race (sqlite: "duplicate column name", experiment: RESOURCE_ALREADY_EXISTS).
+        with _init_lock(self.uri, results):
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                artifacts = (results / "mlartifacts" / name).resolve().as_uri() if self.uri.startswith("sqlite") \
+                    else None
+                self.experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
+            else:
+                self.experiment_id = exp.experiment_id
         self.study = study
 
     def start_parent(self, tags: dict[str, str]) -> str | None:
@@ -129,6 +136,17 @@ class Tracker:
     def set_tag(self, mlflow_run_id: str | None, key: str, value: str) -> None:
         if self.enabled and mlflow_run_id:
             self.client.set_tag(mlflow_run_id, key, value)
+
+
+@contextlib.contextmanager
+def _init_lock(uri: str, results: Path) -> Iterator[None]:
+    """An exclusive lock while the store is created or migrated and the experiment looked up or created:
+    next to a sqlite store, else in the results directory."""
+    path = Path(uri[len("sqlite:///"):] + ".lock") if uri.startswith("sqlite:///") else results / ".mlflow.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed (or the process dies)
+        yield
 
 
 def _key(k: str) -> str:

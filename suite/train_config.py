@@ -51,6 +51,8 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     split: Literal["test", "val"] = "test"
+    apply: dict[str, Any] = {}  # evaluation-time settings for the main evaluation only (e.g. training-free
+    # ToMe: a dense model trained without merging, evaluated with tokens.merge: {r: 2})
     overrides: list[Override] = []
     heatmap_images: int = Field(8, ge=0, le=256)  # halting maps saved with the run for the report
     e_mac_pj: float = Field(4.6, gt=0)  # 45 nm 32-bit float MAC (Horowitz, ISSCC 2014)

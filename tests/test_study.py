@@ -94,3 +94,16 @@ def test_cli_bad_study_exits_2_and_writes_nothing(tmp_path: Path):
         assert proc.returncode == 2, proc.stderr
         assert "variants.act.tokens.halting.epz: unknown key" in proc.stderr
     assert not results.exists()
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("studies/*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_studies_validate(path: Path):
+    from suite.study import load_study
+
+    assert expand(load_study(path))
+
+
+def test_eval_apply_is_validated():
+    text = BASE.replace("dense: {}", "dense: {eval: {apply: {train.lr: 0.1}}}")
+    assert any("eval.apply.train.lr: not an evaluation-time setting" in p for p in problems(text))

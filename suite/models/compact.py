@@ -13,7 +13,8 @@ entries it must compute into one packed matrix ``[M, C]`` and runs on that:
   arithmetic as spikingjelly's CPU kernel).
 - Spiking self-attention has no softmax, so ``(Q K^T) V = Q (K^T V)``: per (timestep, image), sum
   ``w_j k_j v_j^T`` over active keys only (``w`` = merged-token size), then each active query row
-  multiplies its segment's sum. The cost is linear in active tokens, not quadratic in all of them.
+  multiplies its segment's sum (``segment_linear_attention``: batched matmuls over segments padded
+  to power-of-two lengths). The cost is linear in active tokens, not quadratic in all of them.
 - Rows that are not computed keep their residual-stream value, exactly as the masked path's
   zero update leaves them.
 
@@ -46,15 +47,12 @@ __all__ = [
     "PackedRows",
     "active_fraction",
     "compact_forward",
+    "lif_initial_value",
     "lif_params",
     "lif_step",
     "pack_rows",
     "segment_linear_attention",
 ]
-
-# Outer products k_j v_j^T are built in chunks of at most this many elements, so the attention
-# bookkeeping never holds more than ~16 MiB (float32) of temporaries whatever the batch size.
-_CHUNK_ELEMS = 1 << 22
 
 
 # ---------------------------------------------------------------------------------------- LIF
@@ -170,29 +168,46 @@ def _scatter_rows(dense: Tensor, rows: PackedRows, values: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------- attention
 
 
+def _bucket_widths(counts: Tensor) -> Tensor:
+    """Padded length of each segment: its row count rounded up to a power of two (capped at the
+    largest count), so padding at most doubles the work and only ~log2(N) distinct widths occur."""
+    c = counts.clamp_min(1).to(torch.float64)
+    pow2 = torch.exp2(torch.ceil(torch.log2(c))).to(counts.dtype)
+    return torch.where(counts > 0, pow2.clamp_max(int(counts.max())), 0)
+
+
 def segment_linear_attention(q: Tensor, k: Tensor, v: Tensor, segment: Tensor, num_segments: int, heads: int,
                              scale: float, key_weight: Tensor | None = None) -> Tensor:
     """Softmax-free multi-head attention within segments of packed rows.
 
     ``out[m] = scale * q[m] @ sum_{j : segment[j] = segment[m]} key_weight[j] * k[j]^T v[j]`` per head,
     which equals ``(Q K^T * scale * size) V`` of the dense block restricted to the segment's rows.
-    ``q``, ``k``, ``v`` are [M, C] with C = heads * d; ``segment`` [M] long in [0, num_segments).
-    Cost and memory are linear in M (outer products are summed chunk by chunk with ``index_add_``)."""
+    ``q``, ``k``, ``v`` are [M, C] with C = heads * d; ``segment`` [M] long in [0, num_segments), and
+    the rows must be grouped by segment in ascending order (``pack_rows`` produces that order).
+
+    Segments are scattered into zero-padded batches and multiplied with ``bmm``: one batch per
+    power-of-two width, so the padded size is at most 2M and the loop runs over ~log2(N) widths.
+    (Summing outer products ``k_j v_j^T`` with ``index_add_`` is also linear in M but materialises
+    M * C * d values and runs without BLAS: 2-2.5x slower on CPU at 49 tokens, dim 128, 8 heads.)"""
     M, C = q.shape
     d = C // heads
-    qh, kh, vh = (x.reshape(M, heads, d) for x in (q, k, v))
     if key_weight is not None:
-        kh = kh * key_weight.to(kh.dtype).view(M, 1, 1)
-    kv = q.new_zeros(num_segments, heads, d, d)
-    chunk = max(1, _CHUNK_ELEMS // (heads * d * d))
-    for lo in range(0, M, chunk):
-        hi = min(lo + chunk, M)
-        kv.index_add_(0, segment[lo:hi], kh[lo:hi].unsqueeze(-1) * vh[lo:hi].unsqueeze(-2))
-    out = torch.empty_like(qh)
-    for lo in range(0, M, chunk):
-        hi = min(lo + chunk, M)
-        out[lo:hi] = (qh[lo:hi].unsqueeze(-2) @ kv.index_select(0, segment[lo:hi])).squeeze(-2)
-    return out.reshape(M, C) * scale
+        k = k * key_weight.to(k.dtype).unsqueeze(1)
+    counts = torch.bincount(segment, minlength=num_segments)
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(M, device=q.device) - start[segment]  # position of each row in its segment
+    row_width = _bucket_widths(counts)[segment]
+    out = torch.empty_like(q)
+    for width in torch.unique(row_width).tolist():
+        rows = (row_width == width).nonzero().squeeze(1)
+        local = torch.unique_consecutive(segment[rows], return_inverse=True)[1]  # segments renumbered 0..S'-1
+        n_seg = int(local[-1]) + 1
+        padded = q.new_zeros(3, n_seg, width, C)
+        padded[:, local, rank[rows]] = torch.stack([q[rows], k[rows], v[rows]])
+        qp, kp, vp = padded.view(3, n_seg, width, heads, d).transpose(2, 3)  # each [S', h, width, d]
+        o = qp @ (kp.transpose(-1, -2) @ vp)  # [S', h, width, d]: Q (K^T V), padded rows are zero
+        out[rows] = o.transpose(1, 2)[local, rank[rows]].reshape(-1, C)
+    return out * scale
 
 
 # ------------------------------------------------------------------------------------ blocks
