@@ -64,6 +64,24 @@ def _parser() -> argparse.ArgumentParser:
     rep = cmd("report", _report, "figures and tables from a study's records")
     rep.add_argument("target", help="a study file or a results/<study> directory")
 
+    se = cmd("search", _search, "Optuna search over the study's search: block (resumes; n_trials is the study's total)")
+    se.add_argument("study", type=Path)
+    se.add_argument("--storage", default=None, metavar="URL",
+                    help="sqlite:///PATH (default results/<study>/optuna.db), journal:PATH, postgresql://...")
+    se.add_argument("--n-trials", type=int, default=None, help="total trials the study should hold (default: "
+                    "search.n_trials)")
+    se.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: execution.device)")
+    se.add_argument("--no-progress", action="store_true")
+
+    wo = cmd("worker", _worker, "one of several processes running a search together on a shared storage")
+    wo.add_argument("study", type=Path)
+    wo.add_argument("--storage", default=None, metavar="URL",
+                    help="journal:PATH (one machine) or postgresql://... (several); default search.storage")
+    wo.add_argument("--n-trials", type=int, default=None, help="total trials for all workers together "
+                    "(default: search.n_trials)")
+    wo.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: execution.device)")
+    wo.add_argument("--no-progress", action="store_true")
+
     u = cmd("ui", _ui, "start the MLflow UI over the suite's tracking store")
     u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     u.add_argument("--port", type=int, default=5000)
@@ -182,6 +200,40 @@ def _report(args) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _search(args) -> int:
+    return _run_search(args, worker=False)
+
+
+def _worker(args) -> int:
+    return _run_search(args, worker=True)
+
+
+def _run_search(args, *, worker: bool) -> int:
+    from suite.search import SearchFailed, run_search
+
+    study = _load(args.study)
+    try:
+        s = run_search(study, args.results, source=str(args.study), storage=args.storage, n_trials=args.n_trials,
+                       worker=worker, device=args.device, progress=not args.no_progress and sys.stderr.isatty())
+    except SearchFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{s.optuna_study} ({s.storage}): {len(s.ran)} trials completed now, {len(s.pruned)} pruned, "
+          f"{len(s.failed)} failed; the study holds {s.n_trials} trials ({s.n_complete} complete"
+          f"{f', budget {s.budget}' if s.budget is not None else ''}) ({s.wall_time_s:.1f} s)")
+    if s.pareto is not None and not s.pareto.empty:
+        print(f"Pareto set ({len(s.pareto)} trials):")
+        print(s.pareto.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for p in s.paths:
+        print(f"wrote {p}")
+    if s.failed:
+        print("failed trials (recorded in the study with their error):", file=sys.stderr)
+        for n, reason in s.failed.items():
+            print(f"  trial {n}: {reason}", file=sys.stderr)
+        return 1
     return 0
 
 

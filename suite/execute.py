@@ -79,6 +79,9 @@ def run_study(study: Study, results: Path, *, source: str = "<study>", study_fil
               workers: int | None = None, parent_run: str | None = None, progress: bool | None = None,
               device: str | None = None) -> StudySummary:
     t0 = time.perf_counter()
+    # Failures recorded after this moment come from this invocation (this process, or another one sharing the
+    # study): they are reported, not retried again at once. Spawned workers inherit the parent's moment.
+    since = float(os.environ.get("SPIKESUITE_SINCE", time.time()))
     specs = preflight(study, source)
     sdir = study_dir_for(results, study.name)
     sdir.mkdir(parents=True, exist_ok=True)
@@ -94,8 +97,8 @@ def run_study(study: Study, results: Path, *, source: str = "<study>", study_fil
     procs: list[subprocess.Popen] = []
     try:
         if n_workers > 1 and study_file is not None:
-            procs = _spawn_workers(study_file, results, n_workers, parent_run, dev)
-        _run_all(study, specs, sdir, tracker, parent_run, summary, show, dev)
+            procs = _spawn_workers(study_file, results, n_workers, parent_run, dev, since)
+        _run_all(study, specs, sdir, tracker, parent_run, summary, show, dev, since)
     finally:
         for p in procs:
             p.wait()
@@ -118,15 +121,22 @@ def _study_yaml(study: Study) -> str:
 
 
 def _spawn_workers(study_file: Path, results: Path, n: int, parent: str | None,
-                   device: str) -> list[subprocess.Popen]:
+                   device: str, since: float | None = None) -> list[subprocess.Popen]:
     """n-1 extra processes on the same study (the caller is the n-th); each claims runs by lock.
     With GPUs, worker i sees only GPU i."""
     gpus = torch.cuda.device_count()
+    if gpus <= 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
     procs = []
     for i in range(1, n):
         env = dict(os.environ)
+        if since is not None:
+            env["SPIKESUITE_SINCE"] = repr(since)
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        elif "OMP_NUM_THREADS" not in env:
+            # CPU workers share the cores: oversubscribed OpenMP threads spin and run many times slower.
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
         cmd = [sys.executable, "-m", "suite", "run", str(study_file), "--results", str(results), "--workers", "1",
                "--no-progress", "--device", device]
         if parent:
@@ -136,7 +146,7 @@ def _spawn_workers(study_file: Path, results: Path, n: int, parent: str | None,
 
 
 def _run_all(study: Study, specs: list[RunSpec], sdir: Path, tracker: Tracker, parent: str | None,
-             summary: StudySummary, progress: bool, device: str) -> None:
+             summary: StudySummary, progress: bool, device: str, since: float = float("inf")) -> None:
     cache = DataCache()
     for i, spec in enumerate(specs, 1):
         run_dir = sdir / spec.run_id
@@ -155,6 +165,12 @@ def _run_all(study: Study, specs: list[RunSpec], sdir: Path, tracker: Tracker, p
                 continue
             if records.run_state(run_dir, spec.run_id) == "done":  # finished while we waited
                 summary.skipped.append(spec.run_id)
+                continue
+            status = records.read_json(run_dir / records.STATUS) or {}
+            if status.get("state") == "failed" and isinstance(status.get("time"), (int, float)) \
+                    and status["time"] >= since:  # another process failed it during this invocation
+                summary.failed[spec.run_id] = str(status.get("reason", ""))
+                log.info("%s failed in another process just now, not retried", label)
                 continue
             log.info("%s running%s", label, " (resuming)" if (run_dir / "checkpoint.pt").exists() else "")
             ok, reason = execute_run(spec, run_dir, tracker, parent, cache, progress, device,

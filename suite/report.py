@@ -16,7 +16,6 @@ recipes: they are drawn only as hollow reference markers, only for the study's o
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import logging
 import math
 import os
@@ -50,7 +49,8 @@ HEATMAP_IMAGES, HEATMAP_RUNS = 4, 2
 MODULE_ORDER = ("q", "k", "v", "qk", "attn", "av", "proj", "mlp1", "mlp2")  # within a block, in forward order
 ENERGY_KINDS = ("stem", "attention", "mlp", "head")  # = suite.metrics.KINDS
 STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
-         "ytick.labelsize": 7, "axes.grid": True, "grid.alpha": 0.3, "svg.hashsalt": "spikesuite"}
+         "ytick.labelsize": 7, "axes.grid": True, "axes.axisbelow": True, "grid.alpha": 0.3,
+         "svg.hashsalt": "spikesuite"}
 FIGURE_PREFIXES = ("accuracy_vs_", "token_heatmap_", "halting_depth", "timestep_allocation", "firing_rates",
                    "ablation", "early_exit", "energy_breakdown")
 STD_NOTE = "mean ± sample std over seeds (ddof=1); a single seed shows its value alone"
@@ -223,11 +223,11 @@ def layer_key(name: str) -> tuple:
     """Forward order of a layer name: stem.*, block<i>.<module> (q k v attn proj mlp1 mlp2), head, others."""
     head, _, tail = name.partition(".")
     if head == "stem":
-        return (0, 0, tail.isdigit() and int(tail) or 0, not tail.isdigit(), tail)
+        return (0, 0, int(tail) if tail.isdigit() else 10**6, tail)
     if head.startswith("block") and head[5:].isdigit():
         rank = MODULE_ORDER.index(tail) if tail in MODULE_ORDER else len(MODULE_ORDER)
-        return (1, int(head[5:]), rank, False, tail)
-    return (2 if head == "head" else 3, 0, 0, False, name)
+        return (1, int(head[5:]), rank, tail)
+    return (2 if head == "head" else 3, 0, 0, name)
 
 
 def ordered_layers(dicts: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -323,8 +323,19 @@ def style(rec: Records, config: str) -> tuple[tuple[float, ...], str]:
     return COLORS[i % len(COLORS)], MARKERS[i % len(MARKERS)]
 
 
+def plain_axes(ax, rel_x: float = 0.05, rel_y: float = 0.002) -> None:
+    """Plain tick labels (no offset or exponent), and a visible range when the data barely spread
+    (e.g. every variant at T timesteps): at least ``rel`` x the centre value."""
+    ax.ticklabel_format(axis="both", style="plain", useOffset=False)
+    for get, set_, rel in ((ax.get_xlim, ax.set_xlim, rel_x), (ax.get_ylim, ax.set_ylim, rel_y)):
+        lo, hi = get()
+        centre, least = (lo + hi) / 2, rel * max(abs((lo + hi) / 2), 1e-12)
+        if hi - lo < least:
+            set_(centre - least / 2, centre + least / 2)
+
+
 def _sweep(rec: Records, ax, config: str, metric: str) -> int:
-    """One variant's evaluation overrides as a dashed curve through (trained, override means); returns points."""
+    """One variant's evaluation overrides as a dashed curve through (trained, override means); returns how many."""
     ev = rec.evals
     if ev is None or metric not in ev or "accuracy" not in ev:
         return 0
@@ -333,14 +344,11 @@ def _sweep(rec: Records, ax, config: str, metric: str) -> int:
         return 0
     means = mine.groupby("override", sort=True)[[metric, "accuracy"]].mean()
     base = rec.done[rec.done.config == config][[metric, "accuracy"]].dropna().mean()
-    pts = sorted([(float(base[metric]), float(base["accuracy"]), "")] +
-                 [(float(r[metric]), float(r["accuracy"]), str(name)) for name, r in means.iterrows()])
+    pts = sorted([(float(base[metric]), float(base["accuracy"]))] +
+                 [(float(r[metric]), float(r["accuracy"])) for _, r in means.iterrows()])
     color, _ = style(rec, config)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", lw=0.9, marker=".", ms=4, color=color, alpha=0.8,
             zorder=2)
-    for x, y, name in pts:
-        if name:
-            ax.annotate(name, (x, y), xytext=(3, -7), textcoords="offset points", fontsize=5, color=color)
     return len(means)
 
 
@@ -359,11 +367,12 @@ def pareto_figure(rec: Records, axis: ParetoAxis, published: pd.DataFrame | None
         if sx.n == 0 or sy.n == 0:
             continue
         color, marker = style(rec, config)
-        ax.errorbar(sx.mean, sy.mean, xerr=0 if sx.n < 2 else sx.std, yerr=0 if sy.n < 2 else sy.std, fmt=marker,
+        ax.errorbar(sx.mean, sy.mean, xerr=sx.std if sx.n > 1 else None, yerr=sy.std if sy.n > 1 else None, fmt=marker,
                     color=color, capsize=3, ms=6, zorder=4, label=f"{config} (n={sy.n})")
         means.append((sx.mean, sy.mean))
         sweeps += _sweep(rec, ax, config, axis.metric)
     front = pareto_front(means)
+    overrides = ", ".join(sorted(rec.evals.override.astype(str).unique())) if rec.evals is not None else ""
     handles = [Line2D([], [], color="0.25", lw=1.2, drawstyle="steps-post", label="non-dominated front (variant means)")]
     ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="0.25", lw=1.2, zorder=3)
     if sweeps:
@@ -378,15 +387,18 @@ def pareto_figure(rec: Records, axis: ParetoAxis, published: pd.DataFrame | None
     ax.set_xlabel(axis.label)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{rec.name}: {axis.title.lower()}")
+    plain_axes(ax)
     own, labels = ax.get_legend_handles_labels()
-    ax.legend(own + handles, labels + [h.get_label() for h in handles], frameon=False, loc="best")
+    ax.legend(own + handles, labels + [h.get_label() for h in handles], frameon=False, loc="upper left",
+              bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     pub_note = published_note
     if published is not None and pub.empty:
         pub_note = f"Published numbers for {rec.dataset} give no value on this axis; none drawn."
     caption = (f"Points: variant means, error bars: sample std over seeds (ddof=1). Step line: non-dominated front "
                f"over the variant means (lower {axis.metric}, higher accuracy). "
-               + (f"Dashed curves: {sweeps} evaluation override(s) per variant from evals.csv, mean over seeds, "
-                  "through the as-trained point. " if sweeps else "No evaluation overrides recorded. ")
+               + (f"Dashed curves: evaluation overrides from evals.csv ({overrides}), mean over seeds, joined "
+                  "with the as-trained point in order of cost (numbers in evals.md). " if sweeps
+                  else "No evaluation overrides recorded. ")
                + pub_note)
     return Figure(axis.stem, f"{axis.title} ({axis.metric})", caption, tuple(save(fig, out, axis.stem)))
 
@@ -441,6 +453,19 @@ def overlay(grey_image: np.ndarray, active: np.ndarray) -> np.ndarray:
     return np.where(active[..., None], tinted, rgb)
 
 
+def mosaic(grey_image: np.ndarray, maps: np.ndarray, grid: tuple[int, int], gap: int = 1) -> np.ndarray:
+    """One image's panels as one RGB array: rows = blocks, columns = [image, t=1..T]; white gaps between tiles."""
+    L, T = maps.shape[:2]
+    H, W = grey_image.shape
+    out = np.ones((L * (H + gap) - gap, (T + 1) * (W + gap) - gap, 3))
+    plain = np.repeat(grey_image[..., None], 3, axis=-1)
+    for b in range(L):
+        for col in range(T + 1):
+            tile = plain if col == 0 else overlay(grey_image, upsample_mask(maps[b, col - 1], grid, (H, W)))
+            out[b * (H + gap):b * (H + gap) + H, col * (W + gap):col * (W + gap) + W] = tile
+    return out
+
+
 def heatmap_figure(rec: Records, config: str, run_id: str, out: Path, n_images: int = HEATMAP_IMAGES) -> Figure:
     """Active-token masks of a few test images: per image, rows = blocks, columns = the image and timesteps."""
     stem, title = f"token_heatmap_{slug(config)}", f"Active tokens per block and timestep: {config}"
@@ -452,32 +477,34 @@ def heatmap_figure(rec: Records, config: str, run_id: str, out: Path, n_images: 
     images, maps, grid = arrays["images"], arrays["maps"], tuple(int(v) for v in arrays["grid"])
     if images.ndim != 4 or maps.ndim != 4 or maps.shape[-1] != grid[0] * grid[1] or len(images) == 0:
         return Figure(stem, title, skipped=f"{run_id}/maps.npz: maps {maps.shape} do not fit the {grid} token grid")
-    k, (L, T) = min(n_images, len(images), len(maps)), maps.shape[1:3]
-    fig, axes = plt.subplots(k * L, T + 1, figsize=(1.0 * (T + 1) + 0.4, 1.0 * k * L + 0.3), squeeze=False)
-    for i in range(k):
-        g = grey(images[i])
+    k, (L, T), (H, W) = min(n_images, len(images), len(maps)), maps.shape[1:3], images.shape[2:]
+    ncols = min(k, 2)
+    nrows = -(-k // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * (0.8 * (T + 1) + 0.5) + 0.2, nrows * (0.8 * L + 0.6) + 0.4),
+                             squeeze=False)
+    for ax in axes.flat[k:]:
+        ax.set_axis_off()
+    for i, ax in enumerate(axes.flat[:k]):
+        ax.imshow(mosaic(grey(images[i]), maps[i], grid), interpolation="nearest")
+        ax.grid(False)
+        ax.set_xticks([c * (W + 1) + (W - 1) / 2 for c in range(T + 1)], ["image"] + [f"t={t + 1}" for t in range(T)],
+                      fontsize=6)
+        ax.set_yticks([b * (H + 1) + (H - 1) / 2 for b in range(L)], [f"block {b}" for b in range(L)], fontsize=6)
+        ax.tick_params(length=0)
+        for b in range(L):
+            for t in range(T):
+                n = int(maps[i, b, t].sum())
+                ax.text((t + 1) * (W + 1) + W - 1, b * (H + 1) + H - 1, str(n), fontsize=4.5, ha="right",
+                        va="bottom", color="black", bbox={"boxstyle": "square,pad=0.1", "fc": "white", "lw": 0})
         label = f"label {int(arrays['labels'][i])}" if "labels" in arrays else f"image {i}"
         pred = f", pred {int(arrays['pred'][i])}" if "pred" in arrays else ""
-        for b in range(L):
-            row = axes[i * L + b]
-            row[0].imshow(g, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            row[0].set_ylabel(f"block {b}", fontsize=6)
-            if b == 0:
-                row[0].set_title(label + pred, fontsize=6)
-            for t in range(T):
-                active = maps[i, b, t]
-                row[t + 1].imshow(overlay(g, upsample_mask(active, grid, g.shape)), interpolation="nearest")
-                row[t + 1].set_title(f"t={t + 1}: {int(active.sum())}/{active.size}" if b == 0 and i == 0
-                                     else f"{int(active.sum())}/{active.size}", fontsize=5, pad=2)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.grid(False)
-    fig.suptitle(f"{rec.name}: {config} (run {run_id}), active tokens tinted", fontsize=8)
-    fig.tight_layout(pad=0.3, h_pad=0.2, w_pad=0.2)
-    caption = (f"Run {run_id}, first {k} recorded test images. Left: the input in grey. Right: one panel per block "
-               f"(rows) and timestep (columns); orange = token active (processed) there, plain = halted or merged "
-               f"away. Token grid {grid[0]}x{grid[1]}, upsampled to the image; counts are active/total tokens.")
+        ax.set_title(label + pred, fontsize=7)
+    fig.suptitle(f"{rec.name}: {config} (run {run_id}); orange = active token", fontsize=8)
+    fig.tight_layout()
+    caption = (f"Run {run_id}, first {k} recorded test images. Per image: rows = blocks, first column = the input in "
+               f"grey, then one column per timestep; orange = token active (processed) in that block and step, plain "
+               f"= halted or merged away. Token grid {grid[0]}x{grid[1]} upsampled to the {H}x{W} image; corner "
+               f"numbers = active tokens of {grid[0] * grid[1]}.")
     return Figure(stem, title, caption, tuple(save(fig, out, stem)))
 
 
@@ -521,7 +548,7 @@ def depth_figure(rec: Records, out: Path) -> Figure:
         ax.set_title(f"{config} (n={len(arr)}): mean {float((units * mean).sum()):.2f} of {units[-1]} units")
         ax.set_ylabel("fraction of tokens")
         ax.set_xticks(units)
-    axes[-1].set_xlabel("units processed per token (blocks x timesteps; the last bar = never halted)")
+    axes[-1].set_xlabel("units processed per token (blocks x timesteps; the last bar = all units)")
     fig.tight_layout()
     caption = (f"details.depth_histogram of each halting run: fraction of tokens per number of processed units "
                f"(0..L*T), {STD_NOTE}.")
@@ -545,9 +572,9 @@ def allocation_figure(rec: Records, out: Path) -> Figure:
         ax.bar(x, mean, yerr=std, color=color, alpha=0.85, capsize=2, width=0.8)
         T = stat(rec.done[rec.done.config == config]["T"]).mean if "T" in rec.done else math.nan
         if math.isfinite(T):
-            ax.axhline(T, color="0.3", ls="--", lw=0.8, label=f"T = {_value(T)}")
-            ax.legend(frameon=False, loc="lower right")
-        ax.set_title(f"{config} (n={len(arr)}): mean {float(np.nanmean(mean)):.2f} active steps")
+            ax.axhline(T, color="0.3", ls="--", lw=0.8)
+        ax.set_title(f"{config} (n={len(arr)}): mean {float(np.nanmean(mean)):.2f} active steps"
+                     + (f" (dashed: T = {_value(T)})" if math.isfinite(T) else ""))
         ax.set_ylabel("active timesteps")
         ax.set_xticks(x, layers, rotation=90)
     fig.tight_layout()
@@ -604,12 +631,11 @@ def ablation_figure(rec: Records, out: Path) -> Figure:
             ax.set_title(f"{metric}: no data")
             continue
         colors = [style(rec, c)[0] for c in configs]
-        ax.bar(x, [s.mean for s in stats], yerr=[s.std if s.n > 1 else 0 for s in stats], color=colors, alpha=0.85,
-               capsize=3, width=0.7)
-        for xi, s in zip(x, stats):
-            if s.n:
-                ax.annotate(f"n={s.n}", (xi, s.mean), xytext=(0, 2), textcoords="offset points", ha="center",
-                            fontsize=5)
+        ax.bar(x, [s.mean for s in stats], color=colors, alpha=0.85, width=0.7)
+        spread = [(xi, s) for xi, s in zip(x, stats) if s.n > 1]
+        if spread:
+            ax.errorbar([p[0] for p in spread], [p[1].mean for p in spread], yerr=[p[1].std for p in spread], fmt="none",
+                        ecolor="black", capsize=3, lw=1)
         if metric == "accuracy":
             ax.set_ylim(*_bar_limits(ok, 100.0))
             ax.set_ylabel("test accuracy (%) [axis not from 0]")
@@ -617,7 +643,7 @@ def ablation_figure(rec: Records, out: Path) -> Figure:
             ax.set_ylim(0, max(100.0, max(s.mean for s in ok)) * 1.08)
             ax.axhline(100, color="0.3", ls="--", lw=0.8)
             ax.set_ylabel("token-units, % of dense")
-        ax.set_xticks(x, configs, rotation=30, ha="right")
+        ax.set_xticks(x, [f"{c} (n={s.n})" for c, s in zip(configs, stats)], rotation=30, ha="right")
     fig.suptitle(f"{rec.name}: per-variant ablation", fontsize=9)
     fig.tight_layout()
     caption = f"Bars: {STD_NOTE}; n = finished seeds. The accuracy axis does not start at 0."
@@ -665,12 +691,12 @@ def energy_figure(rec: Records, out: Path) -> Figure:
         ax.bar(x, vals, bottom=bottom, color=shade, edgecolor="black", linewidth=0.4, width=0.6, label=kind)
         bottom += vals
     ax.set_xticks(x, configs, rotation=30, ha="right")
-    ax.set_ylabel(f"energy per image (uJ, exact, {energy_constants(rec.study)})")
+    ax.set_ylabel("energy per image (uJ, exact)")
     ax.set_title(f"{rec.name}: energy by module kind")
     ax.legend(frameon=False, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.3))
     fig.tight_layout()
-    caption = ("energy_exact_uj_<kind> means over seeds: E_MAC x MACs + E_AC x exact SOPs per module kind "
-               "(stem, attention incl. QK^T and (QK^T)V, MLP, head).")
+    caption = (f"energy_exact_uj_<kind>, mean over seeds: E_MAC x MACs + E_AC x exact SOPs per module kind (stem, "
+               f"attention incl. QK^T and (QK^T)V, MLP, head), {energy_constants(rec.study)}.")
     return Figure(stem, title, caption, tuple(save(fig, out, stem)))
 
 
@@ -712,7 +738,7 @@ def _places(frames: Sequence[pd.DataFrame]) -> dict[str, int]:
     def means(metric: str) -> list[float]:
         return [_stats(f, metric).mean for f in frames]
 
-    return {"token_units": decimals(means("token_units"), 4, 1), "energy_exact_uj": decimals(means("energy_exact_uj"))}
+    return {"token_units": decimals(means("token_units"), 4, 1), "energy_exact_uj": decimals(means("energy_exact_uj"), 4)}
 
 
 def table_notes(rec: Records) -> tuple[str, ...]:
@@ -764,7 +790,7 @@ def evals_table(rec: Records) -> Table | None:
     body = tuple((c, name, setting, *cells) for (c, name, setting, _), cells in zip(keyed, rows))
     notes = (f"Evaluation-time overrides of each trained checkpoint (evals.csv), {STD_NOTE}.",
              "Columns as in table.md; '(as trained)' is the run's own evaluation (runs.csv).")
-    return Table(f"{rec.name}: evaluation overrides", headers, body, notes)
+    return Table(f"{rec.name}: evaluation overrides", headers, body, notes, labels=3)
 
 
 def _md_cell(text: str) -> str:
@@ -773,7 +799,7 @@ def _md_cell(text: str) -> str:
 
 def table_markdown(table: Table) -> str:
     """A markdown table (first column left-aligned, numbers right-aligned) with its notes as a list."""
-    align = ["---"] + ["---:"] * (len(table.headers) - 1)
+    align = ["---"] * table.labels + ["---:"] * (len(table.headers) - table.labels)
     lines = [f"# {table.title}", "", "| " + " | ".join(_md_cell(h) for h in table.headers) + " |",
              "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
@@ -791,7 +817,7 @@ def tex_escape(text: str) -> str:
 
 def table_latex(table: Table, label: str) -> str:
     """A booktabs table environment; the notes become the caption."""
-    spec = "l" + "r" * (len(table.headers) - 1)
+    spec = "l" * table.labels + "r" * (len(table.headers) - table.labels)
     lines = ["% generated by `spikesuite report` from the study's records; needs \\usepackage{booktabs}",
              r"\begin{table}[t]", r"\centering", r"\small",
              r"\caption{" + tex_escape(table.title + ". " + " ".join(table.notes)) + "}",

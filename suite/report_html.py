@@ -33,6 +33,7 @@ class Table:
     headers: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
     notes: tuple[str, ...] = ()
+    labels: int = 1  # leading text columns (left-aligned); the rest are numbers (right-aligned)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ body { font-family: DejaVu Sans, Arial, sans-serif; margin: 1.5em auto; max-widt
 h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
 th, td { border: 1px solid #bbb; padding: 3px 8px; text-align: right; }
-th { background: #eee; } td:first-child, th:first-child { text-align: left; }
+th { background: #eee; } .text, .kv td { text-align: left; }
 figure { margin: 1em 0 2em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.85em; color: #444; max-width: 900px; }
 pre { background: #f6f6f6; padding: 0.8em; font-size: 0.8em; overflow-x: auto; }
@@ -69,8 +70,11 @@ def _e(text: object) -> str:
 
 def table_html(table: Table) -> str:
     """A table as HTML, its notes as small paragraphs under it."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in table.headers)
-    body = "\n".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    def cell(tag: str, i: int, text: str) -> str:
+        return f'<{tag} class="text">{_e(text)}</{tag}>' if i < table.labels else f"<{tag}>{_e(text)}</{tag}>"
+
+    head = "".join(cell("th", i, h) for i, h in enumerate(table.headers))
+    body = "\n".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in table.rows)
     notes = "".join(f'<p class="note">{_e(n)}</p>' for n in table.notes)
     return f"<h3>{_e(table.title)}</h3>\n<table>\n<tr>{head}</tr>\n{body}\n</table>\n{notes}"
 
@@ -97,7 +101,7 @@ def render(page: Page, base: Path) -> str:
         f"<title>{_e(page.title)}</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>",
         f"<h1>{_e(page.title)}</h1>",
         f"<p>{_e(page.description)}</p>" if page.description else "",
-        f"<table>\n{summary}\n</table>",
+        f'<table class="kv">\n{summary}\n</table>',
         "".join(f'<p class="note">{_e(n)}</p>' for n in page.notes),
         "<h2>Tables</h2>",
         "\n".join(table_html(t) for t in page.tables),
@@ -107,7 +111,7 @@ def render(page: Page, base: Path) -> str:
         f"<pre>{_e(page.study_yaml or '(no study.yaml in the records)')}</pre>",
         "<h2>Machine and environment</h2>",
         f'<p class="note">{_e(page.environment_source)}</p>',
-        f"<table>\n{env}\n</table>",
+        f'<table class="kv">\n{env}\n</table>',
         "</body>\n</html>\n",
     ]
     return "\n".join(p for p in parts if p)

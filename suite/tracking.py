@@ -55,11 +55,11 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri(cfg, results)
-        self.client = MlflowClient(self.uri)
         name = cfg.experiment or study
         # Several processes may start on one study at once: creating the store's tables and the experiment
         # must not race (sqlite: "duplicate column name", experiment: RESOURCE_ALREADY_EXISTS).
         with _init_lock(self.uri, results):
+            self.client = MlflowClient(self.uri)
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
                 artifacts = (results / "mlartifacts" / name).resolve().as_uri() if self.uri.startswith("sqlite") \

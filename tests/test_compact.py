@@ -236,3 +236,22 @@ def test_active_fraction_matches_active_tokens() -> None:
     model = _active_model(TokenConfig(drop=DropConfig(keep_ratio=0.5, at_block=1)))
     # block 0 runs all 16 tokens, block 1 keeps round(0.5 * 16) = 8: (16 + 8) / 32
     assert active_fraction(model, _images(4)) == pytest.approx(0.75)
+
+
+def test_compact_block_refuses_a_token_resuming_across_calls() -> None:
+    """One call per timestep (time-major order): a token skipped at one call cannot come back,
+    because its skipped neuron update cannot be replayed; the guard says so instead of diverging."""
+    from suite.models.compact import CompactBlock
+    from suite.models.context import Context
+
+    model = _active_model(TokenConfig())
+    blk = CompactBlock(model.blocks[0], need_keys=False)
+    z = torch.randint(0, 3, (1, 2, model.num_tokens, TINY.dim)).float()
+    on, off = torch.ones(1, 2, model.num_tokens), torch.ones(1, 2, model.num_tokens)
+    off[0, 1, 5] = 0
+    ctx = Context(T=TINY.T)
+    with torch.no_grad():
+        blk(z, ctx, on)
+        blk(z, ctx, off)
+        with pytest.raises(NotImplementedError, match="resumed"):
+            blk(z, ctx, on)

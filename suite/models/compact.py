@@ -171,7 +171,7 @@ def _scatter_rows(dense: Tensor, rows: PackedRows, values: Tensor) -> Tensor:
 def _bucket_widths(counts: Tensor) -> Tensor:
     """Padded length of each segment: its row count rounded up to a power of two (capped at the
     largest count), so padding at most doubles the work and only ~log2(N) distinct widths occur."""
-    c = counts.clamp_min(1).to(torch.float64)
+    c = counts.clamp_min(1).to(torch.float32)  # exact: log2 of a power of two is an integer
     pow2 = torch.exp2(torch.ceil(torch.log2(c))).to(counts.dtype)
     return torch.where(counts > 0, pow2.clamp_max(int(counts.max())), 0)
 

@@ -1,0 +1,321 @@
+"""Optuna searches (suite.search) with real components: sqlite, journal and PostgreSQL storages, the
+executor and records of `spikesuite run`, a real MLflow store. Tiny digits subsets, depth 1, 1 epoch."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from suite import records
+from suite.cli import main
+from suite.study import expand, parse_study
+
+STUDY = """
+name: srch
+dataset: {name: digits, train_subset: 240, test_subset: 80, val_fraction: 0.1}
+model: {depth: 1, dim: 16, heads: 2, T: 2}
+train: {epochs: 1, batch_size: 40, lr: 5.0e-3, warmup_epochs: 0, min_lr: 1.0e-4}
+eval: {heatmap_images: 0}
+execution: {progress: false}
+variants:
+  act: {tokens: {halting: {}}}
+matrix: {seed: [0, 1]}
+search:
+  variants: [act]
+  objectives: [{metric: accuracy, direction: maximize}, {metric: token_pct, direction: minimize}]
+  params:
+    tokens.halting.beta_offset: {uniform: [-14.0, 0.0]}
+    tokens.halting.eps: {log_uniform: [0.001, 0.5]}
+  n_trials: 3
+  sampler: random
+  heartbeat_s: 1
+"""
+PARAMS = {"tokens.halting.beta_offset": optuna.distributions.FloatDistribution(-14.0, 0.0),
+          "tokens.halting.eps": optuna.distributions.FloatDistribution(0.001, 0.5, log=True)}
+
+
+@pytest.fixture(autouse=True)
+def _own_tracking_store(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # each test's store lives under its results
+
+
+def write(tmp_path: Path, text: str = STUDY) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+def mlflow_runs(results: Path, kind: str) -> list:
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("srch")
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`spikesuite.kind` = '{kind}'",
+                              max_results=1000)
+
+
+def dominates(a: pd.Series, b: pd.Series) -> bool:
+    """a is at least as good as b in both objectives and better in one (accuracy max, token_pct min)."""
+    return (a.accuracy >= b.accuracy and a.token_pct <= b.token_pct
+            and (a.accuracy > b.accuracy or a.token_pct < b.token_pct))
+
+
+def test_eval_search_pareto_mlflow_and_resume(tmp_path):
+    path, results = write(tmp_path), tmp_path / "results"
+    assert main(["search", str(path), "--results", str(results)]) == 0
+    sdir = results / "srch"
+    trials = pd.read_csv(sdir / "search" / "trials.csv")
+    assert list(trials.trial) == [0, 1, 2] and set(trials.state) == {"COMPLETE"}
+    pareto = pd.read_csv(sdir / "search" / "pareto.csv")
+    assert {"trial", "variant", "accuracy", "token_pct", *PARAMS} <= set(pareto.columns)
+    front = set(pareto.trial)
+    assert front and front <= set(trials.trial)
+    for _, t in trials.iterrows():  # exactly the non-dominated trials
+        assert (t.trial in front) == (not any(dominates(o, t) for _, o in trials.iterrows()))
+    for ext in ("png", "pdf"):
+        assert (sdir / "search" / f"pareto.{ext}").stat().st_size > 0
+    # each trial evaluated both seeds' checkpoints, recorded beside the runs; objectives are their mean
+    evals = pd.read_csv(sdir / records.EVALS_TABLE)
+    specs = expand(parse_study(STUDY))
+    for _, t in trials.iterrows():
+        mine = evals[evals.override == f"trial{t.trial}"]
+        assert sorted(mine.run_id) == sorted(s.run_id for s in specs)
+        assert mine.accuracy.mean() == pytest.approx(t.accuracy)
+        assert mine.token_pct.mean() == pytest.approx(t.token_pct)
+        assert json.loads(mine.set.iloc[0])["tokens.halting.eps"] == pytest.approx(t["tokens.halting.eps"])
+    assert set(pd.read_csv(sdir / records.RUNS_TABLE).status) == {"done"}
+
+    # MLflow: one invocation parent, one child per trial under it, params and objective values logged
+    (parent,) = [r for r in mlflow_runs(results, "invocation") if r.data.tags.get("spikesuite.search")]
+    children = mlflow_runs(results, "trial")
+    assert sorted(int(r.data.tags["trial_number"]) for r in children) == [0, 1, 2]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    for r in children:
+        t = trials.set_index("trial").loc[int(r.data.tags["trial_number"])]
+        assert r.data.metrics["accuracy"] == pytest.approx(t.accuracy)
+        assert float(r.data.params["tokens.halting.beta_offset"]) == pytest.approx(t["tokens.halting.beta_offset"])
+        assert r.info.status == "FINISHED"
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "search")} >= {
+        "search/pareto.csv", "search/pareto.png", "search/pareto.pdf"}
+
+    # resume: the study keeps its trials and grows to the new total; the same total again adds nothing
+    assert main(["search", str(path), "--results", str(results), "--n-trials", "5"]) == 0
+    again = pd.read_csv(sdir / "search" / "trials.csv")
+    assert list(again.trial) == [0, 1, 2, 3, 4] and set(again.state) == {"COMPLETE"}
+    pd.testing.assert_frame_equal(again.iloc[:3][list(PARAMS)], trials[list(PARAMS)])
+    assert again.iloc[3]["tokens.halting.beta_offset"] not in set(trials["tokens.halting.beta_offset"])
+    assert main(["search", str(path), "--results", str(results), "--n-trials", "5"]) == 0
+    assert len(pd.read_csv(sdir / "search" / "trials.csv")) == 5
+    parents = [r for r in mlflow_runs(results, "invocation") if r.data.tags.get("spikesuite.search")]
+    per_parent = sorted(sum(c.data.tags["mlflow.parentRunId"] == p.info.run_id for c in mlflow_runs(results, "trial"))
+                        for p in parents)
+    assert per_parent == [0, 2, 3]
+    study = optuna.load_study(study_name="srch-eval", storage=f"sqlite:///{sdir / 'optuna.db'}")
+    assert study.metric_names == ["accuracy", "token_pct"]
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (("tokens.halting.eps: {log", "train.lr: {log"), "search.params.train.lr: not an evaluation-time setting"),
+    (("variants: [act]", "variants: [nope]"), "search.variants.0: unknown variant 'nope'"),
+    (("sampler: random", "sampler: random\n  pruner: median"), "search.pruner: median pruning needs stage: train"),
+    (("sampler: random", "sampler: grid"), "search.params.tokens.halting.beta_offset: the grid sampler needs a choice"),
+    (("tokens.halting.eps: {log_uniform: [0.001, 0.5]}", "tokens.halting.gamma: {uniform: [1.0, 2.0]}"),
+     "search.params.tokens.halting.gamma: not an evaluation-time setting"),
+    (("log_uniform: [0.001, 0.5]", "uniform: [-1.0, 0.5]"), "search.params.tokens.halting.eps: -1.0 gives an invalid"),
+    (("tokens: {halting: {}}", "time: {mask: {}}"), "search.params.tokens.halting.beta_offset: applies to none"),
+    (("metric: token_pct, direction: minimize", "metric: accuracy, direction: minimize"),
+     "search.objectives.1.metric: 'accuracy' is already an objective"),
+])
+def test_bad_search_blocks_exit_2_before_writing(tmp_path, capsys, edit, expected):
+    path, results = write(tmp_path, STUDY.replace(*edit)), tmp_path / "results"
+    assert main(["search", str(path), "--results", str(results)]) == 2
+    assert expected in capsys.readouterr().err
+    assert not results.exists()
+
+
+def test_train_stage_trials_are_runs_and_repeats_reuse_them(tmp_path):
+    text = STUDY.replace("matrix: {seed: [0, 1]}", "matrix: {seed: [0]}").replace("""  objectives: [{metric: accuracy, direction: maximize}, {metric: token_pct, direction: minimize}]
+  params:
+    tokens.halting.beta_offset: {uniform: [-14.0, 0.0]}
+    tokens.halting.eps: {log_uniform: [0.001, 0.5]}""", """  stage: train
+  objectives: [{metric: accuracy, direction: maximize}]
+  pruner: median
+  params:
+    tokens.halting.ponder_weight: {choice: [0.0005, 0.002]}""")
+    path, results = write(tmp_path, text), tmp_path / "results"
+    assert main(["search", str(path), "--results", str(results)]) == 0
+    sdir = results / "srch"
+    study = optuna.load_study(study_name="srch-train", storage=f"sqlite:///{sdir / 'optuna.db'}")
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 3  # 3 trials over 2 choices: at least one config repeats
+    run_of = {t.number: t.user_attrs["runs"][0] for t in trials}
+    assert len(set(run_of.values())) == len({t.params["tokens.halting.ponder_weight"] for t in trials}) < 3
+    runs = pd.read_csv(sdir / records.RUNS_TABLE).set_index("run_id")
+    matrix_run = expand(parse_study(text))[0].run_id
+    for t in trials:
+        rid = run_of[t.number]
+        assert runs.loc[rid, "status"] == "done" and runs.loc[rid, "accuracy"] == pytest.approx(t.value)
+        cfg = (sdir / rid / records.CONFIG).read_text()
+        assert f"ponder_weight: {t.params['tokens.halting.ponder_weight']}" in cfg
+        assert json.loads((sdir / rid / records.STATUS).read_text())["attempts"] == 1  # trained once
+        # the default ponder weight resolves to the matrix run's config, hence its id
+        assert (rid == matrix_run) == (t.params["tokens.halting.ponder_weight"] == 0.0005)
+    first = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        rid = run_of[t.number]
+        if rid in first:  # a repeat: reused, not retrained, and nothing reported to the pruner
+            assert t.user_attrs["reused"] == [rid] and not t.intermediate_values
+        else:
+            first[rid] = t.number
+            assert t.user_attrs["reused"] == []
+            val = pd.read_csv(sdir / rid / records.HISTORY).val_acc.tolist()
+            assert [t.intermediate_values[k] for k in sorted(t.intermediate_values)] == pytest.approx(val)
+    for rid, number in first.items():  # the trial's runs are rows of runs.csv (the matrix run keeps its axes)
+        if rid != matrix_run:
+            assert runs.loc[rid, "search"] == "srch-train" and runs.loc[rid, "trial"] == number
+    # MLflow: each trained run is nested under the trial that trained it
+    trial_runs = {r.info.run_id: int(r.data.tags["trial_number"]) for r in mlflow_runs(results, "trial")}
+    nested = mlflow_runs(results, "run")
+    assert len(nested) == len(first)
+    assert sorted(trial_runs[r.data.tags["mlflow.parentRunId"]] for r in nested) == sorted(first.values())
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+
+def start_workers(study: Path, results: Path, storage: str, n_trials: int, n: int = 2) -> list[subprocess.Popen]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "suite", "worker", str(study), "--results", str(results), "--storage", storage,
+           "--n-trials", str(n_trials)]
+    return [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(n)]
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float = 240) -> None:
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+
+
+def orphan_trial(storage, *, worker: str | None = None, beat: bool = False) -> int:
+    """A trial left RUNNING by a worker that died: on this machine (dead pid) or silent (no heartbeat)."""
+    study = optuna.create_study(study_name="srch-eval", storage=storage, directions=["maximize", "minimize"],
+                                load_if_exists=True)
+    trial = study.ask(PARAMS)
+    if worker:
+        trial.set_user_attr("worker", worker)
+    if beat:
+        study_id = storage.get_study_id_from_name("srch-eval")
+        storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+    return trial.number
+
+
+def check_shared_search(study, results: Path, n_trials: int, orphan: int) -> None:
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == list(range(n_trials + 1))  # no duplicate numbers
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == n_trials  # the workers together ran exactly the budget
+    (dead,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert dead.number == orphan and "error" not in dead.user_attrs  # not a trial error: its worker died
+    (retry,) = [t for t in complete if t.system_attrs.get("failed_trial") == orphan]
+    assert retry.params == dead.params  # the dead worker's trial was run again, same parameters
+    sdir = results / "srch"
+    for spec in expand(parse_study(STUDY)):  # the two workers trained the runs once between them
+        assert json.loads((sdir / spec.run_id / records.STATUS).read_text())["attempts"] == 1
+        assert sorted(p.stem for p in (sdir / spec.run_id / "evals").glob("trial*.json")) == sorted(
+            f"trial{t.number}" for t in complete)
+    parents = [r for r in mlflow_runs(results, "invocation") if r.data.tags.get("spikesuite.search")]
+    assert len(parents) == 2 and {r.data.tags["search.role"] for r in parents} == {"worker"}
+    assert sorted(int(r.data.tags["trial_number"]) for r in mlflow_runs(results, "trial")) == sorted(
+        t.number for t in complete)
+    assert len(pd.read_csv(sdir / "search" / "trials.csv")) == n_trials + 1
+
+
+def test_two_workers_share_a_journal_storage(tmp_path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path, results, journal = write(tmp_path), tmp_path / "results", tmp_path / "j.log"
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id on this machine that no longer runs
+    orphan = orphan_trial(JournalStorage(JournalFileBackend(str(journal))), worker=f"{socket.gethostname()}:{gone.pid}")
+    wait_all(start_workers(path, results, f"journal:{journal}", n_trials=4))
+    check_shared_search(optuna.load_study(study_name="srch-eval", storage=JournalStorage(
+        JournalFileBackend(str(journal)))), results, 4, orphan)
+
+
+def _postgres_bindir() -> Path | None:
+    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(d.split("/")[-2]), reverse=True):
+        if Path(d, "initdb").exists() and Path(d, "pg_ctl").exists():
+            return Path(d)
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb and shutil.which("pg_ctl") else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 (trust auth, a free port, no fsync). Its directory is
+    under /tmp, not tmp_path: pytest's base directory is private to root, and the server runs as postgres."""
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    import psycopg2
+
+    root = Path(tempfile.mkdtemp(prefix="spikesuite-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+
+    def pg(*args: str) -> None:
+        cmd = [*as_user, *args]
+        if os.geteuid() == 0 and not as_user:
+            cmd = ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(f"'{a}'" for a in args)]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+    try:
+        pg(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "-o",
+           f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        conn.autocommit = True
+        conn.cursor().execute("CREATE DATABASE search")
+        conn.close()
+        yield f"postgresql://postgres@127.0.0.1:{port}/search"
+    finally:
+        if (data / "postmaster.pid").exists():
+            pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_share_a_postgresql_server(tmp_path, postgres_url):
+    from optuna.storages import RDBStorage
+
+    path, results = write(tmp_path), tmp_path / "results"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = RDBStorage(postgres_url, heartbeat_interval=1)
+    orphan = orphan_trial(storage, beat=True)  # one heartbeat, then silence: stale after 2 s
+    storage.engine.dispose()
+    time.sleep(2.5)
+    wait_all(start_workers(path, results, postgres_url, n_trials=4))
+    check_shared_search(optuna.load_study(study_name="srch-eval", storage=postgres_url), results, 4, orphan)
