@@ -86,6 +86,15 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     u.add_argument("--port", type=int, default=5000)
     u.add_argument("--uri", default=None, help="tracking URI (default: sqlite store under --results)")
+
+    b = sub.add_parser("bench", help="wall-clock ratios: training step vs spikingjelly, compacted inference, "
+                       "study end to end", description=_bench.__doc__)
+    b.set_defaults(func=_bench)
+    b.add_argument("--out", type=Path, default=Path("results/bench"), help="output directory (default results/bench)")
+    b.add_argument("--quick", action="store_true", help="tiny shapes and a tiny study (checks that it runs)")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu (default) or cuda (bf16 autocast)")
+    b.add_argument("--parts", default="1,2,3", help="comma-separated subset of 1,2,3 (default all)")
+    b.add_argument("--no-profile", action="store_true", help="do not profile the cases whose target is missed")
     return p
 
 
@@ -249,6 +258,20 @@ def _ui(args) -> int:
     print(f"MLflow UI on http://{args.host}:{args.port}  (store: {uri}; Ctrl-C to stop)", flush=True)
     env = dict(os.environ)
     return subprocess.call(cmd, env=env)
+
+
+def _bench(args) -> int:
+    """Training step time vs spikingjelly's Spikformer, inference images/s at active-token fractions (dense,
+    masked, compacted) and the smoke study end to end; writes bench.csv, bench.png/pdf and machine.json."""
+    from suite.bench import run_bench
+
+    try:
+        parts = tuple(int(p) for p in args.parts.split(",") if p.strip())
+        run_bench(args.out, quick=args.quick, device=args.device, parts=parts, profile=not args.no_profile)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

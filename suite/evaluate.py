@@ -16,7 +16,14 @@ from spikingjelly.activation_based import functional
 
 from baselines.temporal import early_exit
 from suite.data import DataBundle, make_loader
-from suite.metrics import EnergyConfig, energy_metrics, firing_rates, merge_counts, merge_spikes, ops_weighted_steps
+from suite.metrics import (
+    EnergyConfig,
+    energy_metrics,
+    firing_rates,
+    merge_counts,
+    merge_spikes,
+    ops_weighted_steps,
+)
 from suite.models import Spikformer
 
 

@@ -94,14 +94,14 @@ def load_runs(study_dir: Path) -> pd.DataFrame:
     path = study_dir / records.RUNS_TABLE
     if not path.exists():
         raise FileNotFoundError(f"no runs table at {path}: run the study first (spikesuite run STUDY)")
-    return pd.read_csv(path)
+    return pd.read_csv(path, dtype={"run_id": str})  # a hex id such as "123456e78901" must stay a string
 
 
 def load_evals(study_dir: Path) -> pd.DataFrame | None:
     path = study_dir / records.EVALS_TABLE
     if not path.exists():
         return None
-    frame = pd.read_csv(path)
+    frame = pd.read_csv(path, dtype={"run_id": str})
     return None if frame.empty else frame
 
 
@@ -290,7 +290,7 @@ def published_points(frame: pd.DataFrame | None, metric: str, done: pd.DataFrame
 
     timesteps -> timesteps_mean; energy_mj x 1000 -> uJ; token_reduction r -> (1 - r) x this study's dense
     token-units (only when that is one number), i.e. the same fraction of dense."""
-    empty = pd.DataFrame(columns=["x", "accuracy", "method"])
+    empty = pd.DataFrame(columns=["x", "accuracy", "method", "backbone", "confidence"])
     if frame is None or frame.empty:
         return empty
     f = frame.dropna(subset=["accuracy"])
@@ -302,8 +302,9 @@ def published_points(frame: pd.DataFrame | None, metric: str, done: pd.DataFrame
         x = (1.0 - f["token_reduction"]) * float(done["dense_token_units"].iloc[0])
     else:
         return empty
-    pts = pd.DataFrame({"x": x, "accuracy": f["accuracy"], "method": f["method"]}).dropna()
-    return pts.reset_index(drop=True)
+    pts = pd.DataFrame({"x": x, "accuracy": f["accuracy"], "method": f["method"],
+                        "backbone": f["backbone"].fillna("backbone not given"), "confidence": f["confidence"]})
+    return pts.dropna(subset=["x", "accuracy"]).reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -380,20 +381,24 @@ def pareto_figure(rec: Records, axis: ParetoAxis, published: pd.DataFrame | None
                               label="evaluation overrides (mean over seeds)"))
     pub = published_points(published, axis.metric, done)
     if not pub.empty:
-        ax.scatter(pub.x, pub.accuracy, marker="o", s=36, facecolors="none", edgecolors="black", linewidths=1.0,
-                   zorder=5, label="published (other backbone/dataset)")
-        for row in pub.itertuples():
-            ax.annotate(row.method, (row.x, row.accuracy), xytext=(4, 3), textcoords="offset points", fontsize=5)
+        handles.append(ax.scatter(pub.x, pub.accuracy, marker="o", s=36, facecolors="none", edgecolors="black",
+                                  linewidths=1.0, zorder=5, label="published (other backbone/dataset)"))
+        for i, row in enumerate(pub.itertuples(), 1):
+            ax.annotate(f"P{i}", (row.x, row.accuracy), xytext=(4, 2), textcoords="offset points", fontsize=5)
     ax.set_xlabel(axis.label)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{rec.name}: {axis.title.lower()}")
     plain_axes(ax)
     own, labels = ax.get_legend_handles_labels()
-    ax.legend(own + handles, labels + [h.get_label() for h in handles], frameon=False, loc="upper left",
+    pairs = [(h, lab) for h, lab in zip(own, labels) if h not in handles] + [(h, h.get_label()) for h in handles]
+    ax.legend([p[0] for p in pairs], [p[1] for p in pairs], frameon=False, loc="upper left",
               bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     pub_note = published_note
     if published is not None and pub.empty:
         pub_note = f"Published numbers for {rec.dataset} give no value on this axis; none drawn."
+    elif not pub.empty:
+        pub_note += " Key: " + "; ".join(f"P{i} {r.method} ({r.backbone}; confidence: {r.confidence})"
+                                         for i, r in enumerate(pub.itertuples(), 1)) + "."
     caption = (f"Points: variant means, error bars: sample std over seeds (ddof=1). Step line: non-dominated front "
                f"over the variant means (lower {axis.metric}, higher accuracy). "
                + (f"Dashed curves: evaluation overrides from evals.csv ({overrides}), mean over seeds, joined "

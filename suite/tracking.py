@@ -116,9 +116,9 @@ class Tracker:
     def log_metrics(self, mlflow_run_id: str | None, metrics: dict[str, float], step: int = 0) -> None:
         if not self.enabled or not mlflow_run_id:
             return
-        from mlflow.entities import Metric
-
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(_key(k), float(v), now, step) for k, v in metrics.items()

@@ -215,6 +215,17 @@ def test_pareto_front_and_helpers():
     assert r"x\_y & 1.0 $\pm$ 0.1 \\" in report.table_latex(table, "tab:t")
 
 
+def test_matrix_axes_split_a_variant():
+    runs = pd.DataFrame({"variant": ["dense", "dense", "dense", "act"], "seed": [0, 1, 0, 0], "T": [2, 2, 4, 4],
+                         "train.lr": [0.1, 0.1, 0.1, 0.1]})
+    study = {"variants": {"dense": {}, "act": {}}, "matrix": {"seed": [0, 1], "model.T": [2, 4], "train.lr": [0.1]}}
+    axes = report.axis_columns(runs, study)
+    assert axes == ["T"]  # train.lr takes one value: it splits nothing
+    runs["config"] = report.config_labels(runs, axes)
+    assert runs.config.tolist() == ["dense (T=2)", "dense (T=2)", "dense (T=4)", "act (T=4)"]
+    assert report.config_order(runs, study, axes) == ("dense (T=2)", "dense (T=4)", "act (T=4)")
+
+
 def test_published_markers_only_for_the_same_dataset():
     frame, note = report.published_for("digits")
     assert frame is None and "none for dataset 'digits'" in note
@@ -227,6 +238,17 @@ def test_published_markers_only_for_the_same_dataset():
     assert energy.x.tolist() == pytest.approx((with_energy.energy_mj * 1000).tolist())  # mJ -> uJ
     tokens = report.published_points(frame, "token_units", done)
     assert ((tokens.x >= 0) & (tokens.x <= 1024)).all()
+
+
+def test_early_exit_histogram(built, tmp_path):
+    import dataclasses
+
+    sdir, _ = built
+    rec = report.load_records(sdir)
+    details = {rid: {**d, "exit_histogram": [30, 50 + i]} for i, (rid, d) in enumerate(sorted(rec.details.items()))}
+    fig = report.exit_figure(dataclasses.replace(rec, details=details), tmp_path)
+    assert fig.skipped is None and [p.name for p in fig.paths] == ["early_exit.png", "early_exit.pdf"]
+    assert report.exit_figure(rec, tmp_path).skipped  # the fixture's records have none
 
 
 def test_absent_data_skips_figures(tmp_path):
@@ -288,6 +310,11 @@ def test_figures_logged_to_latest_parent_run(built):
     assert {"report/accuracy_vs_tokens.png", "report/accuracy_vs_tokens.pdf", "report/table.md"} <= logged
     assert "report.html" in {a.path for a in client.list_artifacts(latest)}
     assert not client.list_artifacts(old) and not client.list_artifacts(child)
+
+
+def test_report_never_imports_torch():
+    code = "import sys, suite.report; sys.exit('torch' in sys.modules or 'spikingjelly' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
 
 
 def _chromium() -> str | None:
