@@ -70,6 +70,8 @@ ERROR_ATTR, WORKER_ATTR, VARIANT_ATTR = "error", "worker", "variant"
 # Per-epoch validation values that fit() records, by the objective metric they track (median pruning).
 EPOCH_METRIC = {"accuracy": "val_acc", "token_pct": "val_token_pct"}
 MAX_RETRY = 2  # a trial whose worker died is run again at most this often
+# Our lock beside a journal/sqlite file (not "<file>.lock": that is the journal backend's own symlink lock).
+LOCK_SUFFIX = ".spikesuite-lock"
 
 
 class SearchFailed(Exception):
@@ -214,6 +216,18 @@ def redact(url: str) -> str:
     return url
 
 
+def with_driver(url: str) -> str:
+    """``postgresql://`` names no driver, and SQLAlchemy 2.1 picks psycopg 3 for it; where only psycopg2
+    is installed (``psycopg2-binary``), use that one."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2{sep}{rest}"
+    return url
+
+
 class _FileLock:
     """An exclusive ``flock`` on a file beside a local storage (released by the OS if we die)."""
 
@@ -310,7 +324,7 @@ def open_storage(url: str, study_name: str, heartbeat_s: int) -> Storage:
             raise StudyError("--storage", [f"{url!r}: give a file, e.g. journal:results/x/optuna.journal"])
         path = path.resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = _FileLock(path.with_name(path.name + ".lock"))
+        lock = _FileLock(path.with_name(path.name + LOCK_SUFFIX))
         with lock.hold():
             storage = JournalStorage(JournalFileBackend(str(path)))
         return Storage(url, storage, lock, True, None)
@@ -321,13 +335,14 @@ def open_storage(url: str, study_name: str, heartbeat_s: int) -> Storage:
                                            "give a file, sqlite:////abs/path/optuna.db"])
         path = Path(db).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = _FileLock(path.with_name(path.name + ".lock"))
+        lock = _FileLock(path.with_name(path.name + LOCK_SUFFIX))
         with lock.hold():  # table creation by two processes at once fails
             storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
         return Storage(url, storage, lock, True, None)
     if "://" not in url:
         raise StudyError("--storage", [f"{url!r}: expected journal:<path>, sqlite:///<path> or a database URL "
                                        "such as postgresql://user@host/db"])
+    url = with_driver(url)
     try:
         lock: Any = _DbLock(url, study_name)
         if lock.dialect not in ("postgresql", "mysql", "mariadb"):

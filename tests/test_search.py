@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from suite import records
 from suite.cli import main
+from suite.search import with_driver
 from suite.study import expand, parse_study
 
 STUDY = """
@@ -39,13 +40,13 @@ search:
   variants: [act]
   objectives: [{metric: accuracy, direction: maximize}, {metric: token_pct, direction: minimize}]
   params:
-    tokens.halting.beta_offset: {uniform: [-14.0, 0.0]}
+    tokens.halting.beta_offset: {uniform: [-20.0, 0.0]}
     tokens.halting.eps: {log_uniform: [0.001, 0.5]}
   n_trials: 3
   sampler: random
   heartbeat_s: 1
 """
-PARAMS = {"tokens.halting.beta_offset": optuna.distributions.FloatDistribution(-14.0, 0.0),
+PARAMS = {"tokens.halting.beta_offset": optuna.distributions.FloatDistribution(-20.0, 0.0),
           "tokens.halting.eps": optuna.distributions.FloatDistribution(0.001, 0.5, log=True)}
 
 
@@ -150,7 +151,7 @@ def test_bad_search_blocks_exit_2_before_writing(tmp_path, capsys, edit, expecte
 def test_train_stage_trials_are_runs_and_repeats_reuse_them(tmp_path):
     text = STUDY.replace("matrix: {seed: [0, 1]}", "matrix: {seed: [0]}").replace("""  objectives: [{metric: accuracy, direction: maximize}, {metric: token_pct, direction: minimize}]
   params:
-    tokens.halting.beta_offset: {uniform: [-14.0, 0.0]}
+    tokens.halting.beta_offset: {uniform: [-20.0, 0.0]}
     tokens.halting.eps: {log_uniform: [0.001, 0.5]}""", """  stage: train
   objectives: [{metric: accuracy, direction: maximize}]
   pruner: median
@@ -313,9 +314,10 @@ def test_two_workers_share_a_postgresql_server(tmp_path, postgres_url):
     path, results = write(tmp_path), tmp_path / "results"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = RDBStorage(postgres_url, heartbeat_interval=1)
+        storage = RDBStorage(with_driver(postgres_url), heartbeat_interval=1)
     orphan = orphan_trial(storage, beat=True)  # one heartbeat, then silence: stale after 2 s
     storage.engine.dispose()
     time.sleep(2.5)
     wait_all(start_workers(path, results, postgres_url, n_trials=4))
-    check_shared_search(optuna.load_study(study_name="srch-eval", storage=postgres_url), results, 4, orphan)
+    check_shared_search(optuna.load_study(study_name="srch-eval", storage=with_driver(postgres_url)), results, 4,
+                        orphan)
