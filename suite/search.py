@@ -520,6 +520,7 @@ class SearchRunner:
         self.ostudy.sampler = make_sampler(self.search, seed % 2**32, self.budget)
         self.study_id = self.storage.optuna.get_study_id_from_name(self.name)
         self.host, self.pid = socket.gethostname(), os.getpid()
+        self.started = time.time()
         from suite.execute import DataCache
 
         self.cache = DataCache()
@@ -545,13 +546,15 @@ class SearchRunner:
         with self.storage.lock.hold():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # ask() warns that heartbeats are meant for optimize(); _Heartbeat sends them here
+                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
                 if self.storage.heartbeat_s:
                     optuna.storages.fail_stale_trials(self.ostudy)
                 elif self.storage.local:
                     self._fail_dead_local_trials()
-            if self.budget is not None and self.counted() >= self.budget:
-                return None
-            trial = self.ostudy.ask()
+                if self.budget is not None and self.counted() >= self.budget:
+                    return None
+                trial = self.ostudy.ask()
             trial.set_user_attr(WORKER_ATTR, f"{self.host}:{self.pid}")
             return trial
 
@@ -657,7 +660,8 @@ class SearchRunner:
         summary = StudySummary(self.sdir)
         while todo:
             summary.busy = []
-            _run_all(self.study, todo, self.sdir, self.tracker, self.parent, summary, self.progress, self.device)
+            _run_all(self.study, todo, self.sdir, self.tracker, self.parent, summary, self.progress, self.device,
+                     since=self.started)  # a run another worker failed during this search is not retried
             todo = [s for s in todo if s.run_id in summary.busy]
             if todo:
                 time.sleep(2)  # another worker is training these: wait for it
@@ -858,6 +862,15 @@ def pareto_frame(ostudy, metrics: list[str]) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def staircase(front: list[tuple[float, float]], x_max: bool, y_max: bool) -> list[tuple[float, float]]:
+    """Points of a 2-D Pareto front (sorted by x) joined through the corners between neighbours, each
+    corner taking the worse coordinate of the pair: the boundary of the dominated region."""
+    path = front[:1]
+    for (x0, y0), (x1, y1) in zip(front, front[1:]):
+        path += [((min if x_max else max)(x0, x1), (min if y_max else max)(y0, y1)), (x1, y1)]
+    return path
+
+
 def pareto_figure(ostudy, metrics: list[str], directions: list[str], out: Path) -> list[Path]:
     """All complete trials grey, the Pareto set highlighted (one panel per objective pair, at most three);
     a single objective is drawn against the trial number."""
@@ -882,8 +895,9 @@ def pareto_figure(ostudy, metrics: list[str], directions: list[str], out: Path) 
             fx, fy, fn = zip(*front)
             ax.scatter(fx, fy, s=36, color="tab:red", edgecolor="k", linewidth=0.5,
                        label=f"Pareto set ({len(front)})" if i is not None else "best", zorder=3)
-            if i is not None and len(metrics) == 2:
-                ax.plot(fx, fy, color="tab:red", linewidth=0.8, alpha=0.6, drawstyle="steps-post", zorder=1)
+            if i is not None and len(metrics) == 2:  # the boundary of the region the Pareto set dominates
+                path = staircase(list(zip(fx, fy)), directions[i] == "maximize", directions[j] == "maximize")
+                ax.plot(*zip(*path), color="tab:red", linewidth=0.8, alpha=0.6, zorder=1)
             for x, y, n in front:
                 ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
         if not done:

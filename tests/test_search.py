@@ -195,6 +195,31 @@ def test_train_stage_trials_are_runs_and_repeats_reuse_them(tmp_path):
     assert sorted(trial_runs[r.data.tags["mlflow.parentRunId"]] for r in nested) == sorted(first.values())
 
 
+def test_median_pruning_reports_epochs_and_prunes(tmp_path):
+    """The train stage's epoch hook: execute_run logs each epoch row through the tracker it is given; the
+    wrapper reports the validation value to the trial and raises TrialPruned when the pruner says so."""
+    from suite.search import _EpochReporter
+    from suite.study import TrackingConfig
+    from suite.tracking import Tracker
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    tracker = Tracker(TrackingConfig(enabled=False), "srch", tmp_path)
+    good = study.ask()
+    reporter = _EpochReporter(tracker, good, "val_acc", offset=0)
+    reporter.log_metrics(None, {"epoch": 1, "val_acc": 60.0, "train_loss": 1.0}, step=1)
+    reporter.log_metrics(None, {"accuracy": 61.0}, step=1)  # final metrics: not an epoch row, not reported
+    study.tell(good, 61.0)
+    assert good.number == 0 and study.trials[0].intermediate_values == {1: 60.0}
+    bad = study.ask()
+    reporter = _EpochReporter(tracker, bad, "val_acc", offset=0)
+    with pytest.raises(optuna.TrialPruned, match="epoch 1"):
+        reporter.log_metrics(None, {"epoch": 1, "val_acc": 20.0}, step=1)
+    assert reporter.pruned and study.trials[1].intermediate_values == {1: 20.0}
+    second_run = _EpochReporter(tracker, study.ask(), "val_acc", offset=2)  # a variant's 2nd run: steps 3, 4, ..
+    second_run.log_metrics(None, {"epoch": 1, "val_acc": 20.0}, step=1)  # no trial has step 3 yet: no verdict
+    assert study.trials[2].intermediate_values == {3: 20.0} and not second_run.pruned
+
+
 # ---------------------------------------------------------------------------------------------- workers
 
 
@@ -217,7 +242,9 @@ def orphan_trial(storage, *, worker: str | None = None, beat: bool = False) -> i
     """A trial left RUNNING by a worker that died: on this machine (dead pid) or silent (no heartbeat)."""
     study = optuna.create_study(study_name="srch-eval", storage=storage, directions=["maximize", "minimize"],
                                 load_if_exists=True)
-    trial = study.ask(PARAMS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Heartbeat of storage is supposed to be used with optimize"
+        trial = study.ask(PARAMS)
     if worker:
         trial.set_user_attr("worker", worker)
     if beat:
