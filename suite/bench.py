@@ -26,7 +26,6 @@ On CUDA the forward passes run under bf16 autocast and every timing is bracketed
 
 from __future__ import annotations
 
-import cProfile
 import importlib.metadata
 import io
 import json
@@ -121,6 +120,7 @@ class BenchResult:
     targets: list[Target] = field(default_factory=list)
     profiles: dict[str, str] = field(default_factory=dict)  # case -> top-operator table
     notes: list[str] = field(default_factory=list)
+    calibration: dict = field(default_factory=dict)  # part 2: halting channel, its values, beta_offset per f
     paths: list[Path] = field(default_factory=list)
 
     def add(self, part: int, case: str, device: str, metric: str, median: float, iqr: float, ratio: float,
@@ -381,6 +381,7 @@ def part2(cfg: BenchConfig, device: torch.device, res: BenchResult, log: Callabl
     x, _ = _batch(shape, device, seed=7)
     z = residual_values(dense, x)
     channel, dist = halting_channel(z)
+    res.calibration.update(halting_channel=channel, channel_values=dist, bn_stats="3 train-mode forwards")
     log(f"[2] halting channel {channel}: residual-stream values entering the blocks "
         + ", ".join(f"{k}: {v:.1%}" for k, v in dist.items()))
     calib = x[: cfg.calib_images]
@@ -443,8 +444,9 @@ def part2(cfg: BenchConfig, device: torch.device, res: BenchResult, log: Callabl
     log(f"[2] dense {B / med['dense']:.1f} images/s; stem alone {B / med['stem']:.1f} images/s "
         f"(the stem is {stem_share:.0%} of the dense time: the end-to-end speedup is at most "
         f"{1 / stem_share:.2f}x whatever f)")
-    for target, (model, off, f) in models.items():
+    for target, (_, off, f) in models.items():
         key = f"f={target:.2f}"
+        res.calibration[key] = {"beta_offset": off, "active_fraction": f}
         amdahl = 1.0 / (stem_share + (1 - stem_share) * f)
         res.add(2, key, dev, "active_fraction", f, 0.0, 1.0 / f, B)  # ratio: the ideal speedup 1/f
         res.add(2, key, dev, "amdahl_ideal_speedup", amdahl, 0.0, amdahl, 1)
@@ -464,7 +466,7 @@ def part2(cfg: BenchConfig, device: torch.device, res: BenchResult, log: Callabl
         for tgt in res.targets:
             if tgt.name.startswith("compact") and not tgt.met and "f=" in tgt.name:
                 key = tgt.name.split()[1]
-                if f"part 2: dense forward" not in res.profiles:
+                if "part 2: dense forward" not in res.profiles:
                     res.profiles["part 2: dense forward"] = profile_top(run_dense, device)
                 label = f"part 2: compact_forward at {key}"
                 if label not in res.profiles:
@@ -750,6 +752,8 @@ def run_bench(out: Path | str = Path("results/bench"), *, quick: bool = False, d
         part3(quick, dev, res, log, profile)
     res.paths.append(write_csv(res.rows, out / "bench.csv"))
     res.paths += plot(res.rows, out, str(dev))
+    if res.calibration:
+        info["part2_calibration"] = res.calibration
     (out / "machine.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     res.paths.append(out / "machine.json")
     prof_path = out / "profile.txt"

@@ -699,7 +699,8 @@ class SearchRunner:
         per_run = {}
         for spec in self.by_variant[variant]:
             data = self.cache.get(spec.config.dataset)
-            updates = {**spec.config.eval.apply, **params}
+            # Score on search.split (val by default) so the Pareto set is not chosen on the test images.
+            updates = {**spec.config.eval.apply, **params, "eval.split": self.study.search.split}
             m, d = evaluate_override(spec.config, self._state(spec), data, pick_device(self.device), updates)
             records.write_eval(self.sdir / spec.run_id, f"trial{trial.number}", updates, m, d)
             per_run[spec.run_id] = m

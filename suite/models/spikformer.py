@@ -81,7 +81,8 @@ class ConvBNLIF(nn.Module):
         T, B = x.shape[:2]
         if ctx.count:
             self._count(x, ctx)
-        y = self.bn(self.conv(x.flatten(0, 1)))
+        # channels_last: the NCHW max-pool is the slowest stem op on CPU (measured by spikesuite bench).
+        y = self.bn(self.conv(x.flatten(0, 1).contiguous(memory_format=torch.channels_last)))
         if self.pool is not None:
             y = self.pool(y)
         return ctx.fire(self.name, self.lif(y.reshape(T, B, *y.shape[1:])), self.name)
@@ -178,13 +179,20 @@ class Block(nn.Module):
         T, B, N, C = q.shape
         h = self.heads
         qh, kh, vh = (t.view(T, B, N, h, C // h).transpose(2, 3) for t in (q, k, v))
-        attn = qh @ kh.transpose(-1, -2) * self.scale  # [T, B, h, N, N]
-        if size is not None:
-            # No softmax, so a merged key of size s counts s times by weighting its column.
-            attn = attn * size[:, :, None, None, :]
         if ctx.count:
+            # Counting needs the attention map itself: (Q K^T) V, as the official CIFAR code.
+            attn = qh @ kh.transpose(-1, -2) * self.scale  # [T, B, h, N, N]
+            if size is not None:
+                # No softmax, so a merged key of size s counts s times by weighting its column.
+                attn = attn * size[:, :, None, None, :]
             self._count_attention(ctx, q, k, vh, attn, active)
-        a = (attn @ vh).transpose(2, 3).reshape(T, B, N, C)
+            a = attn @ vh
+        else:
+            # Same product without the N x N map: Q (K^T V) (linear in N; spikes and sizes are small
+            # integers, so both orders give the same floats). Size weighting moves onto V's rows.
+            vw = vh if size is None else vh * size[:, :, None, :, None]
+            a = qh @ (kh.transpose(-1, -2) @ vw) * self.scale
+        a = a.transpose(2, 3).reshape(T, B, N, C)
         a = ctx.fire(f"{self.name}.attn", _masked(self.attn_lif(a), active), f"{self.name}.attn", active)
         x = x + self.proj(a, ctx, active)
         x = x + self.mlp2(self.mlp1(x, ctx, active), ctx, active)
