@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import forward as _run
+from helpers import images as _images
 from spikingjelly.activation_based import functional, neuron
 from torch import Tensor
 
@@ -19,14 +21,6 @@ def _tiny(seed: int = 0, cfg: ModelConfig = TINY, image: int = 8, channels: int 
                        num_classes=5)
 
 
-def _images(b: int = 4, c: int = 1, s: int = 8, seed: int = 1) -> Tensor:
-    return torch.rand(b, c, s, s, generator=torch.Generator().manual_seed(seed)) * 3
-
-
-def _run(model: Spikformer, x: Tensor, **kw):
-    out = model(x, **kw)
-    functional.reset_net(model)
-    return out
 
 
 def test_parameter_count_matches_spikingjelly_peer() -> None:

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from spikingjelly.activation_based import functional
-from torch import Tensor
+from helpers import forward as _run
+from helpers import images as _images
 
 from baselines.temporal import ExitConfig, early_exit, tet_loss
 from baselines.tokens import DropConfig, SelectConfig
@@ -25,14 +25,6 @@ def _build(tokens: TokenConfig | None = None, seed: int = 0) -> Spikformer:
                        num_classes=5)
 
 
-def _images(b: int = 4, seed: int = 1) -> Tensor:
-    return torch.rand(b, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) * 3
-
-
-def _run(model: Spikformer, x: Tensor, **kw):
-    out = model(x, **kw)
-    functional.reset_net(model)
-    return out
 
 
 # ------------------------------------------------------------------------- token baselines

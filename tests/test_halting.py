@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import forward as _run
+from helpers import images as _images
 from spikingjelly.activation_based import functional
 from torch import Tensor, nn
 
@@ -32,14 +34,6 @@ def _halting(**kw) -> TokenConfig:
     return TokenConfig(halting=HaltingConfig(**kw))
 
 
-def _images(b: int = 4, seed: int = 1) -> Tensor:
-    return torch.rand(b, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) * 3
-
-
-def _run(model: nn.Module, x: Tensor, **kw):
-    out = model(x, **kw)
-    functional.reset_net(model)
-    return out
 
 
 def _calibrate(model: nn.Module, run) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from spikingjelly.activation_based import functional
+from helpers import forward as _run
+from helpers import images as _images
 from torch import Tensor
 
 from suite.models import ModelConfig, Spikformer, TimeConfig, TokenConfig, build_model
@@ -22,14 +23,6 @@ def _build(mask: TimeMaskConfig | None = None, seed: int = 0) -> Spikformer:
                        num_classes=5)
 
 
-def _images(b: int = 4, seed: int = 1) -> Tensor:
-    return torch.rand(b, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) * 3
-
-
-def _run(model: Spikformer, x: Tensor, **kw):
-    out = model(x, **kw)
-    functional.reset_net(model)
-    return out
 
 
 def _set_score(model: Spikformer, group: str, step: int, value: float) -> None:
