@@ -26,6 +26,7 @@ def test_compiled_training_matches_eager(tmp_path: Path):
     losses = {}
     for flag in ("false", "true"):
         spec = expand(parse_study(STUDY.replace("COMPILE", flag)))[0]
+        (tmp_path / flag).mkdir()
         result = fit(spec.config, load_data(spec.config.dataset), tmp_path / flag, device=torch.device("cpu"),
                      progress=False)
         losses[flag] = (result.history[-1]["train_loss"], result.history[-1]["train_acc"])
