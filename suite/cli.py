@@ -64,23 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     rep = cmd("report", _report, "figures and tables from a study's records")
     rep.add_argument("target", help="a study file or a results/<study> directory")
 
-    se = cmd("search", _search, "Optuna search over the study's search: block (resumes; n_trials is the study's total)")
-    se.add_argument("study", type=Path)
-    se.add_argument("--storage", default=None, metavar="URL",
-                    help="sqlite:///PATH (default results/<study>/optuna.db), journal:PATH, postgresql://...")
-    se.add_argument("--n-trials", type=int, default=None, help="total trials the study should hold (default: "
-                    "search.n_trials)")
-    se.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: execution.device)")
-    se.add_argument("--no-progress", action="store_true")
-
-    wo = cmd("worker", _worker, "one of several processes running a search together on a shared storage")
-    wo.add_argument("study", type=Path)
-    wo.add_argument("--storage", default=None, metavar="URL",
-                    help="journal:PATH (one machine) or postgresql://... (several); default search.storage")
-    wo.add_argument("--n-trials", type=int, default=None, help="total trials for all workers together "
-                    "(default: search.n_trials)")
-    wo.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: execution.device)")
-    wo.add_argument("--no-progress", action="store_true")
+    searches = (
+        ("search", _search, "Optuna search over the study's search: block (resumes; n_trials is the study's total)",
+         "sqlite:///PATH (default results/<study>/optuna.db), journal:PATH, postgresql://...",
+         "total trials the study should hold (default: search.n_trials)"),
+        ("worker", _worker, "one of several processes running a search together on a shared storage",
+         "journal:PATH (one machine) or postgresql://... (several); default search.storage",
+         "total trials for all workers together (default: search.n_trials)"),
+    )
+    for name, func, help_text, storage_help, trials_help in searches:
+        se = cmd(name, func, help_text)
+        se.add_argument("study", type=Path)
+        se.add_argument("--storage", default=None, metavar="URL", help=storage_help)
+        se.add_argument("--n-trials", type=int, default=None, help=trials_help)
+        se.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: execution.device)")
+        se.add_argument("--no-progress", action="store_true")
 
     u = cmd("ui", _ui, "start the MLflow UI over the suite's tracking store")
     u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
@@ -157,17 +155,11 @@ def _evaluate(args) -> int:
             raise StudyError("--set", [f"{item!r}: expected KEY=VALUE"])
         key, value = item.split("=", 1)
         updates[key] = yaml.safe_load(value)
-    from suite.study import apply_overrides
-    from suite.train_config import EVAL_TIME_KEYS
+    from suite.study import eval_update_problems
 
     spec = specs[args.run_id]
-    for key in updates:
-        if not any(key == k or key.startswith(k + ".") for k in EVAL_TIME_KEYS):
-            raise StudyError("--set", [f"{key}: not an evaluation-time setting (allowed: {', '.join(EVAL_TIME_KEYS)})"])
-    try:
-        apply_overrides(spec.config, updates)
-    except Exception as exc:  # pydantic ValidationError: report as bad input
-        raise StudyError("--set", [str(exc)]) from None
+    if problems := eval_update_problems(spec.config, updates):
+        raise StudyError("--set", problems)
     run_dir = study_dir_for(args.results, study.name) / args.run_id
     if records.run_state(run_dir, args.run_id) != "done" or not (run_dir / CHECKPOINT).exists():
         raise StudyError(str(run_dir), ["the run has no finished checkpoint: spikesuite run the study first"])

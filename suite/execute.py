@@ -246,15 +246,10 @@ def finish_run(spec: RunSpec, result, data: DataBundle, device: torch.device, ru
     from suite.evaluate import evaluate
 
     state = result.model.state_dict()
-    if spec.config.eval.apply:  # an evaluation-only policy on the trained weights (e.g. training-free ToMe)
-        from suite.train import make_model
-
-        cfg = apply_overrides(spec.config, spec.config.eval.apply)
-        model = make_model(cfg, data).to(device)
-        model.load_state_dict(state)
-        ev = evaluate(model, cfg, data, device)
-    else:
-        ev = evaluate(result.model, spec.config, data, device)
+    cfg, model = spec.config, result.model
+    if cfg.eval.apply:  # an evaluation-only policy on the trained weights (e.g. training-free ToMe)
+        cfg, model = rebuilt_model(cfg, state, data, device, cfg.eval.apply)
+    ev = evaluate(model, cfg, data, device)
     details = dict(ev.details)
     details["_maps"] = ev.maps
     for ov in spec.config.eval.overrides:
@@ -265,10 +260,10 @@ def finish_run(spec: RunSpec, result, data: DataBundle, device: torch.device, ru
     return dict(ev.metrics), details
 
 
-def evaluate_override(config, state: dict[str, torch.Tensor], data: DataBundle, device: torch.device,
-                      updates: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
-    """Rebuild the model with evaluation-time settings changed, load the trained weights, evaluate."""
-    from suite.evaluate import evaluate
+def rebuilt_model(config, state: dict[str, torch.Tensor], data: DataBundle, device: torch.device,
+                  updates: dict[str, Any]):
+    """The run's model rebuilt with evaluation-time settings changed and the trained weights loaded:
+    ``(resolved config, model)``."""
     from suite.train import make_model
 
     cfg = apply_overrides(config, updates)
@@ -277,10 +272,16 @@ def evaluate_override(config, state: dict[str, torch.Tensor], data: DataBundle, 
     if missing or unexpected:
         raise ValueError(f"override {json.dumps(updates)} changes the model's parameters (missing {missing}, "
                          f"unexpected {unexpected}); only evaluation-time settings can be overridden")
-    return _split(evaluate(model, cfg, data, device, maps=False))
+    return cfg, model
 
 
-def _split(ev) -> tuple[dict[str, float], dict[str, Any]]:
+def evaluate_override(config, state: dict[str, torch.Tensor], data: DataBundle, device: torch.device,
+                      updates: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Rebuild the model with evaluation-time settings changed, load the trained weights, evaluate."""
+    from suite.evaluate import evaluate
+
+    cfg, model = rebuilt_model(config, state, data, device, updates)
+    ev = evaluate(model, cfg, data, device, maps=False)
     return ev.metrics, ev.details
 
 

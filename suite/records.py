@@ -104,6 +104,16 @@ def claim(run_dir: Path) -> Iterator[bool]:
         fh.close()
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Block until this process holds an exclusive lock on ``path``; released on exit (or by the OS when the
+    process dies). For short critical sections shared by processes: store creation, trial reservation."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     atomic_write_text(run_dir / HISTORY, pd.DataFrame(history).to_csv(index=False))
 

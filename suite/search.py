@@ -27,7 +27,6 @@ nested under their trial.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -59,7 +58,7 @@ from suite.study import (
     run_id,
 )
 from suite.tracking import KIND_TAG, STUDY_TAG, Tracker
-from suite.train_config import EVAL_TIME_KEYS
+from suite.train_config import EVAL_TIME_KEYS, is_eval_time_key
 
 log = logging.getLogger("spikesuite")
 
@@ -95,10 +94,6 @@ class SearchSummary:
 
 
 # ---------------------------------------------------------------------------------------------- validation
-
-
-def is_eval_time(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in EVAL_TIME_KEYS)
 
 
 def applies(key: str, config: RunConfig) -> bool:
@@ -155,7 +150,7 @@ def validate(study: Study, specs: list[RunSpec], n_trials: int | None = None) ->
         if key == "variant":
             problems.append(f"{where}: reserved (the variant is chosen from search.variants)")
             continue
-        if s.stage == "eval" and not is_eval_time(key):
+        if s.stage == "eval" and not is_eval_time_key(key):
             problems.append(f"{where}: not an evaluation-time setting, so an eval-stage search cannot change it "
                             f"(allowed: {', '.join(EVAL_TIME_KEYS)}; use stage: train to search training settings)")
             continue
@@ -234,14 +229,8 @@ class _FileLock:
     def __init__(self, path: Path):
         self.path = path
 
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        with open(self.path, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def hold(self) -> contextlib.AbstractContextManager[None]:
+        return records.file_lock(self.path)
 
 
 class _DbLock:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from suite.data import DatasetConfig
 from suite.models import ModelConfig, TimeConfig, TokenConfig
-from suite.train_config import EVAL_TIME_KEYS, EvalConfig, TrainConfig
+from suite.train_config import EVAL_TIME_KEYS, EvalConfig, TrainConfig, is_eval_time_key
 
 SCHEMA_VERSION = 1
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # no separators: names become directory names
@@ -348,13 +348,7 @@ def _resolve(study: Study, base: dict, combo: dict[str, Any], problems: list[str
         return None
     checks = [(f"eval.overrides.{i}.set", ov.set) for i, ov in enumerate(config.eval.overrides)]
     for where, updates in checks + [("eval.apply", config.eval.apply)]:
-        for key in updates:
-            if not any(key == k or key.startswith(k + ".") for k in EVAL_TIME_KEYS):
-                problems.append(f"{where}.{key}: not an evaluation-time setting (allowed: {', '.join(EVAL_TIME_KEYS)})")
-        try:
-            apply_overrides(config, updates)
-        except ValidationError as exc:
-            problems += [f"variants.{name}.{where}: {line}" for line in format_errors(exc)]
+        problems += eval_update_problems(config, updates, where, context=f"variants.{name}.")
     return RunSpec(study.name, run_id(config), config, {"variant": name, "seed": config.seed, **applied})
 
 
@@ -363,6 +357,20 @@ def _deep_merge(a: dict, b: dict) -> dict:
     for k, v in b.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def eval_update_problems(config: RunConfig, updates: dict[str, Any], where: str = "", *,
+                         context: str = "") -> list[str]:
+    """Why ``updates`` cannot re-evaluate a run of ``config``: keys that are not evaluation-time settings,
+    and values that do not validate. ``where`` prefixes key paths; ``context`` prefixes validation lines."""
+    prefix = f"{where}." if where else ""
+    problems = [f"{prefix}{key}: not an evaluation-time setting (allowed: {', '.join(EVAL_TIME_KEYS)})"
+                for key in updates if not is_eval_time_key(key)]
+    try:
+        apply_overrides(config, updates)
+    except ValidationError as exc:
+        problems += [f"{context}{where}: {line}" if where else f"{context}{line}" for line in format_errors(exc)]
+    return problems
 
 
 def apply_overrides(config: RunConfig, updates: dict[str, Any]) -> RunConfig:

@@ -4,16 +4,14 @@ and a run killed mid-way has its MLflow run closed as KILLED and its replacement
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from suite.records import file_lock
 from suite.study import TrackingConfig
 
 log = logging.getLogger(__name__)
@@ -58,7 +56,7 @@ class Tracker:
         name = cfg.experiment or study
         # Several processes may start on one study at once: creating the store's tables and the experiment
         # must not race (sqlite: "duplicate column name", experiment: RESOURCE_ALREADY_EXISTS).
-        with _init_lock(self.uri, results):
+        with file_lock(_init_lock_path(self.uri, results)):
             self.client = MlflowClient(self.uri)
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -138,15 +136,9 @@ class Tracker:
             self.client.set_tag(mlflow_run_id, key, value)
 
 
-@contextlib.contextmanager
-def _init_lock(uri: str, results: Path) -> Iterator[None]:
-    """An exclusive lock while the store is created or migrated and the experiment looked up or created:
-    next to a sqlite store, else in the results directory."""
-    path = Path(uri[len("sqlite:///"):] + ".lock") if uri.startswith("sqlite:///") else results / ".mlflow.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed (or the process dies)
-        yield
+def _init_lock_path(uri: str, results: Path) -> Path:
+    """Where processes serialise store creation: next to a sqlite store, else in the results directory."""
+    return Path(uri[len("sqlite:///"):] + ".lock") if uri.startswith("sqlite:///") else results / ".mlflow.lock"
 
 
 def _key(k: str) -> str:

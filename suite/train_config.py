@@ -66,3 +66,8 @@ EVAL_TIME_KEYS = (
     "tokens.drop.keep_ratio", "tokens.select.keep_ratio", "time.mask.threshold", "time.exit",
     "time.exit.threshold", "time.exit.criterion",
 )
+
+
+def is_eval_time_key(key: str) -> bool:
+    """A dotted path that is, or lies under, an evaluation-time setting."""
+    return any(key == k or key.startswith(k + ".") for k in EVAL_TIME_KEYS)
