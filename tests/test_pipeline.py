@@ -97,3 +97,19 @@ def test_cli_plan_report(finished, tmp_path):
                          capture_output=True, text=True)
     assert rep.returncode == 0, rep.stderr
     assert (results / "tiny" / "report" / "accuracy_vs_tokens.png").is_file()
+
+
+
+def test_eval_apply_evaluates_the_trained_weights_with_an_evaluation_only_policy(tmp_path):
+    """Training-free ToMe: a dense model, trained without merging, is evaluated with merging applied."""
+    text = STUDY.replace("name: tiny", "name: tome").replace("depth: 1", "depth: 2").replace(
+        "  act: {tokens: {halting: {}}}", "  tome: {eval: {apply: {tokens.merge: {r: 3}}}}").replace(
+        "  exclude: [{variant: act, seed: 1}]", "  exclude: [{seed: 1}]")
+    summary = run_study(parse_study(text), tmp_path, progress=False)
+    assert not summary.failed and len(summary.done) == 2
+    runs = pd.read_csv(tmp_path / "tome" / records.RUNS_TABLE).set_index("variant")
+    # merging after block 0 removes 3 of 16 tokens from block 1 at every timestep: 2 * 16 + 2 * 13 per image
+    assert runs.loc["dense", "token_units"] == 64 and runs.loc["tome", "token_units"] == 58
+    # the policy was applied at evaluation only: training was the dense model's, epoch for epoch
+    hist = {v: pd.read_csv(tmp_path / "tome" / runs.loc[v, "run_id"] / records.HISTORY) for v in ("dense", "tome")}
+    assert hist["dense"].train_loss.tolist() == hist["tome"].train_loss.tolist()
