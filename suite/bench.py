@@ -26,12 +26,10 @@ On CUDA the forward passes run under bf16 autocast and every timing is bracketed
 
 from __future__ import annotations
 
-import importlib.metadata
 import io
 import json
 import math
 import os
-import platform
 import pstats
 import statistics
 import subprocess
@@ -48,6 +46,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 from torch import Tensor, nn
 
+from suite.environment import environment
 from suite.models import ModelConfig, Spikformer, TimeConfig, TokenConfig, build_model
 from suite.models.context import Context
 from suite.models.halting import HaltingConfig
@@ -599,42 +598,13 @@ def _pstats_top(path: Path, key: str, rows: int = 25) -> str:
 # ----------------------------------------------------------------------------------------------- outputs
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: torch.device, cfg: BenchConfig, quick: bool) -> dict:
     info = {
-        "cpu_model": _cpu_model(),
-        "cpu_cores_logical": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        **environment(device),
         "torch_interop_threads": torch.get_num_interop_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
         "niceness": os.nice(0) if hasattr(os, "nice") else None,
         "load_average_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "spikingjelly": _version("spikingjelly"),
-        "numpy": _version("numpy"),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
         "autocast": "bf16" if device.type == "cuda" else "off (fp32)",
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
         "quick": quick,
         "config": asdict(cfg),
     }

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `spikesuite plan STUDY | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; run the same command again to resume", file=sys.stderr)
         return 130
@@ -217,25 +220,28 @@ def _run_search(args, *, worker: bool) -> int:
 
     study = _load(args.study)
     try:
-        s = run_search(study, args.results, source=str(args.study), storage=args.storage, n_trials=args.n_trials,
-                       worker=worker, device=args.device, progress=not args.no_progress and sys.stderr.isatty())
+        summaries = run_search(study, args.results, source=str(args.study), storage=args.storage,
+                               n_trials=args.n_trials, worker=worker, device=args.device,
+                               progress=not args.no_progress and sys.stderr.isatty())
     except SearchFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{s.optuna_study} ({s.storage}): {len(s.ran)} trials completed now, {len(s.pruned)} pruned, "
-          f"{len(s.failed)} failed; the study holds {s.n_trials} trials ({s.n_complete} complete"
-          f"{f', budget {s.budget}' if s.budget is not None else ''}) ({s.wall_time_s:.1f} s)")
-    if s.pareto is not None and not s.pareto.empty:
-        print(f"Pareto set ({len(s.pareto)} trials):")
-        print(s.pareto.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    for p in s.paths:
-        print(f"wrote {p}")
-    if s.failed:
-        print("failed trials (recorded in the study with their error):", file=sys.stderr)
-        for n, reason in s.failed.items():
-            print(f"  trial {n}: {reason}", file=sys.stderr)
-        return 1
-    return 0
+    failed = False
+    for s in summaries:
+        print(f"{s.optuna_study} ({s.storage}): {len(s.ran)} trials completed now, {len(s.pruned)} pruned, "
+              f"{len(s.failed)} failed; the study holds {s.n_trials} trials ({s.n_complete} complete"
+              f"{f', budget {s.budget}' if s.budget is not None else ''}) ({s.wall_time_s:.1f} s)")
+        if s.pareto is not None and not s.pareto.empty:
+            print(f"Pareto set ({len(s.pareto)} trials):")
+            print(s.pareto.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        for p in s.paths:
+            print(f"wrote {p}")
+        if s.failed:
+            failed = True
+            print("failed trials (recorded in the study with their error):", file=sys.stderr)
+            for n, reason in s.failed.items():
+                print(f"  trial {n}: {reason}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _ui(args) -> int:

@@ -21,6 +21,7 @@ import torch
 
 from suite import records
 from suite.data import DataBundle, check_available, load_data
+from suite.environment import ENVIRONMENT, environment
 from suite.study import RunSpec, Study, StudyError, apply_overrides, expand
 from suite.tracking import Tracker
 
@@ -86,6 +87,11 @@ def run_study(study: Study, results: Path, *, source: str = "<study>", study_fil
     sdir = study_dir_for(results, study.name)
     sdir.mkdir(parents=True, exist_ok=True)
     records.atomic_write_text(sdir / "study.yaml", _study_yaml(study))
+    dev = device or study.execution.device
+    # where the numbers come from, for reports regenerated on another machine (the latest invocation's)
+    from suite.train import pick_device
+
+    records.atomic_write_json(sdir / ENVIRONMENT, environment(pick_device(dev)))
     tracker = Tracker(study.tracking, study.name, results)
     own_parent = parent_run is None
     if own_parent:
@@ -93,7 +99,6 @@ def run_study(study: Study, results: Path, *, source: str = "<study>", study_fil
     summary = StudySummary(sdir)
     n_workers = workers or study.execution.workers
     show = study.execution.progress if progress is None else progress
-    dev = device or study.execution.device
     procs: list[subprocess.Popen] = []
     try:
         if n_workers > 1 and study_file is not None:

@@ -15,7 +15,6 @@ recipes: they are drawn only as hollow reference markers, only for the study's o
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import math
 import os
@@ -35,6 +34,7 @@ import yaml  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from suite import records  # noqa: E402
+from suite.environment import ENVIRONMENT, version  # noqa: E402
 from suite.report_html import Figure, Page, Table, render  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fonts
          "ytick.labelsize": 7, "axes.grid": True, "axes.axisbelow": True, "grid.alpha": 0.3,
          "svg.hashsalt": "spikesuite"}
 FIGURE_PREFIXES = ("accuracy_vs_", "token_heatmap_", "halting_depth", "timestep_allocation", "firing_rates",
-                   "ablation", "early_exit", "energy_breakdown")
+                   "ablation", "early_exit", "energy_breakdown", "search_")
+SEARCH_DIR, TRIALS_TABLE = "search", "trials.csv"  # = suite.search's (not imported: it pulls in torch)
 STD_NOTE = "mean ± sample std over seeds (ddof=1); a single seed shows its value alone"
 
 
@@ -70,6 +71,7 @@ class Records:
     study: Mapping[str, Any]
     study_yaml: str
     order: tuple[str, ...]
+    off_split: int = 0  # evaluations on another split than the study's (search trials score on val): left out
 
     @property
     def done(self) -> pd.DataFrame:
@@ -166,12 +168,33 @@ def load_records(study_dir: Path) -> Records:
     axes = axis_columns(runs, study)
     runs = runs.assign(config=config_labels(runs, axes)) if not runs.empty else runs.assign(config=[])
     done_ids = set(runs.loc[runs.status == "done", "run_id"].astype(str))
-    evals = load_evals(study_dir)
+    evals, off_split = load_evals(study_dir), 0
     if evals is not None:
         evals = evals[evals.run_id.astype(str).isin(done_ids)]
+        same = eval_splits(evals, study) == main_split(study)
+        evals, off_split = evals[same], int((~same).sum())
         evals = evals.assign(config=config_labels(evals, axes)) if not evals.empty else None
     return Records(study_dir, runs, evals, load_details(study_dir, sorted(done_ids)), study, text,
-                   config_order(runs, study, axes) if not runs.empty else ())
+                   config_order(runs, study, axes) if not runs.empty else (), off_split)
+
+
+def main_split(study: Mapping[str, Any]) -> str:
+    ev = study.get("eval") if isinstance(study.get("eval"), dict) else {}
+    return str(ev.get("split", "test"))
+
+
+def eval_splits(evals: pd.DataFrame, study: Mapping[str, Any]) -> pd.Series:
+    """The split each evaluation scored on: its ``eval.split`` override, else the study's. Numbers on different
+    splits are never drawn or tabulated together (eval-stage search trials score on val, runs on test)."""
+    def split(setting: Any) -> str:
+        try:
+            value = yaml.safe_load(setting) if isinstance(setting, str) else None
+        except yaml.YAMLError:
+            value = None
+        return str(value.get("eval.split", main_split(study))) if isinstance(value, dict) else main_split(study)
+
+    column = evals["set"] if "set" in evals else pd.Series([None] * len(evals), index=evals.index)
+    return column.map(split)
 
 
 # ----------------------------------------------------------------------------------------------- numbers
@@ -217,6 +240,15 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
         if not front or y > front[-1][1]:
             front.append((x, y))
     return front
+
+
+def nondominated(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    """Mask of the rows of ``values`` [n, k] that no other row dominates (at least as good in every objective,
+    better in one); equal rows are all kept, as Optuna's ``best_trials`` keeps them."""
+    v = np.where(np.asarray(maximize, dtype=bool), -1.0, 1.0) * np.asarray(values, dtype=float)  # all minimised
+    no_worse = (v[:, None, :] <= v[None, :, :]).all(-1)  # [i, j]: i is no worse than j everywhere
+    better = (v[:, None, :] < v[None, :, :]).any(-1)
+    return ~(no_worse & better).any(0)
 
 
 def layer_key(name: str) -> tuple:
@@ -404,6 +436,7 @@ def pareto_figure(rec: Records, axis: ParetoAxis, published: pd.DataFrame | None
                + (f"Dashed curves: evaluation overrides from evals.csv ({overrides}), mean over seeds, joined "
                   "with the as-trained point in order of cost (numbers in evals.md). " if sweeps
                   else "No evaluation overrides recorded. ")
+               + "".join(f"{n} " for n in off_split_note(rec))
                + pub_note)
     return Figure(axis.stem, f"{axis.title} ({axis.metric})", caption, tuple(save(fig, out, axis.stem)))
 
@@ -618,6 +651,83 @@ def _bar_limits(stats: Sequence[Stat], top: float | None = None) -> tuple[float,
     return max(0.0, lo - pad), hi + pad if top is None else min(top, hi + pad)
 
 
+def search_figure(trials: pd.DataFrame, metrics: Sequence[str], directions: Sequence[str], title: str, out: Path,
+                  stem: str) -> list[Path]:
+    """An Optuna search from its trials table: complete trials grey, the Pareto set red with trial numbers (one
+    panel per objective pair, at most three); a single objective is drawn against the trial number. ``spikesuite
+    search`` and the report both draw it from ``trials.csv``, so the records alone regenerate it."""
+    done = trials[(trials.state == "COMPLETE")].dropna(subset=list(metrics)) if "state" in trials else trials[:0]
+    maximize = [d == "maximize" for d in directions]
+    best = nondominated(done[list(metrics)].to_numpy(), maximize) if len(done) else np.zeros(0, bool)
+    label = [f"{m} ({'max' if mx else 'min'})" for m, mx in zip(metrics, maximize)]
+    pairs = [(i, j) for i in range(len(metrics)) for j in range(i + 1, len(metrics))][:3] or [(None, 0)]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 3.6), squeeze=False)
+    for ax, (i, j) in zip(axes[0], pairs):
+        x = done.trial if i is None else done[metrics[i]]
+        y = done[metrics[j]]
+        if (~best).any():
+            ax.scatter(x[~best], y[~best], s=18, color="0.65", label=f"trials ({len(done)})", zorder=2)
+        if best.any():
+            front = sorted(zip(x[best], y[best], done.trial[best]))
+            fx, fy, fn = zip(*front)
+            ax.scatter(fx, fy, s=36, color="tab:red", edgecolor="k", linewidth=0.5,
+                       label=f"Pareto set ({len(front)})" if i is not None else "best", zorder=3)
+            if i is not None and len(metrics) == 2:  # the boundary of the region the Pareto set dominates
+                path = staircase(list(zip(fx, fy)), maximize[i], maximize[j])
+                ax.plot(*zip(*path), color="tab:red", linewidth=0.8, alpha=0.6, zorder=1)
+            for px, py, n in front:
+                ax.annotate(str(int(n)), (px, py), textcoords="offset points", xytext=(3, 3), fontsize=6)
+        if done.empty:
+            ax.text(0.5, 0.5, "no complete trials", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("trial" if i is None else label[i])
+        ax.set_ylabel(label[j])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"{title}: {len(done)} complete trials", fontsize=9)
+    return save(fig, out, stem)
+
+
+def staircase(front: list[tuple[float, float]], x_max: bool, y_max: bool) -> list[tuple[float, float]]:
+    """Points of a 2-D Pareto front (sorted by x) joined through the corners between neighbours, each
+    corner taking the worse coordinate of the pair: the boundary of the dominated region."""
+    path = front[:1]
+    for (x0, y0), (x1, y1) in zip(front, front[1:]):
+        path += [((min if x_max else max)(x0, x1), (min if y_max else max)(y0, y1)), (x1, y1)]
+    return path
+
+
+def search_tables(study_dir: Path) -> list[tuple[str, Path]]:
+    """``(variant, trials.csv)`` of each search of the study: ``search/`` (one search, variant "") and
+    ``search/<variant>/`` (``per_variant`` searches)."""
+    root = study_dir / SEARCH_DIR
+    found = [("", root / TRIALS_TABLE)] + [(p.parent.name, p) for p in sorted(root.glob(f"*/{TRIALS_TABLE}"))]
+    return [(v, p) for v, p in found if p.is_file()]
+
+
+def search_figures(rec: Records, out: Path) -> list[Figure]:
+    search = rec.study.get("search") if isinstance(rec.study.get("search"), dict) else {}
+    objectives = [o for o in search.get("objectives") or [] if isinstance(o, dict)]
+    metrics = [str(o.get("metric")) for o in objectives]
+    directions = [str(o.get("direction")) for o in objectives]
+    figures = []
+    for variant, path in search_tables(rec.study_dir):
+        stem = f"search_pareto_{slug(variant)}" if variant else "search_pareto"
+        trials = pd.read_csv(path)
+        if not metrics or any(m not in trials for m in metrics):
+            figures.append(Figure(stem, "Search", skipped=f"{path}: no objective columns matching study.yaml"))
+            continue
+        name = f"{rec.name}-{search.get('stage', 'eval')}" + (f"-{variant}" if variant else "")
+        title = f"Optuna search {name}"
+        done = int((trials.state == "COMPLETE").sum()) if "state" in trials else 0
+        caption = (f"{done} complete of {len(trials)} trials ({search.get('sampler', 'tpe')} sampler); each trial's "
+                   f"objectives are means over the variant's seeds"
+                   + (f", scored on the {search.get('split', 'val')} split (test-split numbers of the Pareto "
+                      "settings: evals.md, overrides named trial<N>-test)" if search.get("stage", "eval") == "eval"
+                      else "") + f". Red: the Pareto set (non-dominated trials). Table: {path.relative_to(rec.study_dir)}.")
+        figures.append(Figure(stem, title, caption, tuple(search_figure(trials, metrics, directions, title, out, stem))))
+    return figures
+
+
 def ablation_figure(rec: Records, out: Path) -> Figure:
     """Accuracy and token % of dense per variant, bars = mean, error bars = std over seeds."""
     stem, title = "ablation", "Ablation: accuracy and tokens per variant"
@@ -713,7 +823,7 @@ def build_figures(rec: Records, out: Path) -> list[Figure]:
         Figure("token_heatmap", "Active-token heatmaps", skipped="no finished halting/merge run with a maps.npz")]
     figures += [depth_figure(rec, out), allocation_figure(rec, out), firing_figure(rec, out),
                 ablation_figure(rec, out), exit_figure(rec, out), energy_figure(rec, out)]
-    return figures
+    return figures + search_figures(rec, out)
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -777,6 +887,13 @@ def main_table(rec: Records) -> Table:
     return Table(f"{rec.name}: results per variant", MAIN_HEADERS, tuple(body), table_notes(rec))
 
 
+def off_split_note(rec: Records) -> tuple[str, ...]:
+    if not rec.off_split:
+        return ()
+    return (f"{rec.off_split} evaluation(s) on another split than {main_split(rec.study)} (search trials) are in "
+            "evals.csv and search/ but not here.",)
+
+
 def evals_table(rec: Records) -> Table | None:
     """Per variant: the as-trained row, then each evaluation override (mean ± std over seeds)."""
     ev = rec.evals
@@ -794,7 +911,8 @@ def evals_table(rec: Records) -> Table | None:
     headers = ("variant", "override", "set", "n seeds", *MAIN_HEADERS[2:6])
     body = tuple((c, name, setting, *cells) for (c, name, setting, _), cells in zip(keyed, rows))
     notes = (f"Evaluation-time overrides of each trained checkpoint (evals.csv), {STD_NOTE}.",
-             "Columns as in table.md; '(as trained)' is the run's own evaluation (runs.csv).")
+             "Columns as in table.md; '(as trained)' is the run's own evaluation (runs.csv).",
+             *off_split_note(rec))
     return Table(f"{rec.name}: evaluation overrides", headers, body, notes, labels=3)
 
 
@@ -856,25 +974,18 @@ def write_tables(rec: Records, out: Path) -> tuple[list[Table], list[Path]]:
 # ----------------------------------------------------------------------------------------------- page
 
 
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def environment(rec: Records) -> tuple[dict[str, str], str]:
     """Machine and package versions: recorded ones (``environment.json`` or details.environment) when the records
     hold them, else read now (the report machine). Training hosts always come from the runs' status.json."""
-    recorded = records.read_json(rec.study_dir / "environment.json")
+    recorded = records.read_json(rec.study_dir / ENVIRONMENT)
     if recorded is None:
         recorded = next((d["environment"] for d in rec.details.values() if isinstance(d.get("environment"), dict)),
                         None)
     if recorded is not None:
-        env, source = {str(k): str(v) for k, v in sorted(recorded.items())}, "Recorded with the runs."
+        env, source = {str(k): str(v) for k, v in sorted(recorded.items())}, "Recorded by the latest spikesuite run of this study (environment.json)."
     else:
         env = {"python": platform.python_version(), "platform": platform.platform(),
-               "machine": platform.machine(), **{p: _version(p) for p in
+               "machine": platform.machine(), **{p: version(p) for p in
                                                  ("torch", "spikingjelly", "numpy", "pandas", "matplotlib", "mlflow")}}
         source = ("The records hold no environment: read when this page was generated (the report machine; the "
                   "training machine may differ).")

@@ -2,7 +2,7 @@
 
 ``spikesuite search STUDY`` and ``spikesuite worker STUDY --storage URL`` both run
 ``run_search``: validate the block, open (or resume) the Optuna study ``<study>-<stage>`` in its
-storage, then reserve and run trials until the study holds ``n_trials`` counted trials or
+storage (``<study>-<stage>-<variant>`` for each variant with ``per_variant``), then reserve and run trials until the study holds ``n_trials`` counted trials or
 ``timeout_s`` has passed. Two stages:
 
 - ``eval``: a trial re-evaluates the trained checkpoints of the chosen variant's runs (all its seeds)
@@ -19,7 +19,9 @@ were pruned, are running or waiting for a retry, or failed in the objective coun
 worker died does not (it is retried, at most twice). The lock is a file lock for sqlite and journal
 files and an advisory lock for PostgreSQL and MySQL.
 
-Records: ``results/<study>/search/{trials.csv, pareto.csv, pareto.png, pareto.pdf}``; MLflow: a parent
+Records: ``results/<study>/search/{trials.csv, pareto.csv, pareto.png, pareto.pdf}`` (``search/<variant>/`` with
+``per_variant``: one Optuna study per variant); an eval-stage search scored on val also evaluates its Pareto
+settings on the study's test split (``evals/trial<N>-test.json``). MLflow: a parent
 run per invocation, a child per trial (tag ``spikesuite.kind=trial``), runs of train-stage trials
 nested under their trial.
 """
@@ -470,15 +472,14 @@ class _Heartbeat:
 class SearchRunner:
     """One process's share of a search: reserve a trial, run it, record it, until the budget is used."""
 
-    def __init__(self, study: Study, specs: list[RunSpec], results: Path, *, source: str, storage_url: str,
-                 budget: int | None, worker: bool, device: str, progress: bool):
+    def __init__(self, study: Study, specs: list[RunSpec], results: Path, *, name: str, out: Path, source: str,
+                 storage_url: str, budget: int | None, worker: bool, device: str, progress: bool):
         import optuna
 
         assert study.search is not None
         self.study, self.search, self.specs, self.source = study, study.search, specs, source
         self.sdir = records_dir(results, study.name)
-        self.results = results
-        self.name = f"{study.name}-{self.search.stage}"
+        self.results, self.name, self.out = results, name, out
         self.by_variant = search_runs(study, specs)
         self.metrics = [o.metric for o in self.search.objectives]
         self.directions = [o.direction for o in self.search.objectives]
@@ -776,14 +777,51 @@ class SearchRunner:
                 continue  # a half-written or foreign record: not a trial run
         return out
 
-    def write_outputs(self) -> tuple[pd.DataFrame, list[Path]]:
-        out = self.sdir / SEARCH_DIR
+    def evaluate_front(self, pareto: pd.DataFrame) -> None:
+        """Eval stage, trials scored on another split than the study's: evaluate each Pareto trial's settings
+        on the study's split too (``evals/trial<N>-<split>.json``, beside the runs), so the chosen operating
+        points get honest held-out numbers in evals.csv and the report. Files of trials that left the front
+        are removed; existing ones are kept (same checkpoint and settings give the same numbers)."""
+        from suite.execute import evaluate_override
+        from suite.train import pick_device
+
+        split = self.study.eval.split
+        if self.search.stage != "eval" or self.search.split == split:
+            return
+        front = {int(r.trial): r.variant for r in pareto.itertuples()}
+        trials = {t.number: t for t in self.ostudy.get_trials(deepcopy=False)}
+        for variant, specs in self.by_variant.items():
+            for spec in specs:
+                evals = self.sdir / spec.run_id / records.EVALS
+                for old in evals.glob(f"trial*-{split}.json") if evals.is_dir() else []:
+                    number = old.name[len("trial"):-len(f"-{split}.json")]
+                    if number.isdigit() and front.get(int(number)) != variant:
+                        old.unlink()
+                for number in sorted(n for n, v in front.items() if v == variant):
+                    name = f"trial{number}-{split}"
+                    if (evals / f"{name}.json").exists():
+                        continue
+                    params = trial_params(trials[number], self.search)
+                    updates = {**spec.config.eval.apply, **params, "eval.split": split}
+                    m, d = evaluate_override(spec.config, self._state(spec), self.cache.get(spec.config.dataset),
+                                             pick_device(self.device), updates)
+                    records.write_eval(self.sdir / spec.run_id, name, updates, m, d)
+                    log.info("%s: Pareto trial %d on the %s split: %s", spec.run_id, number, split,
+                             ", ".join(f"{k}={m[k]:.4g}" for k in self.metrics if k in m))
+
+    def write_outputs(self, evaluate_front: bool = False) -> tuple[pd.DataFrame, list[Path]]:
+        from suite.report import search_figure
+
+        out = self.out
         out.mkdir(parents=True, exist_ok=True)
         trials = trials_frame(self.ostudy, self.metrics)
         records.atomic_write_text(out / TRIALS_TABLE, trials.to_csv(index=False))
         pareto = pareto_frame(self.ostudy, self.metrics)
         records.atomic_write_text(out / PARETO_TABLE, pareto.to_csv(index=False))
-        paths = [out / TRIALS_TABLE, out / PARETO_TABLE, *pareto_figure(self.ostudy, self.metrics, self.directions, out)]
+        if evaluate_front:
+            self.evaluate_front(pareto)
+        paths = [out / TRIALS_TABLE, out / PARETO_TABLE,
+                 *search_figure(trials, self.metrics, self.directions, self.name, out, "pareto")]
         seen = {s.run_id for s in self.specs}
         specs = self.specs + [s for s in self.trial_specs() if s.run_id not in seen]
         records.collect_tables(self.sdir, specs)
@@ -804,6 +842,12 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def trial_params(trial, search: SearchConfig) -> dict[str, Any]:
+    """A trial's config updates (its parameters less the variant, choices decoded)."""
+    return {k: _unlabel(v, search.params[k].choice) if search.params[k].choice is not None else v
+            for k, v in trial.params.items() if k != "variant"}
 
 
 def _fmt(params: dict[str, Any]) -> str:
@@ -852,69 +896,20 @@ def pareto_frame(ostudy, metrics: list[str]) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def staircase(front: list[tuple[float, float]], x_max: bool, y_max: bool) -> list[tuple[float, float]]:
-    """Points of a 2-D Pareto front (sorted by x) joined through the corners between neighbours, each
-    corner taking the worse coordinate of the pair: the boundary of the dominated region."""
-    path = front[:1]
-    for (x0, y0), (x1, y1) in zip(front, front[1:]):
-        path += [((min if x_max else max)(x0, x1), (min if y_max else max)(y0, y1)), (x1, y1)]
-    return path
-
-
-def pareto_figure(ostudy, metrics: list[str], directions: list[str], out: Path) -> list[Path]:
-    """All complete trials grey, the Pareto set highlighted (one panel per objective pair, at most three);
-    a single objective is drawn against the trial number."""
-    import matplotlib.pyplot as plt
-    from optuna.trial import TrialState
-
-    from suite.report import save
-
-    done = ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    best = {t.number for t in ostudy.best_trials} if done else set()
-    label = [f"{m} ({'max' if d == 'maximize' else 'min'})" for m, d in zip(metrics, directions)]
-    pairs = [(i, j) for i in range(len(metrics)) for j in range(i + 1, len(metrics))][:3] or [(None, 0)]
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 3.6), squeeze=False)
-    for ax, (i, j) in zip(axes[0], pairs):
-        def xy(t, i=i, j=j):
-            return (t.number if i is None else t.values[i]), t.values[j]
-        rest = [xy(t) for t in done if t.number not in best]
-        front = sorted(xy(t) + (t.number,) for t in done if t.number in best)
-        if rest:
-            ax.scatter(*zip(*rest), s=18, color="0.65", label=f"trials ({len(done)})", zorder=2)
-        if front:
-            fx, fy, fn = zip(*front)
-            ax.scatter(fx, fy, s=36, color="tab:red", edgecolor="k", linewidth=0.5,
-                       label=f"Pareto set ({len(front)})" if i is not None else "best", zorder=3)
-            if i is not None and len(metrics) == 2:  # the boundary of the region the Pareto set dominates
-                path = staircase(list(zip(fx, fy)), directions[i] == "maximize", directions[j] == "maximize")
-                ax.plot(*zip(*path), color="tab:red", linewidth=0.8, alpha=0.6, zorder=1)
-            for x, y, n in front:
-                ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
-        if not done:
-            ax.text(0.5, 0.5, "no complete trials", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("trial" if i is None else label[i])
-        ax.set_ylabel(label[j])
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
-    fig.suptitle(f"{ostudy.study_name}: {len(done)} complete trials", fontsize=9)
-    return save(fig, out, "pareto")
-
-
 # ---------------------------------------------------------------------------------------------- entry
 
 
 def run_search(study: Study, results: Path, *, source: str = "<study>", storage: str | None = None,
                n_trials: int | None = None, worker: bool = False, device: str | None = None,
-               progress: bool | None = None) -> SearchSummary:
-    """Validate, open or resume the Optuna study, run trials until the budget is used, write the trial
-    and Pareto tables, the figure and the runs table, and mirror to MLflow. Bad input raises StudyError
-    before anything is written; a search that cannot run raises SearchFailed."""
+               progress: bool | None = None) -> list[SearchSummary]:
+    """Validate, open or resume the Optuna study (one per variant with ``per_variant``), run trials until the
+    budget is used, write the trial and Pareto tables, the figure and the runs table, and mirror to MLflow. Bad
+    input raises StudyError before anything is written; a search that cannot run raises SearchFailed."""
     import optuna
 
     from suite.execute import preflight
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials are logged here, with their metric names
-    t0 = time.perf_counter()
     specs = preflight(study, source)
     problems = validate(study, specs, n_trials)
     if n_trials is not None and n_trials < 1:
@@ -932,35 +927,65 @@ def run_search(study: Study, results: Path, *, source: str = "<study>", storage:
         log.warning("sqlite storage with several workers: expect 'database is locked' waits (Optuna advises a "
                     "journal file or PostgreSQL for parallel workers)")
     sdir.mkdir(parents=True, exist_ok=True)
-    budget = n_trials if n_trials is not None else study.search.n_trials
-    dev = device or study.execution.device
-    show = (study.execution.progress if progress is None else progress)
-    runner = SearchRunner(study, specs, results, source=source, storage_url=url, budget=budget, worker=worker,
-                          device=dev, progress=show)
-    summary = SearchSummary(sdir, runner.name, redact(url), runner.budget)
     records.atomic_write_text(sdir / "study.yaml", yaml.safe_dump(study.model_dump(mode="json", exclude_none=True),
                                                                   sort_keys=False))
-    runner.tracker = Tracker(study.tracking, study.name, results)  # locks the store's creation itself
+    budget = n_trials if n_trials is not None else study.search.n_trials
+    options = dict(source=source, storage_url=url, budget=budget, worker=worker,
+                   device=device or study.execution.device,
+                   progress=study.execution.progress if progress is None else progress)
+    summaries = []
+    for part, name, out in search_parts(study, specs, sdir):
+        t0 = time.perf_counter()
+        summary = _run_part(SearchRunner(part, specs, results, name=name, out=out, **options))
+        summary.wall_time_s = time.perf_counter() - t0
+        summaries.append(summary)
+    return summaries
+
+
+def search_parts(study: Study, specs: list[RunSpec], sdir: Path) -> list[tuple[Study, str, Path]]:
+    """The Optuna studies one ``search:`` block runs, as (study narrowed to them, Optuna study name, records
+    directory): one over all the variants, or with ``per_variant`` one per variant, each given only the
+    parameters that apply to it."""
+    s = study.search
+    assert s is not None
+    if not s.per_variant:
+        return [(study, f"{study.name}-{s.stage}", sdir / SEARCH_DIR)]
+    parts = []
+    for v in s.variants:
+        base = next(sp.config for sp in specs if sp.variant == v)
+        base = eval_config(base) if s.stage == "eval" else base
+        narrowed = s.model_copy(update={"variants": [v], "params": {k: p for k, p in s.params.items()
+                                                                     if applies(k, base)}})
+        parts.append((study.model_copy(update={"search": narrowed}), f"{study.name}-{s.stage}-{v}",
+                      sdir / SEARCH_DIR / v))
+    return parts
+
+
+def _run_part(runner: SearchRunner) -> SearchSummary:
+    """Run one Optuna study's trials until its budget is used; write its tables and figure, mirror to MLflow."""
+    study, search = runner.study, runner.search
+    summary = SearchSummary(runner.sdir, runner.name, redact(runner.storage.url), runner.budget)
+    runner.tracker = Tracker(study.tracking, study.name, runner.results)  # locks the store's creation itself
     tracker = runner.tracker
-    runner.parent = tracker.start_parent({"source": source, SEARCH_TAG: runner.name, "search.stage": study.search.stage,
-                                          "search.storage": summary.storage, "search.role":
-                                          "worker" if worker else "search"})
-    status = "FAILED"
+    runner.parent = tracker.start_parent({"source": runner.source, SEARCH_TAG: runner.name,
+                                          "search.stage": search.stage, "search.storage": summary.storage,
+                                          "search.role": "worker" if runner.worker else "search"})
+    status, completed = "FAILED", False
     try:
-        if study.search.stage == "eval":
+        if search.stage == "eval":
             runner.ensure_trained()
         before = runner.counted()
         if runner.budget is not None and before >= runner.budget:
             log.info("%s: the study already holds %d of %d trials; nothing to run (raise --n-trials to add more)",
                      runner.name, before, runner.budget)
-        runner.run(summary, study.search.timeout_s)
-        status = "FINISHED" if not summary.failed else "FAILED"
+        runner.run(summary, search.timeout_s)
+        status, completed = ("FINISHED" if not summary.failed else "FAILED"), True
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         try:
-            summary.pareto, summary.paths = runner.write_outputs()
+            summary.pareto, summary.paths = runner.write_outputs(evaluate_front=completed)
             all_trials = runner.ostudy.get_trials(deepcopy=False)
             summary.n_trials = len(all_trials)
             summary.n_complete = sum(t.state.name == "COMPLETE" for t in all_trials)
@@ -969,9 +994,8 @@ def run_search(study: Study, results: Path, *, source: str = "<study>", storage:
                                                 "trials_pruned": float(len(summary.pruned)),
                                                 "study_trials": float(summary.n_trials),
                                                 "study_trials_complete": float(summary.n_complete)})
-            tracker.log_artifacts(runner.parent, summary.paths, artifact_path=SEARCH_DIR)
+            tracker.log_artifacts(runner.parent, summary.paths, artifact_path=str(runner.out.relative_to(runner.sdir)))
         finally:
             tracker.finish(runner.parent, status)
             runner.storage.close()
-    summary.wall_time_s = time.perf_counter() - t0
     return summary

@@ -8,6 +8,7 @@ anything is written.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import hashlib
 import itertools
@@ -71,7 +72,7 @@ class SearchParam(BaseModel):
 
     uniform: tuple[float, float] | None = None
     log_uniform: tuple[float, float] | None = None
-    int: tuple[int, int] | None = None
+    int: tuple[builtins.int, builtins.int] | None = None  # builtins: the field's own name shadows int here
     choice: list[Any] | None = None
 
     @model_validator(mode="after")
@@ -100,6 +101,9 @@ class SearchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     variants: list[str] = Field(min_length=1)
+    # false: one Optuna study in which the sampler also picks the variant; true: one study per variant
+    # (<study>-<stage>-<variant>, records under search/<variant>/), each with the whole n_trials
+    per_variant: bool = False
     stage: Literal["eval", "train"] = "eval"
     objectives: list[Objective] = Field(min_length=1)
     params: dict[str, SearchParam] = Field(min_length=1)

@@ -8,9 +8,10 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from suite import records
+from suite import records, report
 from suite.execute import run_study
 from suite.study import expand, parse_study
 
@@ -63,6 +64,10 @@ def test_records_and_table(finished):
     ev = evals[evals.run_id == act.run_id].iloc[0]
     assert ev.override == "halt-more" and ev.token_units == 16 < act.token_units
     assert (sdir / act.run_id / records.MAPS).is_file()
+    # the machine is recorded beside the results, so a report built elsewhere still names it
+    env = json.loads((sdir / "environment.json").read_text())
+    assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["cpu_cores_logical"] >= 1
+    assert report.environment(report.load_records(sdir))[0]["torch"] == torch.__version__
 
 
 def test_mlflow_children_and_resume(finished):

@@ -21,7 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from suite import records
+from suite import records, report
 from suite.cli import main
 from suite.search import with_driver
 from suite.study import expand, parse_study
@@ -98,6 +98,23 @@ def test_eval_search_pareto_mlflow_and_resume(tmp_path):
         assert mine.token_pct.mean() == pytest.approx(t.token_pct)
         assert json.loads(mine.set.iloc[0])["tokens.halting.eps"] == pytest.approx(t["tokens.halting.eps"])
     assert set(pd.read_csv(sdir / records.RUNS_TABLE).status) == {"done"}
+    # the figure's Pareto set is computed from trials.csv alone and equals Optuna's best_trials
+    assert set(trials.trial[report.nondominated(trials[["accuracy", "token_pct"]].to_numpy(), [True, False])]) == front
+    # trials scored on val; each Pareto trial's settings were also evaluated on test, and only those
+    assert set(json.loads(s)["eval.split"] for s in evals[evals.override.str.fullmatch(r"trial\d+")].set) == {"val"}
+    tested = evals[evals.override.str.endswith("-test")]
+    assert set(tested.override) == {f"trial{n}-test" for n in front}
+    for name, g in tested.groupby("override"):
+        assert sorted(g.run_id) == sorted(s.run_id for s in specs)
+        setting = json.loads(g.set.iloc[0])
+        val = json.loads(evals[evals.override == name.removesuffix("-test")].set.iloc[0])
+        assert setting == {**val, "eval.split": "test"}
+    # the report draws the search from its records and keeps val-split numbers out of the test-split table
+    report.build_report(sdir, mlflow=False)
+    assert (sdir / "report" / "search_pareto.png").stat().st_size > 0
+    evals_md = (sdir / "report" / "evals.md").read_text()
+    assert "trial0 |" not in evals_md and f"trial{min(front)}-test" in evals_md
+    assert f"{len(trials) * 2} evaluation(s) on another split than test" in evals_md
 
     # MLflow: one invocation parent, one child per trial under it, params and objective values logged
     (parent,) = [r for r in mlflow_runs(results, "invocation") if r.data.tags.get("spikesuite.search")]
@@ -121,12 +138,36 @@ def test_eval_search_pareto_mlflow_and_resume(tmp_path):
     assert again.iloc[3]["tokens.halting.beta_offset"] not in set(trials["tokens.halting.beta_offset"])
     assert main(["search", str(path), "--results", str(results), "--n-trials", "5"]) == 0
     assert len(pd.read_csv(sdir / "search" / "trials.csv")) == 5
+    front = set(pd.read_csv(sdir / "search" / "pareto.csv").trial)  # trials that left the front lose their test rows
+    tested = {p.name for p in sdir.glob("*/evals/*-test.json")}
+    assert tested == {f"trial{n}-test.json" for n in front}
     parents = [r for r in mlflow_runs(results, "invocation") if r.data.tags.get("spikesuite.search")]
     per_parent = sorted(sum(c.data.tags["mlflow.parentRunId"] == p.info.run_id for c in mlflow_runs(results, "trial"))
                         for p in parents)
     assert per_parent == [0, 2, 3]
     study = optuna.load_study(study_name="srch-eval", storage=f"sqlite:///{sdir / 'optuna.db'}")
     assert study.metric_names == ["accuracy", "token_pct"]
+
+
+def test_per_variant_search_gives_each_variant_its_own_study(tmp_path):
+    text = STUDY.replace("  act: {tokens: {halting: {}}}", "  act: {tokens: {halting: {}}}\n  merge: {tokens: {merge: {r: 1}}}")
+    text = text.replace("matrix: {seed: [0, 1]}", "matrix: {seed: [0]}")
+    text = text.replace("  variants: [act]", "  variants: [act, merge]\n  per_variant: true")
+    text = text.replace("  params:\n", "  params:\n    tokens.merge.r: {int: [0, 3]}\n")
+    path, results = write(tmp_path, text), tmp_path / "results"
+    assert main(["search", str(path), "--results", str(results)]) == 0
+    sdir = results / "srch"
+    act = pd.read_csv(sdir / "search" / "act" / "trials.csv")
+    merge = pd.read_csv(sdir / "search" / "merge" / "trials.csv")
+    assert len(act) == len(merge) == 3 and set(act.variant) == {"act"} and set(merge.variant) == {"merge"}
+    assert {"tokens.halting.beta_offset", "tokens.halting.eps"} <= set(act.columns) and "tokens.merge.r" not in act
+    assert "tokens.merge.r" in merge and "tokens.halting.eps" not in merge  # only the parameters that apply
+    storage = f"sqlite:///{sdir / 'optuna.db'}"
+    assert sorted(s.study_name for s in optuna.get_all_study_summaries(storage)) == ["srch-eval-act", "srch-eval-merge"]
+    report.build_report(sdir, mlflow=False)
+    for v in ("act", "merge"):
+        assert (sdir / "search" / v / "pareto.png").exists()
+        assert (sdir / "report" / f"search_pareto_{v}.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("edit, expected", [
@@ -141,6 +182,7 @@ def test_eval_search_pareto_mlflow_and_resume(tmp_path):
     (("metric: token_pct, direction: minimize", "metric: accuracy, direction: minimize"),
      "search.objectives.1.metric: 'accuracy' is already an objective"),
 ])
+
 def test_bad_search_blocks_exit_2_before_writing(tmp_path, capsys, edit, expected):
     path, results = write(tmp_path, STUDY.replace(*edit)), tmp_path / "results"
     assert main(["search", str(path), "--results", str(results)]) == 2
@@ -265,8 +307,8 @@ def check_shared_search(study, results: Path, n_trials: int, orphan: int) -> Non
     sdir = results / "srch"
     for spec in expand(parse_study(STUDY)):  # the two workers trained the runs once between them
         assert json.loads((sdir / spec.run_id / records.STATUS).read_text())["attempts"] == 1
-        assert sorted(p.stem for p in (sdir / spec.run_id / "evals").glob("trial*.json")) == sorted(
-            f"trial{t.number}" for t in complete)
+        assert sorted(p.stem for p in (sdir / spec.run_id / "evals").glob("trial*[0-9].json")) == sorted(
+            f"trial{t.number}" for t in complete)  # (plus trial<N>-test of the Pareto trials)
     parents = [r for r in mlflow_runs(results, "invocation") if r.data.tags.get("spikesuite.search")]
     assert len(parents) == 2 and {r.data.tags["search.role"] for r in parents} == {"worker"}
     assert sorted(int(r.data.tags["trial_number"]) for r in mlflow_runs(results, "trial")) == sorted(
