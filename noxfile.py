@@ -1,4 +1,4 @@
-"""nox sessions: tests, the smoke study, lint. Sessions reuse their venvs (torch is 5.5 GB)."""
+"""nox sessions: tests, the smoke study, the reference results, lint. Sessions reuse their venvs (torch is 5.5 GB)."""
 
 import nox
 
@@ -16,6 +16,23 @@ def tests(session: nox.Session) -> None:
 def smoke(session: nox.Session) -> None:
     session.install("-e", ".")
     session.run("spikesuite", "run", "studies/smoke.yaml", *session.posargs)
+
+
+# The committed reference results (results/reference/, see results/README.md): train, search, report.
+REFERENCE_STUDIES = ("atsnn_digits", "tmask_digits", "baselines_digits", "atsnn_fashion_mnist")
+
+
+@nox.session(python="3.11")
+def reference(session: nox.Session) -> None:
+    """Regenerate results/reference/ (hours on 2 CPU cores; finished runs are skipped). Fashion-MNIST needs
+    apt-get install -y dataset-fashion-mnist. Pass study names to run only those."""
+    session.install("-e", ".")
+    for name in session.posargs or REFERENCE_STUDIES:
+        study = f"studies/{name}.yaml"
+        session.run("spikesuite", "run", study, "--results", "results/reference", "--no-report")
+        if "search:" in open(study, encoding="utf-8").read():
+            session.run("spikesuite", "search", study, "--results", "results/reference")
+        session.run("spikesuite", "report", f"results/reference/{name}")
 
 
 @nox.session(python="3.11")

@@ -144,7 +144,7 @@ def _evaluate(args) -> int:
     import yaml
 
     from suite import records
-    from suite.execute import DataCache, evaluate_override, study_dir_for
+    from suite.execute import DataCache, eval_updates, evaluate_override, study_dir_for
     from suite.study import expand
     from suite.train import CHECKPOINT, pick_device
 
@@ -174,7 +174,7 @@ def _evaluate(args) -> int:
     metrics, details = evaluate_override(spec.config, state, data, device, updates)
     name = args.name or "_".join(f"{k.split('.')[-1]}={v}" for k, v in updates.items()) or "default"
     name = "".join(c if c.isalnum() or c in "_.=+-" else "_" for c in name)[:80]
-    path = records.write_eval(run_dir, name, updates, metrics, details)
+    path = records.write_eval(run_dir, name, eval_updates(spec.config, updates), metrics, details)
     keys = ("accuracy", "token_pct", "timesteps_mean", "energy_exact_uj")
     print(json.dumps({k: round(metrics[k], 4) for k in keys if k in metrics}))
     print(f"recorded: {path}")

@@ -259,7 +259,7 @@ def finish_run(spec: RunSpec, result, data: DataBundle, device: torch.device, ru
     details["_maps"] = ev.maps
     for ov in spec.config.eval.overrides:
         m, d = evaluate_override(spec.config, state, data, device, ov.set)
-        records.write_eval(run_dir, ov.name, ov.set, m, d)
+        records.write_eval(run_dir, ov.name, eval_updates(spec.config, ov.set), m, d)
         tracker.log_metrics(child, {f"override.{ov.name}.{k}": v for k, v in m.items()
                                     if k in ("accuracy", "token_pct", "energy_exact_uj", "timesteps_mean")})
     return dict(ev.metrics), details
@@ -280,12 +280,19 @@ def rebuilt_model(config, state: dict[str, torch.Tensor], data: DataBundle, devi
     return cfg, model
 
 
+def eval_updates(config, updates: dict[str, Any]) -> dict[str, Any]:
+    """Evaluation-time settings layered on the run's own ``eval.apply``: overriding a training-free-merge run's
+    ``tokens.merge.r`` changes its merging, it does not start from the bare dense model."""
+    return {**config.eval.apply, **updates}
+
+
 def evaluate_override(config, state: dict[str, torch.Tensor], data: DataBundle, device: torch.device,
                       updates: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
-    """Rebuild the model with evaluation-time settings changed, load the trained weights, evaluate."""
+    """Rebuild the model with evaluation-time settings changed (on top of ``eval.apply``), load the trained
+    weights, evaluate."""
     from suite.evaluate import evaluate
 
-    cfg, model = rebuilt_model(config, state, data, device, updates)
+    cfg, model = rebuilt_model(config, state, data, device, eval_updates(config, updates))
     ev = evaluate(model, cfg, data, device, maps=False)
     return ev.metrics, ev.details
 

@@ -696,6 +696,10 @@ def staircase(front: list[tuple[float, float]], x_max: bool, y_max: bool) -> lis
     return path
 
 
+def search_title(optuna_study: str) -> str:
+    return f"Optuna search {optuna_study}"
+
+
 def search_tables(study_dir: Path) -> list[tuple[str, Path]]:
     """``(variant, trials.csv)`` of each search of the study: ``search/`` (one search, variant "") and
     ``search/<variant>/`` (``per_variant`` searches)."""
@@ -716,8 +720,7 @@ def search_figures(rec: Records, out: Path) -> list[Figure]:
         if not metrics or any(m not in trials for m in metrics):
             figures.append(Figure(stem, "Search", skipped=f"{path}: no objective columns matching study.yaml"))
             continue
-        name = f"{rec.name}-{search.get('stage', 'eval')}" + (f"-{variant}" if variant else "")
-        title = f"Optuna search {name}"
+        title = search_title(f"{rec.name}-{search.get('stage', 'eval')}" + (f"-{variant}" if variant else ""))
         done = int((trials.state == "COMPLETE").sum()) if "state" in trials else 0
         caption = (f"{done} complete of {len(trials)} trials ({search.get('sampler', 'tpe')} sampler); each trial's "
                    f"objectives are means over the variant's seeds"

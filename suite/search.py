@@ -683,14 +683,14 @@ class SearchRunner:
         return self._states[spec.run_id]
 
     def _eval_trial(self, trial, variant: str, params: dict[str, Any]) -> dict[str, dict[str, float]]:
-        from suite.execute import evaluate_override
+        from suite.execute import eval_updates, evaluate_override
         from suite.train import pick_device
 
         per_run = {}
         for spec in self.by_variant[variant]:
             data = self.cache.get(spec.config.dataset)
             # Score on search.split (val by default) so the Pareto set is not chosen on the test images.
-            updates = {**spec.config.eval.apply, **params, "eval.split": self.study.search.split}
+            updates = eval_updates(spec.config, {**params, "eval.split": self.study.search.split})
             m, d = evaluate_override(spec.config, self._state(spec), data, pick_device(self.device), updates)
             records.write_eval(self.sdir / spec.run_id, f"trial{trial.number}", updates, m, d)
             per_run[spec.run_id] = m
@@ -782,7 +782,7 @@ class SearchRunner:
         on the study's split too (``evals/trial<N>-<split>.json``, beside the runs), so the chosen operating
         points get honest held-out numbers in evals.csv and the report. Files of trials that left the front
         are removed; existing ones are kept (same checkpoint and settings give the same numbers)."""
-        from suite.execute import evaluate_override
+        from suite.execute import eval_updates, evaluate_override
         from suite.train import pick_device
 
         split = self.study.eval.split
@@ -802,7 +802,7 @@ class SearchRunner:
                     if (evals / f"{name}.json").exists():
                         continue
                     params = trial_params(trials[number], self.search)
-                    updates = {**spec.config.eval.apply, **params, "eval.split": split}
+                    updates = eval_updates(spec.config, {**params, "eval.split": split})
                     m, d = evaluate_override(spec.config, self._state(spec), self.cache.get(spec.config.dataset),
                                              pick_device(self.device), updates)
                     records.write_eval(self.sdir / spec.run_id, name, updates, m, d)
@@ -810,7 +810,7 @@ class SearchRunner:
                              ", ".join(f"{k}={m[k]:.4g}" for k in self.metrics if k in m))
 
     def write_outputs(self, evaluate_front: bool = False) -> tuple[pd.DataFrame, list[Path]]:
-        from suite.report import search_figure
+        from suite.report import search_figure, search_title
 
         out = self.out
         out.mkdir(parents=True, exist_ok=True)
@@ -821,7 +821,7 @@ class SearchRunner:
         if evaluate_front:
             self.evaluate_front(pareto)
         paths = [out / TRIALS_TABLE, out / PARETO_TABLE,
-                 *search_figure(trials, self.metrics, self.directions, self.name, out, "pareto")]
+                 *search_figure(trials, self.metrics, self.directions, search_title(self.name), out, "pareto")]
         seen = {s.run_id for s in self.specs}
         specs = self.specs + [s for s in self.trial_specs() if s.run_id not in seen]
         records.collect_tables(self.sdir, specs)

@@ -371,7 +371,7 @@ def eval_update_problems(config: RunConfig, updates: dict[str, Any], where: str 
     problems = [f"{prefix}{key}: not an evaluation-time setting (allowed: {', '.join(EVAL_TIME_KEYS)})"
                 for key in updates if not is_eval_time_key(key)]
     try:
-        apply_overrides(config, updates)
+        apply_overrides(config, {**config.eval.apply, **updates})  # as evaluated: on top of eval.apply
     except ValidationError as exc:
         problems += [f"{context}{where}: {line}" if where else f"{context}{line}" for line in format_errors(exc)]
     return problems
@@ -390,5 +390,5 @@ def apply_overrides(config: RunConfig, updates: dict[str, Any]) -> RunConfig:
                     {"type": "dict_type", "loc": tuple(parts[:i + 1]), "input": parent}])
         if isinstance(value, float) and math.isfinite(value) and value.is_integer() and parts[-1] in ("r",):
             value = int(value)
-        parent[parts[-1]] = value
+        parent[parts[-1]] = copy.deepcopy(value)  # a later, deeper key must not edit the caller's dict
     return RunConfig.model_validate(cfg)

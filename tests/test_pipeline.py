@@ -108,7 +108,8 @@ def test_cli_plan_report(finished, tmp_path):
 def test_eval_apply_evaluates_the_trained_weights_with_an_evaluation_only_policy(tmp_path):
     """Training-free ToMe: a dense model, trained without merging, is evaluated with merging applied."""
     text = STUDY.replace("name: tiny", "name: tome").replace("depth: 1", "depth: 2").replace(
-        "  act: {tokens: {halting: {}}}", "  tome: {eval: {apply: {tokens.merge: {r: 3}}}}").replace(
+        "  act: {tokens: {halting: {}}}", "  tome: {eval: {apply: {tokens.merge: {r: 3}}, overrides: "
+        "[{name: residual, set: {tokens.merge.metric: residual}}]}}").replace(
         "  exclude: [{variant: act, seed: 1}]", "  exclude: [{seed: 1}]")
     summary = run_study(parse_study(text), tmp_path, progress=False)
     assert not summary.failed and len(summary.done) == 2
@@ -118,3 +119,9 @@ def test_eval_apply_evaluates_the_trained_weights_with_an_evaluation_only_policy
     # the policy was applied at evaluation only: training was the dense model's, epoch for epoch
     hist = {v: pd.read_csv(tmp_path / "tome" / runs.loc[v, "run_id"] / records.HISTORY) for v in ("dense", "tome")}
     assert hist["dense"].train_loss.tolist() == hist["tome"].train_loss.tolist()
+    # an override is layered on eval.apply: it changes the merge metric and keeps r = 3 (alone it would
+    # be a merge policy with no r, an invalid config)
+    ev = pd.read_csv(tmp_path / "tome" / records.EVALS_TABLE)
+    ev = ev[ev.override == "residual"]
+    assert ev.variant.tolist() == ["tome"] and ev.token_units.tolist() == [58]
+    assert json.loads(ev.set.iloc[0]) == {"tokens.merge": {"r": 3}, "tokens.merge.metric": "residual"}

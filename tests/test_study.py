@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from suite.study import StudyError, expand, parse_study, run_id
+from suite.study import StudyError, apply_overrides, expand, parse_study, run_id
 
 BASE = """
 name: t
@@ -107,3 +107,12 @@ def test_shipped_studies_validate(path: Path):
 def test_eval_apply_is_validated():
     text = BASE.replace("dense: {}", "dense: {eval: {apply: {train.lr: 0.1}}}")
     assert any("eval.apply.train.lr: not an evaluation-time setting" in p for p in problems(text))
+
+
+def test_apply_overrides_leaves_the_callers_values_alone():
+    """A policy dict set by one key and refined by a deeper one (eval.apply + an override) is copied first."""
+    spec = expand(parse_study("name: s\nvariants: {dense: {}}\n"))[0]
+    apply = {"tokens.merge": {"r": 3}}
+    cfg = apply_overrides(spec.config, {**apply, "tokens.merge.metric": "residual"})
+    assert cfg.tokens.merge.r == 3 and cfg.tokens.merge.metric == "residual"
+    assert apply == {"tokens.merge": {"r": 3}}
