@@ -890,6 +890,19 @@ def main_table(rec: Records) -> Table:
     return Table(f"{rec.name}: results per variant", MAIN_HEADERS, tuple(body), table_notes(rec))
 
 
+def setting_text(setting: Any) -> str:
+    """An override's settings for a table cell: floats to 4 significant digits, the split left out (every row of
+    the table is on the study's split)."""
+    try:
+        value = yaml.safe_load(setting) if isinstance(setting, str) else None
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        return "" if setting is None or (isinstance(setting, float) and math.isnan(setting)) else str(setting)
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items()
+                     if k != "eval.split")
+
+
 def off_split_note(rec: Records) -> tuple[str, ...]:
     if not rec.off_split:
         return ()
@@ -908,7 +921,7 @@ def evals_table(rec: Records) -> Table | None:
         keyed.append((config, "(as trained)", "", done[done.config == config]))
         mine = ev[ev.config == config]
         for name, g in mine.groupby("override", sort=True):
-            keyed.append((config, str(name), str(g["set"].iloc[0]) if "set" in g else "", g))
+            keyed.append((config, str(name), setting_text(g["set"].iloc[0]) if "set" in g else "", g))
     groups = [k[3] for k in keyed]
     rows = _metric_rows(groups, _places(groups))
     headers = ("variant", "override", "set", "n seeds", *MAIN_HEADERS[2:6])

@@ -780,7 +780,8 @@ class SearchRunner:
     def evaluate_front(self, pareto: pd.DataFrame) -> None:
         """Eval stage, trials scored on another split than the study's: evaluate each Pareto trial's settings
         on the study's split too (``evals/trial<N>-<split>.json``, beside the runs), so the chosen operating
-        points get honest held-out numbers in evals.csv and the report. Files of trials that left the front
+        points get honest held-out numbers in evals.csv and the report. Trials with equal objective values
+        are one point: only the lowest-numbered is evaluated. Files of trials that left the front
         are removed; existing ones are kept (same checkpoint and settings give the same numbers)."""
         from suite.execute import eval_updates, evaluate_override
         from suite.train import pick_device
@@ -788,7 +789,9 @@ class SearchRunner:
         split = self.study.eval.split
         if self.search.stage != "eval" or self.search.split == split:
             return
-        front = {int(r.trial): r.variant for r in pareto.itertuples()}
+        # trials that tie on every objective are one operating point: the first of them stands for it
+        front = {int(r.trial): r.variant for r in pareto.sort_values("trial").drop_duplicates(
+            ["variant", *self.metrics]).itertuples()}
         trials = {t.number: t for t in self.ostudy.get_trials(deepcopy=False)}
         for variant, specs in self.by_variant.items():
             for spec in specs:

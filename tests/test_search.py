@@ -103,7 +103,8 @@ def test_eval_search_pareto_mlflow_and_resume(tmp_path):
     # trials scored on val; each Pareto trial's settings were also evaluated on test, and only those
     assert set(json.loads(s)["eval.split"] for s in evals[evals.override.str.fullmatch(r"trial\d+")].set) == {"val"}
     tested = evals[evals.override.str.endswith("-test")]
-    assert set(tested.override) == {f"trial{n}-test" for n in front}
+    points = pareto.sort_values("trial").drop_duplicates(["accuracy", "token_pct"]).trial  # ties: the first
+    assert set(tested.override) == {f"trial{n}-test" for n in points}
     for name, g in tested.groupby("override"):
         assert sorted(g.run_id) == sorted(s.run_id for s in specs)
         setting = json.loads(g.set.iloc[0])
@@ -138,9 +139,10 @@ def test_eval_search_pareto_mlflow_and_resume(tmp_path):
     assert again.iloc[3]["tokens.halting.beta_offset"] not in set(trials["tokens.halting.beta_offset"])
     assert main(["search", str(path), "--results", str(results), "--n-trials", "5"]) == 0
     assert len(pd.read_csv(sdir / "search" / "trials.csv")) == 5
-    front = set(pd.read_csv(sdir / "search" / "pareto.csv").trial)  # trials that left the front lose their test rows
+    pareto = pd.read_csv(sdir / "search" / "pareto.csv")  # trials that left the front lose their test rows
+    points = pareto.sort_values("trial").drop_duplicates(["accuracy", "token_pct"]).trial
     tested = {p.name for p in sdir.glob("*/evals/*-test.json")}
-    assert tested == {f"trial{n}-test.json" for n in front}
+    assert tested == {f"trial{n}-test.json" for n in points}
     parents = [r for r in mlflow_runs(results, "invocation") if r.data.tags.get("spikesuite.search")]
     per_parent = sorted(sum(c.data.tags["mlflow.parentRunId"] == p.info.run_id for c in mlflow_runs(results, "trial"))
                         for p in parents)
