@@ -59,7 +59,7 @@ from suite.study import (
     format_errors,
     run_id,
 )
-from suite.tracking import KIND_TAG, STUDY_TAG, Tracker
+from suite.tracking import KIND_TAG, STUDY_TAG, Tracker, process_alive
 from suite.train_config import EVAL_TIME_KEYS, is_eval_time_key
 
 log = logging.getLogger("spikesuite")
@@ -556,7 +556,7 @@ class SearchRunner:
 
         for t in self.ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             host, _, pid = str(t.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
-            if host != self.host or not pid.isdigit() or _alive(int(pid)):
+            if host != self.host or not pid.isdigit() or process_alive(int(pid)):
                 continue
             log.warning("trial %d: its worker (pid %s) is gone; failing it and queueing a retry", t.number, pid)
             self.ostudy.tell(t.number, state=TrialState.FAIL)
@@ -835,16 +835,6 @@ def records_dir(results: Path, name: str) -> Path:
     from suite.execute import study_dir_for
 
     return study_dir_for(results, name)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def trial_params(trial, search: SearchConfig) -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """MLflow mirror of the records: experiment = study, a parent run per invocation, a child run per
 run id. The records stay the source of truth; a finished run already mirrored is never logged twice,
-and a run killed mid-way has its MLflow run closed as KILLED and its replacement tagged with it."""
+and a run killed mid-way has its MLflow run closed as KILLED and its replacement tagged with it (as is a killed
+invocation's parent run, at the next invocation on the same host)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from suite.study import TrackingConfig
 
 log = logging.getLogger(__name__)
 RUN_TAG, STUDY_TAG, KIND_TAG = "spikesuite.run_id", "spikesuite.study", "spikesuite.kind"
+HOST_TAG, PID_TAG = "spikesuite.host", "spikesuite.pid"  # of an invocation: found dead, it is closed as KILLED
 
 
 def tracking_uri(cfg: TrackingConfig, results: Path) -> str:
@@ -70,9 +73,21 @@ class Tracker:
     def start_parent(self, tags: dict[str, str]) -> str | None:
         if not self.enabled:
             return None
+        self.close_dead_parents()
         run = self.client.create_run(self.experiment_id, run_name=f"{self.study} invocation",
-                                     tags={KIND_TAG: "invocation", STUDY_TAG: self.study, **tags})
+                                     tags={KIND_TAG: "invocation", STUDY_TAG: self.study, HOST_TAG: socket.gethostname(),
+                                           PID_TAG: str(os.getpid()), **tags})
         return run.info.run_id
+
+    def close_dead_parents(self) -> None:
+        """Invocation runs left RUNNING by a process on this host that no longer exists (killed, machine
+        restarted) are closed as KILLED, so the MLflow UI does not show them running forever."""
+        here = socket.gethostname()
+        for r in self.client.search_runs([self.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'invocation' "
+                                         "and attributes.status = 'RUNNING'", max_results=1000):
+            pid = r.data.tags.get(PID_TAG, "")
+            if r.data.tags.get(HOST_TAG) == here and pid.isdigit() and not process_alive(int(pid)):
+                self.client.set_terminated(r.info.run_id, "KILLED")
 
     def finish(self, mlflow_run_id: str | None, status: str = "FINISHED") -> None:
         if self.enabled and mlflow_run_id:
@@ -134,6 +149,16 @@ class Tracker:
     def set_tag(self, mlflow_run_id: str | None, key: str, value: str) -> None:
         if self.enabled and mlflow_run_id:
             self.client.set_tag(mlflow_run_id, key, value)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _init_lock_path(uri: str, results: Path) -> Path:

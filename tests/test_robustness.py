@@ -175,6 +175,13 @@ def test_sigkill_at_three_points_resumes_to_identical_records(tmp_path: Path):
         assert len(by["FINISHED"]) == 1 and len(by["KILLED"]) == 1
         assert by["FINISHED"][0].data.tags.get("spikesuite.replaces") == by["KILLED"][0].info.run_id
     assert sorted(mlflow_children(res, "kr")) == sorted(ids)
+    # the three killed invocations' parent runs were closed as KILLED by the next invocation, not left RUNNING
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{res / 'mlflow.db'}")
+    parents = client.search_runs([client.get_experiment_by_name("kr").experiment_id],
+                                 filter_string="tags.`spikesuite.kind` = 'invocation'")
+    assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED", "KILLED", "KILLED"]
     assert all(len(c) == 1 and c[0].info.status == "FINISHED" for c in mlflow_children(ref, "kr").values())
 
 
