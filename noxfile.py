@@ -20,6 +20,7 @@ def smoke(session: nox.Session) -> None:
 
 # The committed reference results (results/reference/, see results/README.md): train, search, report.
 REFERENCE_STUDIES = ("atsnn_digits", "tmask_digits", "baselines_digits", "atsnn_fashion_mnist")
+FASHION_DENSE = "37bebed778ed"  # the run id of atsnn_fashion_mnist's dense variant (spikesuite plan shows it)
 
 
 @nox.session(python="3.11")
@@ -32,6 +33,9 @@ def reference(session: nox.Session) -> None:
         session.run("spikesuite", "run", study, "--results", "results/reference", "--no-report")
         if "search:" in open(study, encoding="utf-8").read():
             session.run("spikesuite", "search", study, "--results", "results/reference")
+        if name == "atsnn_fashion_mnist":  # training-free ToMe on the dense checkpoint (no second dense run)
+            session.run("spikesuite", "evaluate", study, FASHION_DENSE, "--set", "tokens.merge={r: 6}",
+                        "--name", "tome_r6", "--results", "results/reference")
         session.run("spikesuite", "report", f"results/reference/{name}")
 
 

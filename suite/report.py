@@ -54,6 +54,7 @@ STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fonts
 FIGURE_PREFIXES = ("accuracy_vs_", "token_heatmap_", "halting_depth", "timestep_allocation", "firing_rates",
                    "ablation", "early_exit", "energy_breakdown", "search_")
 SEARCH_DIR, TRIALS_TABLE = "search", "trials.csv"  # = suite.search's (not imported: it pulls in torch)
+OFF_AXES = 10.0  # accuracy points shown below the lowest variant (mean - std) in the accuracy-vs-cost figures
 STD_NOTE = "mean ± sample std over seeds (ddof=1); a single seed shows its value alone"
 
 
@@ -367,14 +368,15 @@ def plain_axes(ax, rel_x: float = 0.05, rel_y: float = 0.002) -> None:
             set_(centre - least / 2, centre + least / 2)
 
 
-def _sweep(rec: Records, ax, config: str, metric: str) -> int:
-    """One variant's evaluation overrides as a dashed curve through (trained, override means); returns how many."""
+def _sweep(rec: Records, ax, config: str, metric: str) -> list[tuple[float, float]]:
+    """One variant's evaluation overrides as a dashed curve through (trained, override means); returns the
+    override points."""
     ev = rec.evals
     if ev is None or metric not in ev or "accuracy" not in ev:
-        return 0
+        return []
     mine = ev[(ev.config == config)].dropna(subset=[metric, "accuracy"])
     if mine.empty:
-        return 0
+        return []
     means = mine.groupby("override", sort=True)[[metric, "accuracy"]].mean()
     base = rec.done[rec.done.config == config][[metric, "accuracy"]].dropna().mean()
     pts = sorted([(float(base[metric]), float(base["accuracy"]))] +
@@ -382,7 +384,7 @@ def _sweep(rec: Records, ax, config: str, metric: str) -> int:
     color, _ = style(rec, config)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", lw=0.9, marker=".", ms=4, color=color, alpha=0.8,
             zorder=2)
-    return len(means)
+    return [(float(r[metric]), float(r["accuracy"])) for _, r in means.iterrows()]
 
 
 def pareto_figure(rec: Records, axis: ParetoAxis, published: pd.DataFrame | None, published_note: str,
@@ -393,7 +395,7 @@ def pareto_figure(rec: Records, axis: ParetoAxis, published: pd.DataFrame | None
     if axis.metric not in done or "accuracy" not in done or done[[axis.metric, "accuracy"]].dropna().empty:
         return Figure(axis.stem, axis.title, skipped=f"no finished run has both accuracy and {axis.metric}")
     fig, ax = plt.subplots(figsize=(5.6, 4.0))
-    means, sweeps = [], 0
+    means, lows, swept = [], [], []
     for config in rec.present(done):
         g = done[done.config == config]
         sx, sy = stat(g[axis.metric]), stat(g["accuracy"])
@@ -403,7 +405,15 @@ def pareto_figure(rec: Records, axis: ParetoAxis, published: pd.DataFrame | None
         ax.errorbar(sx.mean, sy.mean, xerr=sx.std if sx.n > 1 else None, yerr=sy.std if sy.n > 1 else None, fmt=marker,
                     color=color, capsize=3, ms=6, zorder=4, label=f"{config} (n={sy.n})")
         means.append((sx.mean, sy.mean))
-        sweeps += _sweep(rec, ax, config, axis.metric)
+        lows.append(sy.mean - (sy.std if sy.n > 1 else 0.0))
+        swept += _sweep(rec, ax, config, axis.metric)
+    sweeps = len(swept)
+    # Overrides that collapse accuracy (a threshold far out of range) would squash every variant into the top
+    # of the axes: the axes stop OFF_AXES points below the lowest variant, and the caption counts what is cut.
+    floor = min(lows, default=0.0) - OFF_AXES
+    cut = sum(1 for _, y in swept if y < floor)
+    if cut:
+        ax.set_ylim(bottom=floor)
     front = pareto_front(means)
     overrides = ", ".join(sorted(rec.evals.override.astype(str).unique())) if rec.evals is not None else ""
     handles = [Line2D([], [], color="0.25", lw=1.2, drawstyle="steps-post", label="non-dominated front (variant means)")]
@@ -436,6 +446,8 @@ def pareto_figure(rec: Records, axis: ParetoAxis, published: pd.DataFrame | None
                + (f"Dashed curves: evaluation overrides from evals.csv ({overrides}), mean over seeds, joined "
                   "with the as-trained point in order of cost (numbers in evals.md). " if sweeps
                   else "No evaluation overrides recorded. ")
+               + (f"{cut} override point(s) below {floor:.1f} % accuracy lie under the axes (numbers in evals.md). "
+                  if cut else "")
                + "".join(f"{n} " for n in off_split_note(rec))
                + pub_note)
     return Figure(axis.stem, f"{axis.title} ({axis.metric})", caption, tuple(save(fig, out, axis.stem)))
