@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import platform
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -353,8 +354,10 @@ def save(fig, out: Path, stem: str) -> list[Path]:
 
 
 def style(rec: Records, config: str) -> tuple[tuple[float, ...], str]:
+    """A colour and marker per variant; past 10 variants the marker cycle is shifted, so no two variants share
+    both (tab10 and the 10 markers alone would repeat the first variant's pair at the 11th)."""
     i = rec.order.index(config) if config in rec.order else len(rec.order)
-    return COLORS[i % len(COLORS)], MARKERS[i % len(MARKERS)]
+    return COLORS[i % len(COLORS)], MARKERS[(i + i // len(COLORS) * 3) % len(MARKERS)]
 
 
 def plain_axes(ax, rel_x: float = 0.05, rel_y: float = 0.002) -> None:
@@ -902,6 +905,11 @@ def main_table(rec: Records) -> Table:
     return Table(f"{rec.name}: results per variant", MAIN_HEADERS, tuple(body), table_notes(rec))
 
 
+def natural_key(text: str) -> tuple:
+    """Sort key reading digit runs as numbers: trial2 before trial10, named overrides before search trials."""
+    return (text.startswith("trial"), *[(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", text)])
+
+
 def setting_text(setting: Any) -> str:
     """An override's settings for a table cell: floats to 4 significant digits, the split left out (every row of
     the table is on the study's split)."""
@@ -932,7 +940,7 @@ def evals_table(rec: Records) -> Table | None:
     for config in rec.present(ev):
         keyed.append((config, "(as trained)", "", done[done.config == config]))
         mine = ev[ev.config == config]
-        for name, g in mine.groupby("override", sort=True):
+        for name, g in sorted(mine.groupby("override"), key=lambda kv: natural_key(str(kv[0]))):
             keyed.append((config, str(name), setting_text(g["set"].iloc[0]) if "set" in g else "", g))
     groups = [k[3] for k in keyed]
     rows = _metric_rows(groups, _places(groups))
