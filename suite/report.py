@@ -671,6 +671,12 @@ def search_figure(trials: pd.DataFrame, metrics: Sequence[str], directions: Sequ
     """An Optuna search from its trials table: complete trials grey, the Pareto set red with trial numbers (one
     panel per objective pair, at most three); a single objective is drawn against the trial number. ``spikesuite
     search`` and the report both draw it from ``trials.csv``, so the records alone regenerate it."""
+    with plt.rc_context(STYLE):  # the report's style also when spikesuite search draws it
+        return _search_figure(trials, metrics, directions, title, out, stem)
+
+
+def _search_figure(trials: pd.DataFrame, metrics: Sequence[str], directions: Sequence[str], title: str, out: Path,
+                   stem: str) -> list[Path]:
     done = trials[(trials.state == "COMPLETE")].dropna(subset=list(metrics)) if "state" in trials else trials[:0]
     maximize = [d == "maximize" for d in directions]
     best = nondominated(done[list(metrics)].to_numpy(), maximize) if len(done) else np.zeros(0, bool)
