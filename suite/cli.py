@@ -144,8 +144,8 @@ def _evaluate(args) -> int:
     import yaml
 
     from suite import records
-    from suite.execute import DataCache, eval_updates, evaluate_override, study_dir_for
-    from suite.study import expand
+    from suite.execute import DataCache, evaluate_override, study_dir_for
+    from suite.study import eval_updates, expand
     from suite.train import CHECKPOINT, pick_device
 
     study = _load(args.study)

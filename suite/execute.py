@@ -22,7 +22,7 @@ import torch
 from suite import records
 from suite.data import DataBundle, check_available, load_data
 from suite.environment import ENVIRONMENT, environment
-from suite.study import RunSpec, Study, StudyError, apply_overrides, expand
+from suite.study import RunSpec, Study, StudyError, apply_overrides, eval_updates, expand
 from suite.tracking import Tracker
 
 log = logging.getLogger("spikesuite")
@@ -278,12 +278,6 @@ def rebuilt_model(config, state: dict[str, torch.Tensor], data: DataBundle, devi
         raise ValueError(f"override {json.dumps(updates)} changes the model's parameters (missing {missing}, "
                          f"unexpected {unexpected}); only evaluation-time settings can be overridden")
     return cfg, model
-
-
-def eval_updates(config, updates: dict[str, Any]) -> dict[str, Any]:
-    """Evaluation-time settings layered on the run's own ``eval.apply``: overriding a training-free-merge run's
-    ``tokens.merge.r`` changes its merging, it does not start from the bare dense model."""
-    return {**config.eval.apply, **updates}
 
 
 def evaluate_override(config, state: dict[str, torch.Tensor], data: DataBundle, device: torch.device,

@@ -185,15 +185,21 @@ def main_split(study: Mapping[str, Any]) -> str:
     return str(ev.get("split", "test"))
 
 
+def parsed_setting(setting: Any) -> dict[str, Any] | None:
+    """An evals.csv ``set`` cell (JSON of the dotted-path updates) as a dict; None when absent or unreadable."""
+    try:
+        value = yaml.safe_load(setting) if isinstance(setting, str) else None
+    except yaml.YAMLError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def eval_splits(evals: pd.DataFrame, study: Mapping[str, Any]) -> pd.Series:
     """The split each evaluation scored on: its ``eval.split`` override, else the study's. Numbers on different
     splits are never drawn or tabulated together (eval-stage search trials score on val, runs on test)."""
     def split(setting: Any) -> str:
-        try:
-            value = yaml.safe_load(setting) if isinstance(setting, str) else None
-        except yaml.YAMLError:
-            value = None
-        return str(value.get("eval.split", main_split(study))) if isinstance(value, dict) else main_split(study)
+        value = parsed_setting(setting)
+        return str(value.get("eval.split", main_split(study))) if value is not None else main_split(study)
 
     column = evals["set"] if "set" in evals else pd.Series([None] * len(evals), index=evals.index)
     return column.map(split)
@@ -919,11 +925,8 @@ def natural_key(text: str) -> tuple:
 def setting_text(setting: Any) -> str:
     """An override's settings for a table cell: floats to 4 significant digits, the split left out (every row of
     the table is on the study's split)."""
-    try:
-        value = yaml.safe_load(setting) if isinstance(setting, str) else None
-    except yaml.YAMLError:
-        value = None
-    if not isinstance(value, dict):
+    value = parsed_setting(setting)
+    if value is None:
         return "" if setting is None or (isinstance(setting, float) and math.isnan(setting)) else str(setting)
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items()
                      if k != "eval.split")

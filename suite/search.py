@@ -56,6 +56,7 @@ from suite.study import (
     Study,
     StudyError,
     apply_overrides,
+    eval_updates,
     format_errors,
     run_id,
 )
@@ -682,19 +683,21 @@ class SearchRunner:
             self._states[spec.run_id] = ckpt["model"]
         return self._states[spec.run_id]
 
-    def _eval_trial(self, trial, variant: str, params: dict[str, Any]) -> dict[str, dict[str, float]]:
-        from suite.execute import eval_updates, evaluate_override
+    def _evaluate(self, spec: RunSpec, name: str, params: dict[str, Any], split: str) -> dict[str, float]:
+        """The run's checkpoint evaluated on ``split`` with a trial's settings, recorded as ``evals/<name>.json``."""
+        from suite.execute import evaluate_override
         from suite.train import pick_device
 
-        per_run = {}
-        for spec in self.by_variant[variant]:
-            data = self.cache.get(spec.config.dataset)
-            # Score on search.split (val by default) so the Pareto set is not chosen on the test images.
-            updates = eval_updates(spec.config, {**params, "eval.split": self.study.search.split})
-            m, d = evaluate_override(spec.config, self._state(spec), data, pick_device(self.device), updates)
-            records.write_eval(self.sdir / spec.run_id, f"trial{trial.number}", updates, m, d)
-            per_run[spec.run_id] = m
-        return per_run
+        updates = eval_updates(spec.config, {**params, "eval.split": split})
+        m, d = evaluate_override(spec.config, self._state(spec), self.cache.get(spec.config.dataset),
+                                 pick_device(self.device), updates)
+        records.write_eval(self.sdir / spec.run_id, name, updates, m, d)
+        return m
+
+    def _eval_trial(self, trial, variant: str, params: dict[str, Any]) -> dict[str, dict[str, float]]:
+        # Score on search.split (val by default) so the Pareto set is not chosen on the test images.
+        return {spec.run_id: self._evaluate(spec, f"trial{trial.number}", params, self.search.split)
+                for spec in self.by_variant[variant]}
 
     # -- train stage --------------------------------------------------------------------------------
 
@@ -783,9 +786,6 @@ class SearchRunner:
         points get honest held-out numbers in evals.csv and the report. Trials with equal objective values
         are one point: only the lowest-numbered is evaluated. Files of trials that left the front
         are removed; existing ones are kept (same checkpoint and settings give the same numbers)."""
-        from suite.execute import eval_updates, evaluate_override
-        from suite.train import pick_device
-
         split = self.study.eval.split
         if self.search.stage != "eval" or self.search.split == split:
             return
@@ -804,11 +804,7 @@ class SearchRunner:
                     name = f"trial{number}-{split}"
                     if (evals / f"{name}.json").exists():
                         continue
-                    params = trial_params(trials[number], self.search)
-                    updates = eval_updates(spec.config, {**params, "eval.split": split})
-                    m, d = evaluate_override(spec.config, self._state(spec), self.cache.get(spec.config.dataset),
-                                             pick_device(self.device), updates)
-                    records.write_eval(self.sdir / spec.run_id, name, updates, m, d)
+                    m = self._evaluate(spec, name, trial_params(trials[number], self.search), split)
                     log.info("%s: Pareto trial %d on the %s split: %s", spec.run_id, number, split,
                              ", ".join(f"{k}={m[k]:.4g}" for k in self.metrics if k in m))
 

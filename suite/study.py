@@ -371,10 +371,16 @@ def eval_update_problems(config: RunConfig, updates: dict[str, Any], where: str 
     problems = [f"{prefix}{key}: not an evaluation-time setting (allowed: {', '.join(EVAL_TIME_KEYS)})"
                 for key in updates if not is_eval_time_key(key)]
     try:
-        apply_overrides(config, {**config.eval.apply, **updates})  # as evaluated: on top of eval.apply
+        apply_overrides(config, eval_updates(config, updates))  # as evaluated: on top of eval.apply
     except ValidationError as exc:
         problems += [f"{context}{where}: {line}" if where else f"{context}{line}" for line in format_errors(exc)]
     return problems
+
+
+def eval_updates(config: RunConfig, updates: dict[str, Any]) -> dict[str, Any]:
+    """Evaluation-time settings layered on the run's own ``eval.apply``: overriding a training-free-merge run's
+    ``tokens.merge.r`` changes its merging, it does not start from the bare dense model."""
+    return {**config.eval.apply, **updates}
 
 
 def apply_overrides(config: RunConfig, updates: dict[str, Any]) -> RunConfig:
