@@ -8,19 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-
-class ExitConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    criterion: Literal["confidence", "entropy"] = "confidence"  # SEENN-I max softmax | DT-SNN 1 - H/log K
-    threshold: float = Field(0.9, ge=0)  # exit when the score exceeds it; overridable at evaluation
+from suite.config import ExitConfig
 
 
 @dataclass

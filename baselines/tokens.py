@@ -11,26 +11,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-
-class DropConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    keep_ratio: float = Field(0.5, gt=0, le=1)  # fraction of tokens kept; overridable at evaluation
-    at_block: int = Field(0, ge=0)
-    seed: int = 0  # evaluation draws from a generator with this seed, so every evaluation drops the same tokens
-
-
-class SelectConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    keep_ratio: float = Field(0.5, gt=0, le=1)  # DynamicViT keeps 0.7 per stage; overridable at evaluation
-    at_block: int = Field(0, ge=0)
-    hidden: float = Field(0.25, gt=0)  # predictor width as a fraction of dim
-    ratio_weight: float = Field(2.0, ge=0)  # DynamicViT ratio loss weight
-    tau: float = Field(1.0, gt=0)  # Gumbel-softmax temperature in training
+from suite.config import DropConfig, SelectConfig
 
 
 def keep_count(alive: Tensor, ratio: float) -> Tensor:

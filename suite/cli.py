@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from suite.study import Study, StudyError, load_study
+from suite.config import Study, StudyError, load_study
 
 log = logging.getLogger("spikesuite")
 
@@ -52,7 +52,6 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: execution.device)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--no-report", action="store_true")
-    r.add_argument("--parent-run", default=None, help=argparse.SUPPRESS)
 
     pl = cmd("plan", _plan, "dry run: list the expanded runs, their ids and status")
     pl.add_argument("study", type=Path)
@@ -104,13 +103,12 @@ def _load(path: Path) -> Study:
 
 
 def _run(args) -> int:
-    from suite.execute import run_study
+    from suite.run import run_study
 
     study = _load(args.study)
-    summary = run_study(study, args.results, source=str(args.study), study_file=args.study, workers=args.workers,
-                        parent_run=args.parent_run, progress=not args.no_progress and sys.stderr.isatty(),
-                        device=args.device)
-    if args.parent_run is None and not args.no_report:
+    summary = run_study(study, args.results, source=str(args.study), workers=args.workers,
+                        progress=not args.no_progress and sys.stderr.isatty(), device=args.device)
+    if not args.no_report:
         _report_dir(summary.study_dir)
     n = len(summary.done) + len(summary.skipped) + len(summary.failed) + len(summary.busy)
     print(f"{study.name}: {n} runs: {len(summary.done)} run now, {len(summary.skipped)} already done, "
@@ -125,16 +123,13 @@ def _run(args) -> int:
 
 
 def _plan(args) -> int:
-    from suite import records
-    from suite.execute import preflight, study_dir_for
+    from suite.run import plan_study
 
     study = _load(args.study)
-    specs = preflight(study, str(args.study))
-    sdir = study_dir_for(args.results, study.name)
-    print(f"{study.name}: {len(specs)} runs -> {sdir}")
+    sdir, planned = plan_study(study, args.results, source=str(args.study))
+    print(f"{study.name}: {len(planned)} runs -> {sdir}")
     print(f"{'run id':<13} {'status':<8} {'variant':<16} axes")
-    for spec in specs:
-        state = records.run_state(sdir / spec.run_id, spec.run_id)
+    for spec, state in planned:
         axes = {k: v for k, v in spec.axes.items() if k != "variant"}
         print(f"{spec.run_id:<13} {state:<8} {spec.variant:<16} {json.dumps(axes)}")
     return 0
@@ -143,42 +138,19 @@ def _plan(args) -> int:
 def _evaluate(args) -> int:
     import yaml
 
-    from suite import records
-    from suite.execute import DataCache, evaluate_override, study_dir_for
-    from suite.study import eval_updates, expand
-    from suite.train import CHECKPOINT, pick_device
+    from suite.run import reevaluate
 
-    study = _load(args.study)
-    specs = {s.run_id: s for s in expand(study, str(args.study))}
-    if args.run_id not in specs:
-        raise StudyError(str(args.study), [f"run_id: {args.run_id!r} is not a run of this study (see spikesuite plan)"])
     updates = {}
     for item in args.sets:
         if "=" not in item:
             raise StudyError("--set", [f"{item!r}: expected KEY=VALUE"])
         key, value = item.split("=", 1)
         updates[key] = yaml.safe_load(value)
-    from suite.study import eval_update_problems
-
-    spec = specs[args.run_id]
-    if problems := eval_update_problems(spec.config, updates):
-        raise StudyError("--set", problems)
-    run_dir = study_dir_for(args.results, study.name) / args.run_id
-    if records.run_state(run_dir, args.run_id) != "done" or not (run_dir / CHECKPOINT).exists():
-        raise StudyError(str(run_dir), ["the run has no finished checkpoint: spikesuite run the study first"])
-    import torch
-
-    device = pick_device(study.execution.device)
-    state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=True)["model"]
-    data = DataCache().get(spec.config.dataset)
-    metrics, details = evaluate_override(spec.config, state, data, device, updates)
-    name = args.name or "_".join(f"{k.split('.')[-1]}={v}" for k, v in updates.items()) or "default"
-    name = "".join(c if c.isalnum() or c in "_.=+-" else "_" for c in name)[:80]
-    path = records.write_eval(run_dir, name, eval_updates(spec.config, updates), metrics, details)
+    metrics, path = reevaluate(_load(args.study), args.run_id, updates, args.results, name=args.name,
+                               source=str(args.study))
     keys = ("accuracy", "token_pct", "timesteps_mean", "energy_exact_uj")
     print(json.dumps({k: round(metrics[k], 4) for k in keys if k in metrics}))
     print(f"recorded: {path}")
-    records.collect_tables(run_dir.parent, list(specs.values()))
     return 0
 
 
@@ -196,7 +168,7 @@ def _report(args) -> int:
     if target.is_dir():
         study_dir = target
     else:
-        from suite.execute import study_dir_for
+        from suite.run import study_dir_for
 
         study_dir = study_dir_for(args.results, _load(target).name)
     try:
@@ -245,7 +217,7 @@ def _run_search(args, *, worker: bool) -> int:
 
 
 def _ui(args) -> int:
-    from suite.study import TrackingConfig
+    from suite.config import TrackingConfig
     from suite.tracking import tracking_uri
 
     uri = args.uri or tracking_uri(TrackingConfig(), args.results)

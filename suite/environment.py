@@ -9,8 +9,6 @@ import platform
 from pathlib import Path
 from typing import Any
 
-ENVIRONMENT = "environment.json"
-
 
 def version(dist: str) -> str:
     try:

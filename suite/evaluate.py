@@ -1,9 +1,14 @@
-"""Evaluate a trained model on real data: accuracy, token and timestep counts, firing rates,
-operation counts and energy, throughput, early exit, halting maps; and re-evaluate a checkpoint
-with evaluation-time overrides (one checkpoint, several points on an accuracy/cost curve)."""
+"""Evaluate a trained model on real data: accuracy, token and timestep counts, firing rates, operation counts and
+energy, throughput, early exit, halting maps.
+
+One path for every evaluation: ``evaluate`` measures a model; ``evaluate_checkpoint`` rebuilds a run's model with
+evaluation-time settings changed (layered on the run's own ``eval.apply``), loads the trained weights and measures
+it: a run's overrides, ``spikesuite evaluate`` and a search's eval-stage trials all go through it (one checkpoint,
+several points on an accuracy/cost curve)."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -15,16 +20,17 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
 from baselines.temporal import early_exit
+from suite.config import RunConfig, apply_overrides, eval_updates
 from suite.data import DataBundle, make_loader
 from suite.metrics import (
-    EnergyConfig,
     energy_metrics,
     firing_rates,
     merge_counts,
     merge_spikes,
     ops_weighted_steps,
 )
-from suite.models import Spikformer
+from suite.models import Backbone
+from suite.train import make_model
 
 
 @dataclass
@@ -35,14 +41,15 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: Spikformer, run, data: DataBundle, device: torch.device, *, maps: bool = True) -> EvalResult:
+def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, maps: bool = True) -> EvalResult:
     """Evaluate ``model`` for ``run`` (a RunConfig) on its evaluation split."""
     ec = run.eval
     ds = data.test if ec.split == "test" or data.val is None else data.val
     model.eval()
     amp = device.type == "cuda" and run.train.amp == "auto"
     loader = make_loader(ds, batch_size=run.train.eval_batch_size, shuffle=False, seed=0)
-    L, T, N = len(model.blocks), model.T, model.num_tokens
+    L, T = model.depth, model.T
+    dense_units = float(model.dense_token_units)
     ops: dict = {}
     spikes: dict = {}
     correct = seen = 0
@@ -92,24 +99,24 @@ def evaluate(model: Spikformer, run, data: DataBundle, device: torch.device, *, 
         "eval_images": float(seen),
         "tokens_per_block_step": float(u.mean()) / (L * T),
         "token_units": float(u.mean()),
-        "token_pct": 100 * float(u.mean()) / (L * T * N),
-        "dense_token_units": float(L * T * N),
+        "token_pct": 100 * float(u.mean()) / dense_units,
+        "dense_token_units": dense_units,
     }
     details: dict[str, Any] = {
         "active_tokens_block_step": (active_sum / seen).tolist(),
         "firing_rates": firing_rates(spikes),
         "counting": "tokens: a merged token counts once; token_units = sum over blocks and timesteps",
+        "layer_order": model.layer_order(),  # forward order, for tables and figures
     }
     rates = list(details["firing_rates"].values())
     m["firing_rate_mean"] = float(np.mean(rates)) if rates else 0.0
-    energy = EnergyConfig(e_mac_pj=ec.e_mac_pj, e_ac_pj=ec.e_ac_pj)
-    m.update(energy_metrics(ops, seen, energy))
+    m.update(energy_metrics(ops, seen, ec.energy))
     details["ops"] = {k: vars(v) for k, v in ops.items()}
     steps = model.time_policy.active_steps() if model.time_policy is not None else None
     if steps:
         details["active_steps"] = steps
         m["timesteps_mean"] = float(np.mean(list(steps.values())))
-        m["timesteps_weighted"] = ops_weighted_steps(steps, ops)
+        m["timesteps_weighted"] = ops_weighted_steps(steps, ops, {lay.name: lay.gates for lay in model.lif_layers()})
     else:
         m["timesteps_mean"] = m["timesteps_weighted"] = float(T)
     if exit_steps:
@@ -120,7 +127,7 @@ def evaluate(model: Spikformer, run, data: DataBundle, device: torch.device, *, 
         m["timesteps_mean"] = m["timesteps_weighted"] = m["exit_step_mean"]
         eu = torch.cat(exit_units)
         m["token_units"] = float(eu.mean())
-        m["token_pct"] = 100 * m["token_units"] / (L * T * N)
+        m["token_pct"] = 100 * m["token_units"] / dense_units
         # Counts were taken over all T steps; scale by each sample's share of steps (labelled approx).
         m["energy_exact_uj"] *= m["exit_step_mean"] / T
         m["energy_paper_uj"] *= m["exit_step_mean"] / T
@@ -138,7 +145,7 @@ def evaluate(model: Spikformer, run, data: DataBundle, device: torch.device, *, 
 
 
 @torch.no_grad()
-def throughput(model: Spikformer, ds, device: torch.device, batch_size: int, amp: bool, repeats: int = 5) -> float:
+def throughput(model: Backbone, ds, device: torch.device, batch_size: int, amp: bool, repeats: int = 5) -> float:
     """Images/s of the (masked) forward without counting: median of ``repeats`` timed batches after a warm-up."""
     x, _ = next(iter(make_loader(ds, batch_size=min(batch_size, len(ds)), shuffle=False, seed=0)))
     x = x.to(device)
@@ -155,3 +162,33 @@ def throughput(model: Spikformer, ds, device: torch.device, batch_size: int, amp
         if i:
             times.append(time.perf_counter() - t0)
     return x.shape[0] / statistics.median(times)
+
+
+def rebuilt_model(config: RunConfig, state: dict[str, torch.Tensor], data: DataBundle, device: torch.device,
+                  updates: dict[str, Any]) -> tuple[RunConfig, Backbone]:
+    """The run's model rebuilt with evaluation-time settings changed and the trained weights loaded:
+    ``(resolved config, model)``."""
+    cfg = apply_overrides(config, updates)
+    model = make_model(cfg, data).to(device)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"override {json.dumps(updates)} changes the model's parameters (missing {missing}, "
+                         f"unexpected {unexpected}); only evaluation-time settings can be overridden")
+    return cfg, model
+
+
+def evaluate_checkpoint(config: RunConfig, state: dict[str, torch.Tensor], data: DataBundle, device: torch.device,
+                        updates: dict[str, Any], *, maps: bool = False) -> EvalResult:
+    """Rebuild the model with evaluation-time settings changed (on top of ``eval.apply``), load the trained
+    weights, evaluate."""
+    cfg, model = rebuilt_model(config, state, data, device, eval_updates(config, updates))
+    return evaluate(model, cfg, data, device, maps=maps)
+
+
+def evaluate_trained(config: RunConfig, model: Backbone, data: DataBundle, device: torch.device) -> EvalResult:
+    """A freshly trained run's main evaluation: the model itself, or, with ``eval.apply`` (an evaluation-only
+    policy such as training-free ToMe), the model rebuilt with those settings on the trained weights."""
+    if config.eval.apply:
+        cfg, model = rebuilt_model(config, model.state_dict(), data, device, config.eval.apply)
+        return evaluate(model, cfg, data, device)
+    return evaluate(model, config, data, device)

@@ -20,24 +20,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
+from suite.config import EnergyConfig
 from suite.models.context import LayerCounts
+from suite.names import ENERGY_KINDS
 
-KINDS: tuple[str, ...] = ("stem", "attention", "mlp", "head")  # the per-kind breakdown of the report
 _SUMMED: tuple[str, ...] = ("macs", "sops_exact", "sops_paper", "dense_flops")  # additive LayerCounts fields
 _PJ_TO_UJ = 1e-6
 BREAKDOWN_COLUMNS: tuple[str, ...] = ("layer", "kind", "block", "macs", "sops_exact", "sops_paper",
                                       "dense_flops", "energy_exact_pj", "energy_paper_pj")
-
-
-class EnergyConfig(BaseModel):
-    """Energy per operation in picojoules."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    e_mac_pj: float = Field(4.6, ge=0)  # 45 nm 32-bit float multiply+add, Horowitz ISSCC 2014
-    e_ac_pj: float = Field(0.9, ge=0)  # 45 nm 32-bit float add, Horowitz ISSCC 2014
 
 
 def merge_counts(total: Mapping[str, LayerCounts], new: Mapping[str, LayerCounts]) -> dict[str, LayerCounts]:
@@ -83,13 +74,13 @@ def _check(ops: Mapping[str, LayerCounts], n_images: int) -> None:
     if n_images <= 0:
         raise ValueError(f"n_images must be positive, not {n_images}")
     for name, rec in ops.items():
-        if rec.kind not in KINDS:
-            raise ValueError(f"layer {name!r} has unknown kind {rec.kind!r} (expected one of {KINDS})")
+        if rec.kind not in ENERGY_KINDS:
+            raise ValueError(f"layer {name!r} has unknown kind {rec.kind!r} (expected one of {ENERGY_KINDS})")
 
 
 def energy_metrics(ops: Mapping[str, LayerCounts], n_images: int, cfg: EnergyConfig) -> dict[str, float]:
     """Flat per-image totals: ``macs``, ``sops_exact``, ``sops_paper``, ``dense_flops``,
-    ``energy_exact_uj``, ``energy_paper_uj`` and, for every kind in ``KINDS`` (0 when absent),
+    ``energy_exact_uj``, ``energy_paper_uj`` and, for every kind in ``suite.names.ENERGY_KINDS`` (0 when absent),
     ``sops_exact_<kind>``, ``sops_paper_<kind>``, ``energy_exact_uj_<kind>``, ``energy_paper_uj_<kind>``.
 
     ``ops`` are sums over ``n_images`` images (the real evaluation set)."""
@@ -98,7 +89,7 @@ def energy_metrics(ops: Mapping[str, LayerCounts], n_images: int, cfg: EnergyCon
     out: dict[str, float] = {f: sum(getattr(r, f) for r in recs) / n_images for f in _SUMMED}
     for conv in ("exact", "paper"):
         out[f"energy_{conv}_uj"] = sum(layer_energy_pj(r, cfg, conv) for r in recs) / n_images * _PJ_TO_UJ
-    for kind in KINDS:
+    for kind in ENERGY_KINDS:
         sub = [r for r in recs if r.kind == kind]
         for conv in ("exact", "paper"):
             out[f"sops_{conv}_{kind}"] = sum(getattr(r, f"sops_{conv}") for r in sub) / n_images
@@ -121,21 +112,11 @@ def breakdown_frame(ops: Mapping[str, LayerCounts], n_images: int, cfg: EnergyCo
     return pd.DataFrame(rows, columns=list(BREAKDOWN_COLUMNS))
 
 
-def feeding_layers(lif: str) -> tuple[str, ...]:
-    """The counted synaptic layers whose work runs only at the active steps of LIF layer ``lif``.
-
-    Every LIF layer is fed by the synaptic layer of the same name (``stem.i``, ``stem.rpe``,
-    ``block<i>.q/k/v/proj/mlp1/mlp2``); ``block<i>.attn`` is fed by ``block<i>.av``, and its time mask
-    also gates ``block<i>.qk`` (``Block._count_attention`` counts both at the attention LIF's steps)."""
-    owner, _, kind = lif.rpartition(".")
-    if kind == "attn":
-        return (f"{owner}.qk", f"{owner}.av")
-    return (lif,)
-
-
-def ops_weighted_steps(active_steps: Mapping[str, float], ops: Mapping[str, LayerCounts]) -> float:
+def ops_weighted_steps(active_steps: Mapping[str, float], ops: Mapping[str, LayerCounts],
+                       gates: Mapping[str, Sequence[str]]) -> float:
     """Mean active timesteps over LIF layers, each weighted by the dense FLOPs per active step of the
-    layers it gates (``feeding_layers``); the plain mean is ``mean(active_steps.values())``.
+    layers it gates (``gates``: LIF layer -> counted synaptic layers, ``LIFLayer.gates`` of the backbone);
+    the plain mean is ``mean(active_steps.values())``.
 
     A layer's ``dense_flops`` were counted over its active steps only, so FLOPs per step =
     ``dense_flops / active_steps``; with token policies this is the mean over active steps."""
@@ -145,10 +126,10 @@ def ops_weighted_steps(active_steps: Mapping[str, float], ops: Mapping[str, Laye
     for lif, steps in active_steps.items():
         if steps <= 0:
             raise ValueError(f"LIF layer {lif!r} has no active step; its FLOPs per step are unknown")
-        missing = [n for n in feeding_layers(lif) if n not in ops]
+        missing = [n for n in gates[lif] if n not in ops]
         if missing:
             raise ValueError(f"LIF layer {lif!r}: no counts for {missing} (run the forward with count=True)")
-        weight = sum(ops[n].dense_flops for n in feeding_layers(lif)) / steps
+        weight = sum(ops[n].dense_flops for n in gates[lif]) / steps
         num += weight * steps
         den += weight
     if den == 0:

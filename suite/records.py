@@ -23,9 +23,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-STATUS, METRICS, CONFIG, HISTORY, MAPS, EVALS = "status.json", "metrics.json", "config.yaml", "history.csv", \
-    "maps.npz", "evals"
-RUNS_TABLE, EVALS_TABLE = "runs.csv", "evals.csv"
+from suite.names import CONFIG, EVALS, EVALS_TABLE, HISTORY, LOCK, MAPS, METRICS, RUNS_TABLE, STATUS
+
+__all__ = ["CONFIG", "EVALS", "EVALS_TABLE", "HISTORY", "MAPS", "METRICS", "RUNS_TABLE", "STATUS", "atomic_write_json",
+           "atomic_write_text", "claim", "collect_tables", "file_lock", "read_json", "run_state", "write_config",
+           "write_eval", "write_history", "write_result", "write_status"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -92,7 +94,7 @@ def claim(run_dir: Path) -> Iterator[bool]:
     """An exclusive, non-blocking lock on the run directory: True if this process owns the run.
     The OS releases it when the process dies, so a killed run can be claimed again at once."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(run_dir / ".lock", "w")
+    fh = open(run_dir / LOCK, "w")
     try:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -10,21 +10,31 @@ import logging
 import os
 import socket
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from suite.records import file_lock
-from suite.study import TrackingConfig
+from suite import records
+from suite.config import RunSpec, TrackingConfig
+from suite.names import (
+    HOST_TAG,
+    INVOCATION,
+    KIND_TAG,
+    MLFLOW_ARTIFACTS,
+    MLFLOW_DB,
+    PID_TAG,
+    REPLACES_TAG,
+    RUN_TAG,
+    STUDY_TAG,
+)
 
 log = logging.getLogger(__name__)
-RUN_TAG, STUDY_TAG, KIND_TAG = "spikesuite.run_id", "spikesuite.study", "spikesuite.kind"
-HOST_TAG, PID_TAG = "spikesuite.host", "spikesuite.pid"  # of an invocation: found dead, it is closed as KILLED
 
 
 def tracking_uri(cfg: TrackingConfig, results: Path) -> str:
     """MLFLOW_TRACKING_URI, else the study's ``tracking.uri``, else one sqlite store for all studies
     under the results directory (each study is an experiment in it)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or f"sqlite:///{(results / 'mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or f"sqlite:///{(results / MLFLOW_DB).resolve()}"
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -59,11 +69,11 @@ class Tracker:
         name = cfg.experiment or study
         # Several processes may start on one study at once: creating the store's tables and the experiment
         # must not race (sqlite: "duplicate column name", experiment: RESOURCE_ALREADY_EXISTS).
-        with file_lock(_init_lock_path(self.uri, results)):
+        with records.file_lock(_init_lock_path(self.uri, results)):
             self.client = MlflowClient(self.uri)
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
-                artifacts = (results / "mlartifacts" / name).resolve().as_uri() if self.uri.startswith("sqlite") \
+                artifacts = (results / MLFLOW_ARTIFACTS / name).resolve().as_uri() if self.uri.startswith("sqlite") \
                     else None
                 self.experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
             else:
@@ -75,7 +85,7 @@ class Tracker:
             return None
         self.close_dead_parents()
         run = self.client.create_run(self.experiment_id, run_name=f"{self.study} invocation",
-                                     tags={KIND_TAG: "invocation", STUDY_TAG: self.study, HOST_TAG: socket.gethostname(),
+                                     tags={KIND_TAG: INVOCATION, STUDY_TAG: self.study, HOST_TAG: socket.gethostname(),
                                            PID_TAG: str(os.getpid()), **tags})
         return run.info.run_id
 
@@ -83,7 +93,7 @@ class Tracker:
         """Invocation runs left RUNNING by a process on this host that no longer exists (killed, machine
         restarted) are closed as KILLED, so the MLflow UI does not show them running forever."""
         here = socket.gethostname()
-        for r in self.client.search_runs([self.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'invocation' "
+        for r in self.client.search_runs([self.experiment_id], filter_string=f"tags.`{KIND_TAG}` = '{INVOCATION}' "
                                          "and attributes.status = 'RUNNING'", max_results=1000):
             pid = r.data.tags.get(PID_TAG, "")
             if r.data.tags.get(HOST_TAG) == here and pid.isdigit() and not process_alive(int(pid)):
@@ -102,7 +112,7 @@ class Tracker:
     def has_finished(self, run_id: str) -> bool:
         return any(r.info.status == "FINISHED" for r in self.children(run_id))
 
-    def start_child(self, spec, parent: str | None) -> str | None:
+    def start_child(self, spec: RunSpec, parent: str | None) -> str | None:
         """A child run for ``spec``; earlier unfinished ones are closed as KILLED and linked."""
         if not self.enabled:
             return None
@@ -114,7 +124,7 @@ class Tracker:
         if parent:
             tags["mlflow.parentRunId"] = parent
         if stale:
-            tags["spikesuite.replaces"] = ",".join(stale)
+            tags[REPLACES_TAG] = ",".join(stale)
         run = self.client.create_run(self.experiment_id, run_name=f"{spec.variant}-s{spec.config.seed}-{spec.run_id}",
                                      tags=tags)
         rid = run.info.run_id
@@ -168,3 +178,46 @@ def _init_lock_path(uri: str, results: Path) -> Path:
 
 def _key(k: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in k)
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where a run is mirrored, as plain data (a unit of work carries it to another process or machine):
+    the study's tracking settings, its results directory and the MLflow run to nest under."""
+
+    config: TrackingConfig
+    study: str
+    results: Path
+    parent: str | None = None
+
+
+_TRACKERS: dict[tuple[str, str, str], Tracker] = {}
+
+
+def tracker_for(target: TrackingTarget) -> Tracker:
+    """One ``Tracker`` per store and experiment while an invocation runs (a worker runs many units: the store is
+    opened once); ``close_trackers`` ends the invocation, so the next one opens the store afresh."""
+    key = (tracking_uri(target.config, target.results), target.config.experiment or target.study,
+           str(target.results.resolve()))
+    if key not in _TRACKERS:
+        _TRACKERS[key] = Tracker(target.config, target.study, target.results)
+    return _TRACKERS[key]
+
+
+def close_trackers() -> None:
+    _TRACKERS.clear()
+
+
+def mirror_run(tracker: Tracker, spec: RunSpec, run_dir: Path, parent: str | None) -> None:
+    """Log a finished run from its records (tracking was off, or the store is new)."""
+    child = tracker.start_child(spec, parent)
+    hist = run_dir / records.HISTORY
+    if hist.exists():
+        import pandas as pd
+
+        for row in pd.read_csv(hist).to_dict("records"):
+            tracker.log_metrics(child, row, step=int(row.get("epoch", 0)))
+    metrics = (records.read_json(run_dir / records.METRICS) or {}).get("metrics", {})
+    tracker.log_metrics(child, metrics, step=spec.config.train.epochs)
+    tracker.log_artifacts(child, [run_dir / records.CONFIG, run_dir / records.METRICS, hist])
+    tracker.finish(child, "FINISHED")

@@ -17,3 +17,17 @@ def forward(model: nn.Module, x: Tensor, **kw):
     out = model(x, **kw)
     functional.reset_net(model)
     return out
+
+
+def lif_layer_names(depth: int) -> list[str]:
+    """Names of a Spikformer's LIF layers in forward order (from the backbone's layer metadata)."""
+    from suite.models import spikformer_lif_layers
+
+    return [layer.name for layer in spikformer_lif_layers(depth)]
+
+
+def lif_gates(depth: int) -> dict[str, tuple[str, ...]]:
+    """LIF layer -> the counted synaptic layers it gates, for a Spikformer of ``depth`` blocks."""
+    from suite.models import spikformer_lif_layers
+
+    return {layer.name: layer.gates for layer in spikformer_lif_layers(depth)}

@@ -1,4 +1,4 @@
-"""The dense Spikformer backbone (suite/models/spikformer.py): size, token grid, spike layout, state."""
+"""The dense Spikformer backbone (suite/models/backbones/spikformer.py): size, token grid, spike layout, state."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import pytest
 import torch
 from helpers import forward as _run
 from helpers import images as _images
+from helpers import lif_layer_names
 from spikingjelly.activation_based import functional, neuron
 from torch import Tensor
 
-from suite.models import ModelConfig, Spikformer, TimeConfig, TokenConfig, build_model
-from suite.models.spikformer import lif_layer_names
+from suite.config import ModelConfig, TimeConfig, TokenConfig
+from suite.models import Spikformer, build_model
 
 TINY = ModelConfig(depth=2, dim=16, heads=2, T=3)
 

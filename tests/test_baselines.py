@@ -10,10 +10,17 @@ import torch
 from helpers import forward as _run
 from helpers import images as _images
 
-from baselines.temporal import ExitConfig, early_exit, tet_loss
-from baselines.tokens import DropConfig, SelectConfig
-from suite.models import ModelConfig, Spikformer, TimeConfig, TokenConfig, build_model
-from suite.models.tokens import MergeConfig
+from baselines.temporal import early_exit, tet_loss
+from suite.config import (
+    DropConfig,
+    ExitConfig,
+    MergeConfig,
+    ModelConfig,
+    SelectConfig,
+    TimeConfig,
+    TokenConfig,
+)
+from suite.models import Spikformer, build_model
 
 CFG = ModelConfig(depth=2, dim=16, heads=2, T=3)
 L, T, N = CFG.depth, CFG.T, 16

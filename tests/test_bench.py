@@ -10,16 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from suite.bench import (
-    COLUMNS,
-    QUICK,
-    BenchConfig,
-    BenchShape,
-    halting_channel,
-    interleave,
-    paired_ratio,
-    run_bench,
-)
+from suite.bench import run_bench
+from suite.bench.common import COLUMNS, QUICK, BenchConfig, BenchShape, interleave, paired_ratio
+from suite.bench.inference import halting_channel
 
 TINY = BenchConfig(BenchShape(depth=2, dim=16, heads=2, T=4, batch=4, image=16), warmup=1, reps_train=2,
                    reps_infer=2, calib_images=4)

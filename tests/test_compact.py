@@ -8,8 +8,17 @@ import torch
 from spikingjelly.activation_based import functional, neuron
 from torch import Tensor, nn
 
-from baselines.tokens import DropConfig, SelectConfig
-from suite.models import ModelConfig, ModelOutput, Spikformer, TimeConfig, TokenConfig, build_model
+from suite.config import (
+    DropConfig,
+    HaltingConfig,
+    MergeConfig,
+    ModelConfig,
+    SelectConfig,
+    TimeConfig,
+    TimeMaskConfig,
+    TokenConfig,
+)
+from suite.models import ModelOutput, Spikformer, build_model
 from suite.models.compact import (
     LIFParams,
     active_fraction,
@@ -20,9 +29,6 @@ from suite.models.compact import (
     pack_rows,
     segment_linear_attention,
 )
-from suite.models.halting import HaltingConfig
-from suite.models.timemask import TimeMaskConfig
-from suite.models.tokens import MergeConfig
 
 TINY = ModelConfig(depth=2, dim=32, heads=4, T=4)
 BLOCK_LIFS = ("q", "k", "v", "attn", "proj", "mlp1", "mlp2")

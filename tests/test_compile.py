@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
+from suite.config import expand, parse_study
 from suite.data import load_data
-from suite.study import expand, parse_study
 from suite.train import fit
 
 STUDY = """

@@ -1,5 +1,5 @@
 """Operation counting, energy and firing-rate metrics (suite/metrics.py, the counting code of
-suite/models/context.py and suite/models/spikformer.py), with a cross-check against spikingjelly 2.0's
+suite/models/context.py and suite/models/backbones/spikformer.py), with a cross-check against spikingjelly 2.0's
 ``op_counter``. Conventions: docs/counting.md."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from helpers import lif_gates, lif_layer_names
 from spikingjelly.activation_based import functional
 from spikingjelly.activation_based.op_counter import (
     ACCounter,
@@ -21,24 +22,29 @@ from spikingjelly.activation_based.op_counter import (
 )
 from torch import Tensor, nn
 
-from baselines.tokens import DropConfig
+from suite.config import (
+    DropConfig,
+    EnergyConfig,
+    ModelConfig,
+    NeuronConfig,
+    TimeConfig,
+    TimeMaskConfig,
+    TokenConfig,
+)
 from suite.metrics import (
     BREAKDOWN_COLUMNS,
-    KINDS,
-    EnergyConfig,
     breakdown_frame,
     energy_metrics,
-    feeding_layers,
     firing_rates,
     merge_counts,
     merge_spikes,
     ops_weighted_steps,
 )
-from suite.models import ModelConfig, Spikformer, TimeConfig, TokenConfig, build_model
+from suite.models import Spikformer, build_model
+from suite.models.backbones.spikformer import Block
 from suite.models.context import Context, LayerCounts
-from suite.models.neurons import NeuronConfig
-from suite.models.spikformer import Block, ConvBNLIF, LinearBNLIF, lif_layer_names
-from suite.models.timemask import TimeMaskConfig
+from suite.models.layers import ConvBNLIF, LinearBNLIF
+from suite.names import ENERGY_KINDS as KINDS
 
 BMM = torch.ops.aten.bmm.default
 LINEARS = ("q", "k", "v", "proj", "mlp1", "mlp2")
@@ -340,15 +346,15 @@ def test_ops_weighted_steps_by_hand() -> None:
            "block0.qk": LayerCounts("attention", 0, dense_flops=100.0),  # the attention LIF gates qk and av:
            "block0.av": LayerCounts("attention", 0, dense_flops=100.0)}  # 1 step -> 200 per step
     steps = {"stem.0": 4.0, "block0.q": 3.0, "block0.attn": 1.0}
-    assert feeding_layers("block0.attn") == ("block0.qk", "block0.av")
-    assert feeding_layers("stem.rpe") == ("stem.rpe",)
-    assert ops_weighted_steps(steps, ops) == pytest.approx((4 * 100 + 3 * 100 + 1 * 200) / 400)
+    assert lif_gates(1)["block0.attn"] == ("block0.qk", "block0.av")
+    assert lif_gates(1)["stem.rpe"] == ("stem.rpe",)
+    assert ops_weighted_steps(steps, ops, lif_gates(1)) == pytest.approx((4 * 100 + 3 * 100 + 1 * 200) / 400)
     with pytest.raises(ValueError):
-        ops_weighted_steps({"block0.k": 2.0}, ops)  # not counted
+        ops_weighted_steps({"block0.k": 2.0}, ops, lif_gates(1))  # not counted
     with pytest.raises(ValueError):
-        ops_weighted_steps({**steps, "stem.0": 0.0}, ops)
+        ops_weighted_steps({**steps, "stem.0": 0.0}, ops, lif_gates(1))
     with pytest.raises(ValueError):
-        ops_weighted_steps({}, ops)
+        ops_weighted_steps({}, ops, lif_gates(1))
 
 
 # --------------------------------------------------------- 2. halted tokens and masked steps count less
@@ -404,10 +410,10 @@ def test_masking_half_the_steps_halves_block_counts() -> None:
         assert (rec.sops_exact, rec.sops_paper) == (float((z != 0).sum()) * 16, float(z.sum()) * 16)
     assert r.ctx.spikes["block1.mlp1"][1] == d.ctx.spikes["block1.mlp1"][1] / 2
     # ops-weighted steps: sum of dense FLOPs / sum of FLOPs per step, between the block and stem steps
-    per_step = {n: sum(r.ctx.ops[f].dense_flops for f in feeding_layers(n)) / s
+    per_step = {n: sum(r.ctx.ops[f].dense_flops for f in lif_gates(2)[n]) / s
                 for n, s in r.active_steps.items()}
     expected = sum(per_step[n] * s for n, s in r.active_steps.items()) / sum(per_step.values())
-    assert ops_weighted_steps(r.active_steps, r.ctx.ops) == pytest.approx(expected)
+    assert ops_weighted_steps(r.active_steps, r.ctx.ops, lif_gates(2)) == pytest.approx(expected)
     assert 2.0 < expected < 4.0
 
 

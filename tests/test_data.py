@@ -19,17 +19,15 @@ from pydantic import ValidationError
 # Let `pytest tests/test_data.py` import the package from a plain checkout (no editable install needed).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from suite.config import AugmentConfig, DatasetConfig, SyntheticConfig  # noqa: E402
 from suite.data import (  # noqa: E402
-    AugmentConfig,
     DataBundle,
-    DatasetConfig,
     DatasetNotFoundError,
-    SyntheticConfig,
-    _stratified_order,
     check_available,
     load_data,
     make_loader,
 )
+from suite.data.base import _stratified_order  # noqa: E402
 
 
 def _ids(ds) -> set[int]:

@@ -1,4 +1,4 @@
-"""AT-SNN / A-ViT halting on the Spikformer (suite/models/halting.py, suite/models/tokens.py)."""
+"""AT-SNN / A-ViT halting on the Spikformer (suite/models/policies/halting.py, suite/models/policies/tokens.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ from helpers import images as _images
 from spikingjelly.activation_based import functional
 from torch import Tensor, nn
 
-import suite.models.tokens as tokens_mod
-from suite.models import ModelConfig, Spikformer, TimeConfig, TokenConfig, build_model
+import suite.models.policies.tokens as tokens_mod
+from suite.config import HaltingConfig, MergeConfig, ModelConfig, TimeConfig, TokenConfig
+from suite.models import Spikformer, build_model
+from suite.models.backbones.spikformer import Block
 from suite.models.context import Context
-from suite.models.halting import HaltingConfig
-from suite.models.merge import MergePlan, size_weighted_mean
-from suite.models.spikformer import Block
-from suite.models.tokens import MergeConfig
+from suite.models.policies.merge import MergePlan, size_weighted_mean
 
 CFG = ModelConfig(depth=2, dim=16, heads=2, T=3)
 L, T, N = CFG.depth, CFG.T, 16  # 8x8 input -> 4x4 tokens

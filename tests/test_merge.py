@@ -1,4 +1,4 @@
-"""Tests for fixed-length bipartite token merging (suite/models/merge.py)."""
+"""Tests for fixed-length bipartite token merging (suite/models/policies/merge.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from suite.models.merge import (
+from suite.models.policies.merge import (
     MergePlan,
     bipartite_soft_matching,
     parse_r,

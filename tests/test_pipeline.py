@@ -11,9 +11,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from suite import records, report
-from suite.execute import run_study
-from suite.study import expand, parse_study
+from suite import records
+from suite.config import expand, parse_study
+from suite.report.load import load_records
+from suite.report.page import environment
+from suite.run import run_study
 
 STUDY = """
 name: tiny
@@ -67,7 +69,7 @@ def test_records_and_table(finished):
     # the machine is recorded beside the results, so a report built elsewhere still names it
     env = json.loads((sdir / "environment.json").read_text())
     assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["cpu_cores_logical"] >= 1
-    assert report.environment(report.load_records(sdir))[0]["torch"] == torch.__version__
+    assert environment(load_records(sdir))[0]["torch"] == torch.__version__
 
 
 def test_mlflow_children_and_resume(finished):

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from suite import report
-from suite.report_html import Table
+from suite.report.content import Table
+from suite.report.figures import layers
 
 L, T, GRID = 2, 2, (4, 4)
 N = GRID[0] * GRID[1]
@@ -219,11 +220,11 @@ def test_matrix_axes_split_a_variant():
     runs = pd.DataFrame({"variant": ["dense", "dense", "dense", "act"], "seed": [0, 1, 0, 0], "T": [2, 2, 4, 4],
                          "train.lr": [0.1, 0.1, 0.1, 0.1]})
     study = {"variants": {"dense": {}, "act": {}}, "matrix": {"seed": [0, 1], "model.T": [2, 4], "train.lr": [0.1]}}
-    axes = report.axis_columns(runs, study)
+    axes = report.axis_columns(runs, study["matrix"])
     assert axes == ["T"]  # train.lr takes one value: it splits nothing
     runs["config"] = report.config_labels(runs, axes)
     assert runs.config.tolist() == ["dense (T=2)", "dense (T=2)", "dense (T=4)", "act (T=4)"]
-    assert report.config_order(runs, study, axes) == ("dense (T=2)", "dense (T=4)", "act (T=4)")
+    assert report.config_order(runs, study["variants"], axes) == ("dense (T=2)", "dense (T=4)", "act (T=4)")
 
 
 def test_published_markers_only_for_the_same_dataset():
@@ -315,6 +316,45 @@ def test_figures_logged_to_latest_parent_run(built):
 def test_report_never_imports_torch():
     code = "import sys, suite.report; sys.exit('torch' in sys.modules or 'spikingjelly' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == 0
+
+
+def test_report_imports_neither_torch_nor_mlflow():
+    code = ("import sys, suite.report; "
+            "print(' '.join(m for m in ('torch', 'mlflow', 'spikingjelly') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"suite.report imported {proc.stdout.strip()}"
+
+
+def _firing_layers(rec, out: Path, monkeypatch) -> list[str]:
+    """The x tick labels (layer names) of the firing-rate figure drawn from ``rec``."""
+    seen: list[list[str]] = []
+    real = layers.save
+
+    def capture(fig, where, stem):
+        seen.append([t.get_text() for t in fig.axes[0].get_xticklabels()])
+        return real(fig, where, stem)
+
+    monkeypatch.setattr(layers, "save", capture)
+    assert layers.firing_figure(rec, out).skipped is None
+    return seen[0]
+
+
+def test_recorded_layer_order_is_honoured(tmp_path, monkeypatch):
+    sdir = write_records(tmp_path)
+    assert _firing_layers(report.load_records(sdir), tmp_path / "a", monkeypatch) == LAYERS  # parsed from names
+    # a forward order the names alone do not give, naming a layer no run measured (head) and leaving two out
+    order = ["block0.k", "block0.q", "stem.rpe", "stem.0", "block0.attn", "block0.mlp1", "block1.attn", "block1.k",
+             "block1.q", "head"]
+    for metrics in sorted(sdir.glob("*/metrics.json")):
+        doc = json.loads(metrics.read_text())
+        doc["details"]["layer_order"] = order
+        metrics.write_text(json.dumps(doc))
+    rec = report.load_records(sdir)
+    expected = [name for name in order if name in LAYERS] + ["stem.1", "block1.mlp1"]  # the rest by layer_key
+    assert report.ordered_layers([rec.details[r]["firing_rates"] for r in sorted(rec.details)],
+                                 layers.recorded_layer_order(rec.details.values())) == expected
+    assert _firing_layers(rec, tmp_path / "b", monkeypatch) == expected
 
 
 def _chromium() -> str | None:

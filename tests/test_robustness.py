@@ -25,8 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from suite import cli, records
-from suite.execute import study_dir_for
-from suite.study import NAME_PATTERN, StudyError, expand, load_study, parse_study
+from suite.config import StudyError, expand, load_study, parse_study
+from suite.names import NAME_PATTERN
+from suite.run import study_dir_for
 
 MALFORMED = Path(__file__).parent / "malformed"
 # Columns of runs.csv that measure time and so differ between two otherwise identical runs.
@@ -35,7 +36,7 @@ HISTORY_TIME_COLUMNS = ["epoch_time_s"]
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SPIKESUITE_SINCE")}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return env
 
@@ -313,12 +314,32 @@ def test_two_processes_on_one_study_run_each_run_once(tmp_path: Path):
     assert all(len(c) == 1 and c[0].info.status == "FINISHED" for c in children.values())
 
 
+def test_workers_share_one_study_and_run_each_run_once(tmp_path: Path):
+    """``--workers 2``: this process and one spawned worker (its units passed as arguments, no hidden CLI flag
+    or environment variable) claim the runs between them; every run is trained once and mirrored once."""
+    study = tmp_path / "cc.yaml"
+    study.write_text(CONC_STUDY)
+    ids = [s.run_id for s in expand(load_study(study))]
+    results = tmp_path / "res"
+    p = Proc(study, results, tmp_path / "w.log", "--workers", "2")
+    assert p.wait() == 0, p.stderr[-3000:]
+    for rid in ids:
+        assert p.stderr.count(f"{rid} running") == 1, (rid, p.stderr)
+        assert status(results / "cc" / rid)["attempts"] == 1
+        assert p.stderr.count(rid) >= 2  # both processes went through every run (one trained it)
+    assert "exited with code" not in p.stderr
+    assert (pd.read_csv(results / "cc" / records.RUNS_TABLE).status == "done").all()
+    children = mlflow_children(results, "cc")
+    assert sorted(children) == sorted(ids)
+    assert all(len(c) == 1 and c[0].info.status == "FINISHED" for c in children.values())
+
+
 def test_failure_recorded_by_another_process_during_this_invocation_is_not_retried(tmp_path, monkeypatch):
     """Two processes on one study: once one of them has failed a run, the other must not run it again
     straight away (a later invocation retries it). Simulated: the failure lands just before our claim."""
     import contextlib
 
-    from suite import execute
+    from suite.run import run_study, unit
 
     study = parse_study(ATOM_STUDY)
     rid = expand(study)[0].run_id
@@ -332,16 +353,16 @@ def test_failure_recorded_by_another_process_during_this_invocation_is_not_retri
         with real_claim(run_dir) as mine:
             yield mine
 
-    def fake_execute(spec, *a, **k):
-        calls.append(spec.run_id)
+    def fake_execute(u, *a, **k):
+        calls.append(u.spec.run_id)
         return False, "RuntimeError: again"
 
-    monkeypatch.setattr(execute, "execute_run", fake_execute)
-    monkeypatch.setattr(execute.records, "claim", claim_after_other_process_failed)
-    summary = execute.run_study(study, tmp_path, progress=False)
+    monkeypatch.setattr(unit, "_execute", fake_execute)
+    monkeypatch.setattr(unit.records, "claim", claim_after_other_process_failed)
+    summary = run_study(study, tmp_path, progress=False)
     assert calls == [] and summary.failed == {rid: "RuntimeError: elsewhere"}
-    monkeypatch.setattr(execute.records, "claim", real_claim)
-    summary = execute.run_study(study, tmp_path, progress=False)  # a new invocation retries it
+    monkeypatch.setattr(unit.records, "claim", real_claim)
+    summary = run_study(study, tmp_path, progress=False)  # a new invocation retries it
     assert calls == [rid] and summary.failed == {rid: "RuntimeError: again"}
 
 

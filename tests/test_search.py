@@ -23,8 +23,8 @@ from optuna.trial import TrialState
 
 from suite import records, report
 from suite.cli import main
-from suite.search import with_driver
-from suite.study import expand, parse_study
+from suite.config import expand, parse_study
+from suite.search.storage import with_driver
 
 STUDY = """
 name: srch
@@ -240,27 +240,24 @@ def test_train_stage_trials_are_runs_and_repeats_reuse_them(tmp_path):
 
 
 def test_median_pruning_reports_epochs_and_prunes(tmp_path):
-    """The train stage's epoch hook: execute_run logs each epoch row through the tracker it is given; the
-    wrapper reports the validation value to the trial and raises TrialPruned when the pruner says so."""
-    from suite.search import _EpochReporter
-    from suite.study import TrackingConfig
-    from suite.tracking import Tracker
+    """The train stage's epoch callback: run_one calls it with each finished epoch's row; it reports the
+    validation value to the trial and raises TrialPruned when the pruner says so."""
+    from suite.search.stages import PruningCallback
 
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
-    tracker = Tracker(TrackingConfig(enabled=False), "srch", tmp_path)
     good = study.ask()
-    reporter = _EpochReporter(tracker, good, "val_acc", offset=0)
-    reporter.log_metrics(None, {"epoch": 1, "val_acc": 60.0, "train_loss": 1.0}, step=1)
-    reporter.log_metrics(None, {"accuracy": 61.0}, step=1)  # final metrics: not an epoch row, not reported
+    reporter = PruningCallback(good, "val_acc", offset=0)
+    reporter({"epoch": 1, "val_acc": 60.0, "train_loss": 1.0})
+    reporter({"accuracy": 61.0})  # final metrics: not an epoch row, not reported
     study.tell(good, 61.0)
     assert good.number == 0 and study.trials[0].intermediate_values == {1: 60.0}
     bad = study.ask()
-    reporter = _EpochReporter(tracker, bad, "val_acc", offset=0)
+    reporter = PruningCallback(bad, "val_acc", offset=0)
     with pytest.raises(optuna.TrialPruned, match="epoch 1"):
-        reporter.log_metrics(None, {"epoch": 1, "val_acc": 20.0}, step=1)
+        reporter({"epoch": 1, "val_acc": 20.0})
     assert reporter.pruned and study.trials[1].intermediate_values == {1: 20.0}
-    second_run = _EpochReporter(tracker, study.ask(), "val_acc", offset=2)  # a variant's 2nd run: steps 3, 4, ..
-    second_run.log_metrics(None, {"epoch": 1, "val_acc": 20.0}, step=1)  # no trial has step 3 yet: no verdict
+    second_run = PruningCallback(study.ask(), "val_acc", offset=2)  # a variant's 2nd run: steps 3, 4, ..
+    second_run({"epoch": 1, "val_acc": 20.0})  # no trial has step 3 yet: no verdict
     assert study.trials[2].intermediate_values == {3: 20.0} and not second_run.pruned
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from suite.study import StudyError, apply_overrides, expand, parse_study, run_id
+from suite.config import StudyError, apply_overrides, expand, parse_study, run_id
 
 BASE = """
 name: t
@@ -99,7 +99,7 @@ def test_cli_bad_study_exits_2_and_writes_nothing(tmp_path: Path):
 @pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("studies/*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_studies_validate(path: Path):
-    from suite.study import load_study
+    from suite.config import load_study
 
     assert expand(load_study(path))
 
@@ -116,3 +116,67 @@ def test_apply_overrides_leaves_the_callers_values_alone():
     cfg = apply_overrides(spec.config, {**apply, "tokens.merge.metric": "residual"})
     assert cfg.tokens.merge.r == 3 and cfg.tokens.merge.metric == "residual"
     assert apply == {"tokens.merge": {"r": 3}}
+
+
+# ------------------------------------------------------------------------------------------ run-id hash policy
+
+REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
+STUDIES = Path(__file__).resolve().parent.parent / "studies"
+
+
+def _reference_specs():
+    from suite.config import load_study
+
+    for study_dir in sorted(p for p in REFERENCE.iterdir() if p.is_dir()):
+        for spec in expand(load_study(STUDIES / f"{study_dir.name}.yaml")):
+            yield study_dir, spec
+
+
+def test_a_new_defaulted_field_keeps_the_committed_run_ids():
+    """The hash policy: a setting added later (``added_field``) stays out of the run id at its default, so every
+    committed reference record keeps planning as done; set to another value it makes a new run."""
+    from pydantic import create_model
+
+    from suite import records
+    from suite.config import ModelConfig, RunConfig, added_field
+
+    Model = create_model("ModelConfig", __base__=ModelConfig, future_knob=(int, added_field(3)))
+    Run = create_model("RunConfig", __base__=RunConfig, model=(Model, Model()))
+    n = 0
+    for study_dir, spec in _reference_specs():
+        assert records.run_state(study_dir / spec.run_id, spec.run_id) == "done", (study_dir.name, spec.run_id)
+        grown = Run.model_validate(spec.config.model_dump())
+        assert grown.model.future_knob == 3 and "future_knob" in grown.model_dump(mode="json")["model"]
+        assert run_id(grown) == spec.run_id
+        moved = grown.model_copy(update={"model": grown.model.model_copy(update={"future_knob": 4})})
+        assert run_id(moved) != spec.run_id
+        n += 1
+    assert n >= 70  # all four reference studies were checked
+
+
+def test_backbone_is_a_later_field_and_an_axis():
+    """``model.backbone`` was added after schema 1: at its default it changes no id; an unknown one names the key
+    and the known backbones; the registry and the schema list the same backbones."""
+    from typing import get_args
+
+    from suite.config.model import BackboneName
+    from suite.models import BACKBONES
+
+    assert set(BACKBONES) == set(get_args(BackboneName))
+    plain = expand(parse_study(BASE))
+    explicit = expand(parse_study(BASE.replace("model: {depth: 1", "model: {backbone: spikformer, depth: 1")))
+    assert [s.run_id for s in plain] == [s.run_id for s in explicit]
+    assert all(s.config.model.backbone == "spikformer" for s in plain)
+    lines = problems(BASE.replace("  act: {tokens: {halting: {}}}", "  act: {tokens: {halting: {}}}\n"
+                                                                     "  other: {model: {backbone: vgg}}"))
+    assert any(line.startswith("variants.other.model.backbone:") and "spikformer" in line for line in lines), lines
+
+
+def test_schema_and_report_import_no_torch():
+    """``suite.config`` (every schema, expansion) and the report run without the training stack."""
+    code = ("import sys, suite.config, suite.names, suite.report\n"
+            "from suite.config import load_study, expand\n"
+            "expand(load_study('studies/smoke.yaml'))\n"
+            "heavy = sorted(m for m in ('torch', 'mlflow', 'spikingjelly', 'torchvision') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)

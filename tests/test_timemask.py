@@ -1,4 +1,4 @@
-"""Trainable per-module timestep masks (suite/models/timemask.py, Datta et al. reconstruction)."""
+"""Trainable per-module timestep masks (suite/models/policies/timemask.py, Datta et al. reconstruction)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from helpers import forward as _run
 from helpers import images as _images
+from helpers import lif_layer_names
 from torch import Tensor
 
-from suite.models import ModelConfig, Spikformer, TimeConfig, TokenConfig, build_model
-from suite.models.spikformer import lif_layer_names
-from suite.models.timemask import TimeMaskConfig
+from suite.config import ModelConfig, TimeConfig, TimeMaskConfig, TokenConfig
+from suite.models import Spikformer, build_model
 
 CFG = ModelConfig(depth=2, dim=16, heads=2, T=3)
 T = CFG.T

@@ -1,29 +1,13 @@
-"""Model construction: the Spikformer backbone plus optional token and time policies."""
+"""Models: backbones behind one protocol (``backbone.py``), registered by name (``registry.py``), with token and time
+policies (``policies/``) that work on any backbone, and compacted inference (``compact.py``).
 
-from __future__ import annotations
+Adding a backbone: one module in ``backbones/`` with a ``Backbone`` subclass decorated ``@register_backbone(name)``,
+imported below, and its name added to ``suite.config.model.BackboneName``.
+"""
 
-from pydantic import BaseModel, ConfigDict
+from suite.models.backbone import Backbone, LIFLayer, ModelOutput
+from suite.models.backbones.spikformer import Spikformer, spikformer_lif_layers
+from suite.models.registry import BACKBONES, build_model, register_backbone
 
-from baselines.temporal import ExitConfig
-from suite.models.spikformer import ModelConfig, ModelOutput, Spikformer, lif_layer_names
-from suite.models.timemask import TimeMask, TimeMaskConfig
-from suite.models.tokens import TokenConfig, TokenPolicy
-
-
-class TimeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    mask: TimeMaskConfig | None = None  # trainable per-module timestep masks (Datta et al.)
-    exit: ExitConfig | None = None  # per-sample early exit at evaluation (SEENN-I / DT-SNN)
-
-
-def build_model(model: ModelConfig, tokens: TokenConfig, time: TimeConfig, *, in_channels: int,
-                image_size: tuple[int, int], num_classes: int) -> Spikformer:
-    """The backbone with the policies a variant asks for; with none it is exactly the dense model."""
-    token_policy = TokenPolicy(tokens, depth=model.depth, dim=model.dim, T=model.T) if tokens.enabled else None
-    time_policy = TimeMask(time.mask, lif_layer_names(model.depth), model.T) if time.mask is not None else None
-    return Spikformer(model, in_channels=in_channels, image_size=image_size, num_classes=num_classes,
-                      token_policy=token_policy, time_policy=time_policy)
-
-
-__all__ = ["ModelConfig", "ModelOutput", "Spikformer", "TimeConfig", "TokenConfig", "build_model"]
+__all__ = ["BACKBONES", "Backbone", "LIFLayer", "ModelOutput", "Spikformer", "build_model", "register_backbone",
+           "spikformer_lif_layers"]

@@ -1,6 +1,6 @@
 """Compacted inference: run each block only on its active (token, timestep) entries.
 
-The masked path (``Spikformer.forward`` with a ``TokenPolicy``) keeps every token in the
+The masked path (``Backbone.forward`` with a ``TokenPolicy``) keeps every token in the
 ``[T, B, N, C]`` tensor and zeroes the inactive ones, so a halted, merged or dropped token costs as
 much wall-clock time as a running one. Here the same policy makes the same decisions (its own
 ``forward`` is called, with compact blocks in place of the model's blocks), but each block gathers the
@@ -25,8 +25,9 @@ compacted path must compute the hole too. Block-major halting, 1-D halting, keep
 ``per: all_steps`` merges only produce prefixes of active steps, so they have no holes and nothing
 extra is computed; ``per: timestep`` merges can produce holes and stay exact at a small extra cost.
 
-Timings and token counts are separate numbers (DESIGN.md "Wall-clock"): this module only changes
-how fast the same logits come out.
+Timings and token counts are separate numbers: this module only changes how fast the same logits come out.
+It is written against the backbone protocol: each block type computes itself on packed rows
+(``forward_packed``) with the operations of ``PackedCall``.
 """
 
 from __future__ import annotations
@@ -35,15 +36,17 @@ from dataclasses import dataclass
 
 import torch
 from spikingjelly.activation_based import functional, neuron
-from torch import Tensor
+from torch import Tensor, nn
 
+from suite.models.backbone import Backbone
 from suite.models.context import Context
-from suite.models.spikformer import Block, LinearBNLIF, Spikformer
-from suite.models.tokens import TokenPolicy
+from suite.models.layers import LinearBNLIF
+from suite.models.policies.tokens import TokenPolicy
 
 __all__ = [
     "CompactBlock",
     "LIFParams",
+    "PackedCall",
     "PackedRows",
     "active_fraction",
     "compact_forward",
@@ -214,13 +217,16 @@ def segment_linear_attention(q: Tensor, k: Tensor, v: Tensor, segment: Tensor, n
 
 
 class CompactBlock:
-    """Stands in for one ``Block`` inside ``TokenPolicy.forward``: same call signature and return
-    values (dense residual stream and dense key spikes), but only the packed rows are computed.
+    """Stands in for one backbone block inside ``TokenPolicy.forward``: same call signature and return
+    values (dense residual stream and dense key spikes), but only the packed rows are computed, by the
+    block's own ``forward_packed`` (the backbone protocol, ``backbone.py``).
 
     One instance lives for one forward pass: its LIF state buffers persist between calls, which is
     what time-major halting (one call per timestep) needs."""
 
-    def __init__(self, block: Block, *, need_keys: bool):
+    def __init__(self, block: nn.Module, *, need_keys: bool):
+        if not hasattr(block, "forward_packed"):
+            raise NotImplementedError(f"compacted path: {type(block).__name__} has no forward_packed")
         self.block, self.need_keys = block, need_keys
         self._state: dict[str, Tensor] = {}
         self._skipped: Tensor | None = None  # [B * N] bool: tokens left uncomputed at some earlier step
@@ -234,47 +240,56 @@ class CompactBlock:
         self._check_state_is_exact(rows)
         if rows.size == 0:
             return z, z.new_zeros(()).expand_as(z)
-        blk = self.block
         x = z.reshape(-1, C).index_select(0, rows.flat)
-        q = self._linear_lif(blk.q, x, rows, ctx)
-        k = self._linear_lif(blk.k, x, rows, ctx)
-        v = self._linear_lif(blk.v, x, rows, ctx)
         weight = None if size is None else size.reshape(-1).index_select(0, rows.flat)
-        a = segment_linear_attention(q, k, v, rows.segment, T * B, blk.heads, blk.scale, weight)
-        a = self._lif(f"{blk.name}.attn", blk.attn_lif, a, rows, ctx)
-        x = x + self._linear_lif(blk.proj, a, rows, ctx)
-        x = x + self._linear_lif(blk.mlp2, self._linear_lif(blk.mlp1, x, rows, ctx), rows, ctx)
+        x, k = self.block.forward_packed(x, PackedCall(rows, ctx, self._state, weight, T * B))
         keys = _scatter_rows(torch.zeros_like(z), rows, k) if self.need_keys else z.new_zeros(()).expand_as(z)
         return _scatter_rows(z, rows, x), keys
 
     def _check_state_is_exact(self, rows: PackedRows) -> None:
         """Across calls (time-major halting) a token left out at one step must stay out: its skipped
         LIF update cannot be replayed. Halting is monotone, so this never fires for the policies in
-        ``tokens.py``; it guards against a future policy silently giving different logits."""
+        ``policies/tokens.py``; it guards against a future policy silently giving different logits."""
         if self._skipped is not None and rows.size and bool(self._skipped.index_select(0, rows.token).any()):
             raise NotImplementedError("compacted path: a token resumed after being skipped in an earlier "
                                       "call; its neuron state would differ from the masked path")
         skipped = ~rows.computed_last
         self._skipped = skipped if self._skipped is None else self._skipped | skipped
 
-    def _linear_lif(self, layer: LinearBNLIF, x: Tensor, rows: PackedRows, ctx: Context) -> Tensor:
-        """``LinearBNLIF`` on packed rows: the model's own Linear and (eval) BN, then the LIF."""
-        return self._lif(layer.name, layer.lif, layer.bn(layer.fc(x)), rows, ctx)
 
-    def _lif(self, name: str, node: neuron.LIFNode, y: Tensor, rows: PackedRows, ctx: Context) -> Tensor:
+@dataclass
+class PackedCall:
+    """What a block's ``forward_packed`` computes with: the packed rows of one block call, and the operations
+    that differ from the dense block on them (LIF with per-token state, attention within segments)."""
+
+    rows: PackedRows
+    ctx: Context
+    state: dict[str, Tensor]  # LIF layer name -> [B * N, C] membrane potentials (persist across calls)
+    key_weight: Tensor | None  # [M] merged-token sizes of the packed rows, or None
+    num_segments: int  # T' * B: one attention segment per (step, image)
+
+    def linear_lif(self, layer: LinearBNLIF, x: Tensor) -> Tensor:
+        """``LinearBNLIF`` on packed rows: the model's own Linear and (eval) BN, then the LIF."""
+        return self.lif(layer.name, layer.lif, layer.bn(layer.fc(x)))
+
+    def lif(self, name: str, node: neuron.LIFNode, y: Tensor) -> Tensor:
         """LIF on packed rows, then the masks of the masked path: the policy's active value (0 for
         holes) and the layer's time mask (``Context.fire`` uses the layer name as its group)."""
         p = lif_params(node)
-        state = self._state.get(name)
+        state = self.state.get(name)
         if state is None:  # first call of this forward: one row per (image, token)
-            state = y.new_full((int(rows.computed_last.numel()), y.shape[1]), lif_initial_value(p))
-            self._state[name] = state
-        spikes = lif_packed(y, state, rows, p)
-        gate = rows.on.to(y.dtype)
-        m = ctx.time_mask(name)
+            state = y.new_full((int(self.rows.computed_last.numel()), y.shape[1]), lif_initial_value(p))
+            self.state[name] = state
+        spikes = lif_packed(y, state, self.rows, p)
+        gate = self.rows.on.to(y.dtype)
+        m = self.ctx.time_mask(name)
         if m is not None:
-            gate = gate * m.to(y.dtype).index_select(0, rows.step)
+            gate = gate * m.to(y.dtype).index_select(0, self.rows.step)
         return spikes * gate.unsqueeze(1)
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, heads: int, scale: float) -> Tensor:
+        """Softmax-free attention within each (step, image), keys weighted by merged-token size."""
+        return segment_linear_attention(q, k, v, self.rows.segment, self.num_segments, heads, scale, self.key_weight)
 
 
 # ------------------------------------------------------------------------------------- model
@@ -286,7 +301,7 @@ def _need_keys(policy: TokenPolicy) -> bool:
 
 
 @torch.no_grad()
-def compact_forward(model: Spikformer, x: Tensor) -> Tensor:
+def compact_forward(model: Backbone, x: Tensor) -> Tensor:
     """Logits [B, K] of ``model(x).logits`` computed on active (token, timestep) entries only.
 
     Requires ``model.eval()``: BatchNorm must use its running statistics, so that each token's rows
@@ -310,17 +325,15 @@ def compact_forward(model: Spikformer, x: Tensor) -> Tensor:
             raise NotImplementedError(f"compact_forward: unsupported token policy {type(policy).__name__}")
         masks = model.time_policy.layer_masks() if model.time_policy is not None else None
         ctx = Context(T=model.T, time_masks=masks)
-        z = model.stem(x.unsqueeze(0).repeat(model.T, *([1] * x.dim())), ctx)
+        z = model.embed(x, ctx)
         blocks = [CompactBlock(b, need_keys=_need_keys(policy)) for b in model.blocks]
-        run = policy(blocks, z, ctx)
-        # Same readout as Spikformer.forward: pooled per step then mean over time, or the ACT pool.
-        return model.head(run.feats.mean(0) if run.feats is not None else run.pooled)
+        return model.readout(policy(blocks, z, ctx))  # the readout of Backbone.forward
     finally:
         functional.reset_net(model)
 
 
 @torch.no_grad()
-def active_fraction(model: Spikformer, x: Tensor) -> float:
+def active_fraction(model: Backbone, x: Tensor) -> float:
     """Mean fraction of (block, timestep, token) units the masked path processes on ``x``:
     ``ModelOutput.active_tokens`` [B, L, T] summed over everything / (B * L * T * N); a merged token
     counts once. Runs the model in its current mode and resets its neurons afterwards."""
@@ -328,5 +341,4 @@ def active_fraction(model: Spikformer, x: Tensor) -> float:
         out = model(x)
     finally:
         functional.reset_net(model)
-    B, L, T = out.active_tokens.shape
-    return float(out.active_tokens.sum()) / (B * L * T * model.num_tokens)
+    return float(out.active_tokens.sum()) / (out.active_tokens.shape[0] * model.dense_token_units)

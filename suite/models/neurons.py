@@ -7,23 +7,9 @@ neurons here keeps that detail in one place.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 from spikingjelly.activation_based import neuron, surrogate
 
-
-class NeuronConfig(BaseModel):
-    """LIF settings; defaults follow the official Spikformer code (spikingjelly defaults + tau 2, detach_reset)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tau: float = Field(2.0, gt=1.0)  # Spikformer cifar10/model.py: MultiStepLIFNode(tau=2.0)
-    v_threshold: float = Field(1.0, gt=0)  # spikingjelly default
-    v_reset: float | None = 0.0  # hard reset to 0 (spikingjelly default); None = soft reset
-    detach_reset: bool = True  # Spikformer: detach_reset=True
-    surrogate: Literal["sigmoid", "atan"] = "sigmoid"  # spikingjelly default surrogate.Sigmoid
-    alpha: float = Field(4.0, gt=0)  # surrogate.Sigmoid(alpha=4.0) default
+from suite.config import NeuronConfig
 
 
 def make_lif(cfg: NeuronConfig, *, v_threshold: float | None = None) -> neuron.LIFNode:

@@ -11,65 +11,15 @@ token also has size 0, so it leaves the size-weighted readout. The compacted inf
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from baselines.tokens import DropConfig, RandomDrop, SelectConfig, TokenSelector
+from baselines.tokens import RandomDrop, TokenSelector
+from suite.config import HaltingConfig, MergeConfig, TokenConfig
 from suite.models.context import Context
-from suite.models.halting import HaltingConfig, block_units, halting_score, prior_loss, unit_step
-from suite.models.merge import bipartite_soft_matching, parse_r, size_weighted_mean
-
-
-class MergeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    r: int | list[int] | None = None  # merges per block boundary (int for all, or one per block)
-    threshold: float | None = None  # or: merge every pair with cosine similarity >= threshold
-    metric: Literal["keys", "residual"] = "keys"  # time-averaged key spikes (ToMe's keys) | residual stream
-    per: Literal["all_steps", "timestep"] = "all_steps"  # one matching for all T | one per timestep
-    mode: Literal["similarity", "random"] = "similarity"  # random: the random-merge control
-    start_block: int = Field(0, ge=0)  # first block after which tokens are merged
-    seed: int = 0  # random mode at evaluation
-
-    @model_validator(mode="after")
-    def _one_rule(self) -> MergeConfig:
-        if (self.r is None) == (self.threshold is None):
-            raise ValueError("give exactly one of r or threshold")
-        rs = [self.r] if isinstance(self.r, int) else (self.r or [])
-        if any(r < 0 for r in rs):
-            raise ValueError("r must be >= 0")
-        return self
-
-
-class TokenConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    halting: HaltingConfig | None = None
-    merge: MergeConfig | None = None
-    drop: DropConfig | None = None  # baseline: random drop at a matched budget
-    select: SelectConfig | None = None  # baseline: learned token selector
-
-    @model_validator(mode="after")
-    def _combinable(self) -> TokenConfig:
-        if self.drop is not None and self.select is not None:
-            raise ValueError("drop and select are alternative baselines; use one")
-        if self.halting is not None and (self.drop is not None or self.select is not None):
-            raise ValueError("halting does not combine with the drop/select baselines")
-        if self.halting is not None and self.halting.mode == "2d" and self.halting.order == "time_major" \
-                and self.merge is not None:
-            raise ValueError("merge needs all timesteps of a block, which time_major halting has not run yet; "
-                             "use order: block_major with merge")
-        if self.halting is not None and self.merge is not None and self.merge.per == "timestep":
-            raise ValueError("merge.per: timestep does not combine with halting (halting state is per token, "
-                             "not per timestep)")
-        return self
-
-    @property
-    def enabled(self) -> bool:
-        return any(p is not None for p in (self.halting, self.merge, self.drop, self.select))
+from suite.models.policies.halting import block_units, halting_score, prior_loss, unit_step
+from suite.models.policies.merge import MergePlan, bipartite_soft_matching, parse_r, size_weighted_mean
 
 
 @dataclass
@@ -84,6 +34,8 @@ class TokenRun:
 
 
 class TokenPolicy(nn.Module):
+    """Runs a backbone's blocks with halting, merging and keep masks; sees blocks and tokens, never a backbone."""
+
     def __init__(self, cfg: TokenConfig, *, depth: int, dim: int, T: int):
         super().__init__()
         self.cfg, self.depth = cfg, depth
@@ -168,7 +120,8 @@ class TokenPolicy(nn.Module):
                 y = part if y is None else y + part
                 cum = cum_next
             if mc is not None and l < L - 1 and l >= mc.start_block:
-                plan = self._merge_plan(l, keys, z_new, size, alive, cum if hc is not None else None, thr)
+                plan = merge_plan(mc, self.r[l] if self.r is not None else None, l, keys, z_new, size, alive,
+                                  cum if hc is not None else None, thr, self.training)
                 if plan is not None:
                     z_new = plan.merge(z_new)
                     size = plan.size
@@ -179,46 +132,11 @@ class TokenPolicy(nn.Module):
                         rho = plan.merge(rho.unsqueeze(-1)).squeeze(-1)
             z = z_new
         if hc is not None:
-            aux.update(self._halting_losses(rho, size, unit_h))
-        feats, pooled = self._readout(z, y, size)
+            aux.update(halting_losses(self.cfg.halting, rho, size, unit_h))
+        feats, pooled = readout(self.cfg.halting, z, y, size)
         return TokenRun(feats, pooled, torch.stack(counts).permute(2, 0, 1), aux, depth,
                         torch.stack(maps).permute(2, 0, 1, 3) if record_maps else None,
                         torch.stack(unit_h).detach() if unit_h else None)
-
-    def _merge_plan(self, l: int, keys: Tensor, z: Tensor, size: Tensor, alive: Tensor, cum: Tensor | None,
-                    thr: float):
-        mc = self.cfg.merge
-        r = self.r[l] if self.r is not None else None
-        if r == 0:
-            return None
-        metric = keys if mc.metric == "keys" else z
-        if mc.per == "all_steps":
-            metric = metric.mean(0)
-        eligible = alive > 0
-        if cum is not None:
-            eligible = eligible & (cum < thr)  # halted tokens cost nothing already; merge running ones
-        gen = None
-        if mc.mode == "random" and not self.training:
-            gen = torch.Generator(device=z.device).manual_seed(mc.seed + l)
-        return bipartite_soft_matching(metric.float(), size, r=r, threshold=mc.threshold, eligible=eligible,
-                                       generator=gen, random=mc.mode == "random")
-
-    def _halting_losses(self, rho: Tensor, size: Tensor | None, unit_h: list[Tensor]) -> dict[str, Tensor]:
-        hc = self.cfg.halting
-        ponder = rho.mean() if size is None else (rho * size).sum() / size.sum()
-        return {
-            "ponder": hc.ponder_weight * ponder,
-            "halting_prior": hc.prior_weight * prior_loss(torch.stack(unit_h), hc.prior_target, hc.prior_std),
-        }
-
-    def _readout(self, z: Tensor, y: Tensor | None, size: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
-        hc = self.cfg.halting
-        pool = (lambda x: x.mean(-2)) if size is None else (lambda x: size_weighted_mean(x, size))
-        if hc is not None and hc.readout == "act":
-            if hc.mode == "2d":
-                return None, pool(y)
-            return pool(y), None
-        return pool(z), None
 
     def _time_major(self, blocks: nn.ModuleList, z: Tensor, ctx: Context, record_maps: bool) -> TokenRun:
         """2-D halting with time as the outer loop: the whole network runs one timestep at a time
@@ -254,6 +172,45 @@ class TokenPolicy(nn.Module):
                 finals.append(zt)
         finally:
             ctx.step = slice(None)
-        feats, pooled = self._readout(torch.cat(finals), y, None)
-        return TokenRun(feats, pooled, counts.permute(2, 0, 1), self._halting_losses(rho, None, unit_h), depth,
+        feats, pooled = readout(hc, torch.cat(finals), y, None)
+        return TokenRun(feats, pooled, counts.permute(2, 0, 1), halting_losses(hc, rho, None, unit_h), depth,
                         maps.permute(2, 0, 1, 3) if maps is not None else None, torch.stack(unit_h).detach())
+
+
+def halting_losses(hc: HaltingConfig, rho: Tensor, size: Tensor | None, unit_h: list[Tensor]) -> dict[str, Tensor]:
+    """Weighted ponder loss (units used + remainders; size-weighted with merging) and the halting prior."""
+    ponder = rho.mean() if size is None else (rho * size).sum() / size.sum()
+    return {
+        "ponder": hc.ponder_weight * ponder,
+        "halting_prior": hc.prior_weight * prior_loss(torch.stack(unit_h), hc.prior_target, hc.prior_std),
+    }
+
+
+def readout(hc: HaltingConfig | None, z: Tensor, y: Tensor | None, size: Tensor | None
+            ) -> tuple[Tensor | None, Tensor | None]:
+    """``(feats [T, B, C] or None, pooled [B, C] or None)``: the token mean (size-weighted with merging) of the
+    final residual stream, or of the ACT-weighted outputs ``y`` with ``readout: act``."""
+    pool = (lambda x: x.mean(-2)) if size is None else (lambda x: size_weighted_mean(x, size))
+    if hc is not None and hc.readout == "act":
+        if hc.mode == "2d":
+            return None, pool(y)
+        return pool(y), None
+    return pool(z), None
+
+
+def merge_plan(mc: MergeConfig, r: int | None, l: int, keys: Tensor, z: Tensor, size: Tensor, alive: Tensor,
+               cum: Tensor | None, thr: float, training: bool) -> MergePlan | None:
+    """The merges after block ``l`` (``r`` pairs, or by ``mc.threshold``) among alive, still-running tokens."""
+    if r == 0:
+        return None
+    metric = keys if mc.metric == "keys" else z
+    if mc.per == "all_steps":
+        metric = metric.mean(0)
+    eligible = alive > 0
+    if cum is not None:
+        eligible = eligible & (cum < thr)  # halted tokens cost nothing already; merge running ones
+    gen = None
+    if mc.mode == "random" and not training:
+        gen = torch.Generator(device=z.device).manual_seed(mc.seed + l)
+    return bipartite_soft_matching(metric.float(), size, r=r, threshold=mc.threshold, eligible=eligible,
+                                   generator=gen, random=mc.mode == "random")

@@ -12,31 +12,9 @@ over all timesteps before running it, so blocks keep running all timesteps at on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
-
-
-class HaltingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    mode: Literal["2d", "1d"] = "2d"  # 2d: units = blocks x timesteps (AT-SNN); 1d: blocks only (A-ViT)
-    order: Literal["block_major", "time_major"] = "block_major"  # 2d unit order: block outer | time outer
-    channel: int = Field(0, ge=0)  # A-ViT reads embedding channel 0
-    gamma: float = 10.0  # A-ViT gate_scale
-    beta: float = 10.0  # A-ViT gate_center is 30 on real-valued DeiT features; Spikformer's residual
-    # stream is integer-valued, so 10 makes one unit at value 1 score 0.5 and value >= 2 halt (chosen here)
-    learnable: bool = False  # per-block trainable gamma/beta (the "extra parameters" reading of AT-SNN)
-    eps: float = Field(0.01, ge=0)  # A-ViT eps; >= 1 halts every token at its first unit
-    beta_offset: float = 0.0  # added to beta at evaluation to trade accuracy for tokens
-    ponder_weight: float = Field(5e-4, ge=0)  # A-ViT ponder_token_scale
-    prior_weight: float = Field(1e-3, ge=0)  # A-ViT distr_prior_alpha
-    prior_target: float = Field(0.75, gt=0, le=1)  # mean halting unit as a fraction of all units (A-ViT: 8 of 12 blocks)
-    prior_std: float = Field(1.0, gt=0)  # width of the Gaussian target, in units (A-ViT: 1)
-    readout: Literal["act", "carry"] = "act"  # act: remainder-weighted mean over units (A-ViT);
-    # carry: each token's frozen last representation goes through the dense readout
 
 
 @dataclass

@@ -7,43 +7,27 @@ group, so a masked step of a module contributes nothing downstream and costs not
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-
-class TimeMaskConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    granularity: Literal["block", "layer", "type"] = "block"  # one mask per block | per LIF layer | per SPS/SSA/MLP
-    threshold: float = 0.0  # mask = score > threshold; overridable at evaluation
-    ste: Literal["identity", "sigmoid"] = "identity"  # backward of the hard mask
-    penalty: float = Field(1e-3, ge=0)  # lambda (reconstruction: the paper's value is unknown)
-    penalty_on: Literal["sigmoid", "mask"] = "sigmoid"  # lambda * sum sigmoid(scores) | lambda * sum mask (STE)
-    init: float = 1.0  # initial score of every step (> threshold: all steps start on)
+from suite.config import TimeMaskConfig
+from suite.models.backbone import LIFLayer
 
 
-def group_of(layer: str, granularity: str) -> str:
-    """The mask group a LIF layer belongs to (layer names from ``lif_layer_names``)."""
+def group_of(layer: LIFLayer, granularity: str) -> str:
+    """The mask group a LIF layer belongs to, from the backbone's layer metadata."""
     if granularity == "layer":
-        return layer
-    owner, kind = layer.split(".", 1)
-    if granularity == "block":
-        return owner  # "stem" or "block<i>"
-    if owner == "stem":
-        return "sps"
-    return "ssa" if kind in ("q", "k", "v", "attn", "proj") else "mlp"
+        return layer.name
+    return layer.owner if granularity == "block" else layer.module
 
 
 class TimeMask(nn.Module):
     """Scores ``[G, T]`` for G groups; ``layer_masks`` maps every LIF layer to its group's mask."""
 
-    def __init__(self, cfg: TimeMaskConfig, layers: list[str], T: int):
+    def __init__(self, cfg: TimeMaskConfig, layers: list[LIFLayer], T: int):
         super().__init__()
         self.cfg = cfg
-        self.layer_group = {name: group_of(name, cfg.granularity) for name in layers}
+        self.layer_group = {layer.name: group_of(layer, cfg.granularity) for layer in layers}
         self.groups = list(dict.fromkeys(self.layer_group.values()))
         self.scores = nn.Parameter(torch.full((len(self.groups), T), float(cfg.init)))
 

@@ -1,10 +1,14 @@
-"""Training and evaluation settings (kept apart from the loops so the schema imports nothing heavy)."""
+"""Training, evaluation and energy settings (no torch): ``train.*`` and ``eval.*`` of a study."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from suite.names import E_AC_PJ, E_MAC_PJ
+
+PicoJoules = Annotated[float, Field(gt=0)]
 
 
 class TrainConfig(BaseModel):
@@ -38,6 +42,19 @@ class TrainConfig(BaseModel):
         return self
 
 
+class EnergyConfig(BaseModel):
+    """Energy per operation in picojoules: ``E = E_MAC * MACs + E_AC * SOPs``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    e_mac_pj: PicoJoules = E_MAC_PJ
+    e_ac_pj: PicoJoules = E_AC_PJ
+
+    def describe(self) -> str:
+        """How figures and tables name the constants."""
+        return f"E_MAC {self.e_mac_pj} pJ, E_AC {self.e_ac_pj} pJ"
+
+
 class Override(BaseModel):
     """One evaluation of a trained checkpoint with some settings changed (no retraining)."""
 
@@ -55,19 +72,10 @@ class EvalConfig(BaseModel):
     # ToMe: a dense model trained without merging, evaluated with tokens.merge: {r: 2})
     overrides: list[Override] = []
     heatmap_images: int = Field(8, ge=0, le=256)  # halting maps saved with the run for the report
-    e_mac_pj: float = Field(4.6, gt=0)  # 45 nm 32-bit float MAC (Horowitz, ISSCC 2014)
-    e_ac_pj: float = Field(0.9, gt=0)  # 45 nm 32-bit float add (Horowitz, ISSCC 2014)
+    e_mac_pj: PicoJoules = E_MAC_PJ  # suite.names: 45 nm 32-bit float MAC (Horowitz, ISSCC 2014)
+    e_ac_pj: PicoJoules = E_AC_PJ  # suite.names: 45 nm 32-bit float add (Horowitz, ISSCC 2014)
     max_batches: int | None = Field(None, ge=1)  # evaluate on a prefix of the split (quick checks)
 
-
-# Evaluation-time settings: a checkpoint can be re-evaluated with any of these changed.
-EVAL_TIME_KEYS = (
-    "tokens.halting.eps", "tokens.halting.beta_offset", "tokens.merge", "tokens.merge.r", "tokens.merge.threshold",
-    "tokens.drop.keep_ratio", "tokens.select.keep_ratio", "time.mask.threshold", "time.exit",
-    "time.exit.threshold", "time.exit.criterion",
-)
-
-
-def is_eval_time_key(key: str) -> bool:
-    """A dotted path that is, or lies under, an evaluation-time setting."""
-    return any(key == k or key.startswith(k + ".") for k in EVAL_TIME_KEYS)
+    @property
+    def energy(self) -> EnergyConfig:
+        return EnergyConfig(e_mac_pj=self.e_mac_pj, e_ac_pj=self.e_ac_pj)

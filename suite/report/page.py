@@ -1,39 +1,26 @@
-"""The report's content model (figures, tables) and its static HTML page.
+"""The report's static HTML page, ``results/<study>/report.html``.
 
-The page is one file, ``results/<study>/report.html``, that opens offline: figures are relative
-links to ``report/<stem>.png`` (the PDF is linked beside each), tables are inline, nothing is
-fetched from the network and no script runs. The text depends on the records only (plus the
-environment section, which says where it was read), so regenerating it gives the same bytes.
+The page is one file that opens offline: figures are relative links to ``report/<stem>.png`` (the PDF is
+linked beside each), tables are inline, nothing is fetched from the network and no script runs. The text
+depends on the records only (plus the environment section, which says where it was read), so regenerating it
+gives the same bytes.
 """
 
 from __future__ import annotations
 
 import html
+import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class Figure:
-    """One figure of the report: written (``paths`` = PNG and PDF) or skipped (``skipped`` = why)."""
-
-    stem: str
-    title: str
-    caption: str = ""
-    paths: tuple[Path, ...] = ()
-    skipped: str | None = None
-
-
-@dataclass(frozen=True)
-class Table:
-    """One table: header cells, body rows of formatted cells and notes printed under it."""
-
-    title: str
-    headers: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    notes: tuple[str, ...] = ()
-    labels: int = 1  # leading text columns (left-aligned); the rest are numbers (right-aligned)
+from suite import records
+from suite.environment import version
+from suite.names import ENVIRONMENT, HTML_PAGE, STATUS
+from suite.report.content import Figure, Table
+from suite.report.load import StudyRecords, fmt_value
+from suite.report.published import published_for
+from suite.report.tables import write_text
 
 
 @dataclass(frozen=True)
@@ -115,3 +102,53 @@ def render(page: Page, base: Path) -> str:
         "</body>\n</html>\n",
     ]
     return "\n".join(p for p in parts if p)
+
+
+# ----------------------------------------------------------------------------------------------- content
+
+
+def environment(rec: StudyRecords) -> tuple[dict[str, str], str]:
+    """Machine and package versions: recorded ones (``environment.json`` or details.environment) when the records
+    hold them, else read now (the report machine). Training hosts always come from the runs' status.json."""
+    recorded = records.read_json(rec.study_dir / ENVIRONMENT)
+    if recorded is None:
+        recorded = next((d["environment"] for d in rec.details.values() if isinstance(d.get("environment"), dict)),
+                        None)
+    if recorded is not None:
+        env, source = {str(k): str(v) for k, v in sorted(recorded.items())}, "Recorded by the latest spikesuite run of this study (environment.json)."
+    else:
+        env = {"python": platform.python_version(), "platform": platform.platform(),
+               "machine": platform.machine(), **{p: version(p) for p in
+                                                 ("torch", "spikingjelly", "numpy", "pandas", "matplotlib", "mlflow")}}
+        source = ("The records hold no environment: read when this page was generated (the report machine; the "
+                  "training machine may differ).")
+    hosts = sorted({str(s["host"]) for rid in rec.runs.run_id
+                    if (s := records.read_json(rec.study_dir / str(rid) / STATUS)) and s.get("host")})
+    env["training host(s) (status.json)"] = ", ".join(hosts) or "unknown"
+    return env, source
+
+
+def summary(rec: StudyRecords, figures: Sequence[Figure]) -> dict[str, str]:
+    counts = rec.runs.status.value_counts()
+    written = sum(1 for f in figures if f.skipped is None)
+    return {
+        "study": rec.name,
+        "dataset": str(rec.dataset),
+        "runs": ", ".join(f"{int(counts[s])} {s}" for s in ("done", "failed", "running", "pending") if s in counts)
+                or "none",
+        "variants": ", ".join(rec.order) or "none",
+        "evaluation overrides": str(rec.evals.override.nunique()) if rec.evals is not None else "none recorded",
+        "figures": f"{written} written, {len(figures) - written} skipped",
+    }
+
+
+def write_page(rec: StudyRecords, tables: Sequence[Table], figures: Sequence[Figure]) -> Path:
+    """``report.html`` beside the records directory's ``report/``."""
+    env, source = environment(rec)
+    _, pub_note = published_for(rec.dataset)
+    failed = rec.runs[rec.runs.status == "failed"]
+    notes = [pub_note] + [f"Failed run {r.run_id} ({r.variant}, seed {fmt_value(r.seed)}): {getattr(r, 'error', '')}"
+                          for r in failed.itertuples()]
+    page = Page(f"spikesuite report: {rec.name}", rec.description, summary(rec, figures),
+                tables, figures, notes, rec.study_yaml, env, source)
+    return write_text(rec.study_dir / HTML_PAGE, render(page, rec.study_dir))

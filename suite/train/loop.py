@@ -4,13 +4,10 @@
 from __future__ import annotations
 
 import math
-import os
-import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,9 +18,9 @@ from tqdm.auto import tqdm
 
 from baselines.temporal import tet_loss
 from suite.data import DataBundle, make_loader
-from suite.models import Spikformer, build_model
-
-CHECKPOINT = "checkpoint.pt"
+from suite.models import Backbone, build_model
+from suite.names import CHECKPOINT
+from suite.train.checkpoint import get_rng, load_checkpoint, save_checkpoint, set_rng
 
 
 class NonFiniteLoss(RuntimeError):
@@ -36,13 +33,15 @@ class InjectedFault(RuntimeError):
 
 @dataclass
 class FitResult:
-    model: Spikformer
+    model: Backbone
     history: list[dict[str, float]] = field(default_factory=list)
     train_time_s: float = 0.0
     resumed_from_epoch: int = 0
 
 
 def seed_everything(seed: int) -> None:
+    import random
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -54,7 +53,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_model(run, data: DataBundle) -> Spikformer:  # run: suite.study.RunConfig
+def make_model(run, data: DataBundle) -> Backbone:  # run: suite.config.RunConfig
     return build_model(run.model, run.tokens, run.time, in_channels=data.in_channels, image_size=data.image_size,
                        num_classes=data.num_classes)
 
@@ -83,8 +82,11 @@ def task_loss(run, out, target: torch.Tensor) -> torch.Tensor:
 
 
 def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress: bool = True,
-        on_epoch: Callable[[dict[str, float]], None] | None = None, batch_size: int | None = None) -> FitResult:
-    """Train ``run`` (a RunConfig), resuming from ``run_dir/checkpoint.pt`` when one exists."""
+        callbacks: Sequence[Callable[[dict[str, float]], None]] = (), batch_size: int | None = None) -> FitResult:
+    """Train ``run`` (a RunConfig), resuming from ``run_dir/checkpoint.pt`` when one exists.
+
+    ``callbacks`` are called with each finished epoch's row (after its checkpoint is saved): records, tracking,
+    a search's pruning (which stops the run by raising) all hook in here."""
     tc = run.train
     seed_everything(run.seed)
     model = make_model(run, data).to(device)
@@ -97,12 +99,12 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
     start_epoch, spent = 0, 0.0
     ckpt_path = run_dir / CHECKPOINT
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        state = load_checkpoint(ckpt_path, device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history, start_epoch, spent = state["history"], state["epoch"], state["train_time_s"]
-        _set_rng(state["rng"])
+        set_rng(state["rng"])
     train_model = torch.compile(model) if tc.compile else model
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.perf_counter()
@@ -113,14 +115,14 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
         history.append(row)
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "history": history, "epoch": epoch + 1, "train_time_s": spent, "rng": _get_rng(),
+            "history": history, "epoch": epoch + 1, "train_time_s": spent, "rng": get_rng(),
         })
-        if on_epoch is not None:
-            on_epoch(row)
+        for callback in callbacks:
+            callback(row)
     return FitResult(model, history, spent, start_epoch)
 
 
-def _train_epoch(run, train_model: nn.Module, model: Spikformer, data: DataBundle, opt, sched, epoch: int,
+def _train_epoch(run, train_model: nn.Module, model: Backbone, data: DataBundle, opt, sched, epoch: int,
                  device: torch.device, amp: bool, bs: int, progress: bool) -> dict[str, float]:
     tc = run.train
     model.train()
@@ -176,7 +178,7 @@ def _guard(loss_sum: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def _validate(model: Spikformer, data: DataBundle, device: torch.device, amp: bool, bs: int) -> dict[str, float]:
+def _validate(model: Backbone, data: DataBundle, device: torch.device, amp: bool, bs: int) -> dict[str, float]:
     if data.val is None or len(data.val) == 0:
         return {}
     model.eval()
@@ -190,41 +192,4 @@ def _validate(model: Spikformer, data: DataBundle, device: torch.device, amp: bo
         correct += int((out.logits.argmax(-1) == y).sum())
         seen += x.shape[0]
         units += out.active_tokens.sum()
-    L, T, N = len(model.blocks), model.T, model.num_tokens
-    return {"val_acc": 100 * correct / seen, "val_token_pct": 100 * float(units) / (seen * L * T * N)}
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write then rename, so a kill mid-write never leaves a truncated checkpoint behind."""
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _get_rng() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": _np_state(), "python": _py_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np.asarray(np_state["keys"], dtype=np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached"]))
-    random.setstate((state["python"]["version"], tuple(state["python"]["state"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _np_state() -> dict[str, Any]:
-    # Plain containers only, so the checkpoint loads with weights_only=True.
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
-
-
-def _py_state() -> dict[str, Any]:
-    version, st, _ = random.getstate()
-    return {"version": version, "state": list(st)}
+    return {"val_acc": 100 * correct / seen, "val_token_pct": 100 * float(units) / (seen * model.dense_token_units)}

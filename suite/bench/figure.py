@@ -1,0 +1,79 @@
+"""``bench.png`` / ``bench.pdf``: one panel per benchmark part that ran; no timestamps in either file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from suite.bench.common import COLUMNS, INFERENCE, STUDY, TARGET_RERUN_S, TARGET_SMOKE_S, TRAIN_STEP
+
+
+def plot(rows: list[dict], out: Path, device: str) -> list[Path]:
+    """bench.png / bench.pdf: one panel per part that ran; no timestamps in either file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    parts = sorted(df.part.unique())
+    style = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
+             "ytick.labelsize": 7, "axes.grid": True, "axes.axisbelow": True, "grid.alpha": 0.3,
+             "svg.hashsalt": "spikesuite"}
+    panels = {TRAIN_STEP: _plot_train, INFERENCE: _plot_infer, STUDY: _plot_e2e}
+    with plt.rc_context(style):
+        fig, axes = plt.subplots(1, len(parts), figsize=(3.6 * len(parts), 3.0), squeeze=False)
+        for ax, part in zip(axes[0], parts):
+            panels[part](ax, df[df.part == part])
+        fig.suptitle(f"spikesuite bench ({device}; medians of interleaved rounds, bars: IQR)", fontsize=9)
+        fig.tight_layout()
+        paths = [out / "bench.png", out / "bench.pdf"]
+        fig.savefig(paths[0], dpi=150, metadata={"Software": None})
+        fig.savefig(paths[1], metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
+        plt.close(fig)
+    return paths
+
+
+def _plot_train(ax, d) -> None:
+    d = d[d.metric == "step_time_s"]
+    names = list(d.case)
+    ax.bar(names, d["median"] * 1e3, yerr=d["iqr"] * 1e3 / 2, color=["C0", "C7"][: len(names)], capsize=3)
+    ratio = float(d[d.case == "ours"].ratio.iloc[0])
+    ax.set_title(f"1. training step (ours/sj = {ratio:.2f})")
+    ax.set_ylabel("ms per step (fwd+bwd+AdamW+reset)")
+
+
+def _plot_infer(ax, d) -> None:
+    fr = d[d.metric == "active_fraction"]
+    f = fr["median"].to_numpy()
+    order = f.argsort()
+    keys = list(fr.case.to_numpy()[order])
+    f = f[order]
+    for kind, color, marker in (("masked", "C1", "s"), ("compact", "C0", "o")):
+        sp = [float(d[(d.case == f"{k}/{kind}") & (d.metric == "images_per_s")].ratio.iloc[0]) for k in keys]
+        ax.plot(f, sp, marker=marker, color=color, label=f"{kind} (end to end)")
+        bl = d[(d.metric == "blocks_speedup") & d.case.isin([f"{k}/{kind}" for k in keys])]
+        if kind == "compact" and len(bl) == len(keys):
+            ax.plot(f, bl["median"].to_numpy()[[list(bl.case).index(f"{k}/compact") for k in keys]], marker=marker,
+                    color=color, linestyle=":", label="compact (blocks only)")
+    grid = torch.linspace(float(f.min()) * 0.95, 1.0, 50).numpy()
+    ax.plot(grid, 1 / grid, color="k", lw=0.8, label="ideal 1/f")
+    ax.plot(grid, 0.7 / grid, color="k", lw=0.8, linestyle="--", label="target 0.7/f")
+    am = d[d.metric == "amdahl_ideal_speedup"].set_index("case").loc[keys, "median"].to_numpy()
+    ax.plot(f, am, color="C2", lw=0.8, linestyle="-.", label="ideal with the stem (Amdahl)")
+    ax.set_xlabel("active-token fraction f")
+    ax.set_ylabel("speedup vs dense (images/s ratio)")
+    ax.set_title("2. inference speedup vs dense")
+    ax.legend(loc="upper right")
+
+
+def _plot_e2e(ax, d) -> None:
+    d = d[d.metric == "wall_s"]
+    targets = [TARGET_RERUN_S if c.endswith("_rerun") else TARGET_SMOKE_S for c in d.case]
+    ax.bar(list(d.case), d["median"], color="C0")
+    ax.scatter(list(d.case), targets, marker="_", s=400, color="C3", label="target", zorder=3)
+    ax.set_ylabel("wall time (s)")
+    ax.set_title("3. study end to end")
+    ax.legend()

@@ -1,0 +1,109 @@
+"""Part 1: one training step of our Spikformer vs spikingjelly 2.0's ``model.spikformer.Spikformer``.
+
+A step is forward (+ loss) under autocast on CUDA, backward, AdamW step and ``reset_net``; both models have the
+same shape (parameter and token counts are checked and reported). Ratio = median over rounds of
+ours / spikingjelly (< 1: ours is faster).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from spikingjelly.activation_based import functional
+from torch import Tensor, nn
+
+from suite.bench.common import (
+    TARGET_STEP_RATIO,
+    TRAIN_STEP,
+    BenchConfig,
+    BenchResult,
+    BenchShape,
+    Log,
+    Target,
+    autocast,
+    interleave,
+    iqr,
+    n_params,
+    ours_model,
+    paired_ratio,
+    profile_top,
+    random_batch,
+)
+
+
+def spikingjelly_model(shape: BenchShape) -> nn.Module:
+    from spikingjelly.activation_based.model.spikformer import Spikformer as SJSpikformer
+
+    return SJSpikformer(T=shape.T, in_channels=shape.channels, img_size_h=shape.image, img_size_w=shape.image,
+                        patch_size=shape.patch, num_classes=shape.classes, embed_dims=shape.dim,
+                        num_heads=shape.heads, mlp_ratio=4, depths=shape.depth)
+
+
+@torch.no_grad()
+def spikingjelly_tokens(model: nn.Module, shape: BenchShape, device: torch.device) -> int:
+    """Tokens after spikingjelly's stem, measured on one image."""
+    x = torch.zeros(shape.T, 1, shape.channels, shape.image, shape.image, device=device)
+    try:
+        z = model.patch_embed(x)
+    finally:
+        functional.reset_net(model)
+    return int(z.shape[-1] * z.shape[-2])
+
+
+def train_step_fn(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, *, ours: bool) -> Callable[[], None]:
+    """One training step: forward (+ loss) under autocast on CUDA, backward, AdamW step, reset_net."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step() -> None:
+        with autocast(device):
+            if ours:
+                out = model(x)
+                loss = F.cross_entropy(out.logits, y) + sum(out.aux.values(), torch.zeros((), device=device))
+            else:
+                loss = F.cross_entropy(model(x).mean(0), y)  # [T, B, K] per-step logits: mean over T
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        functional.reset_net(model)
+
+    return step
+
+
+def bench_train_step(cfg: BenchConfig, device: torch.device, res: BenchResult, log: Log, profile: bool) -> None:
+    shape, dev = cfg.shape, str(device)
+    torch.manual_seed(0)
+    ours = ours_model(shape).to(device)
+    sj = spikingjelly_model(shape).to(device)
+    p_ours, p_sj = n_params(ours), n_params(sj)
+    t_ours, t_sj = ours.num_tokens, spikingjelly_tokens(sj, shape, device)
+    log(f"[1] config: depth {shape.depth}, dim {shape.dim}, heads {shape.heads}, T {shape.T}, batch {shape.batch}, "
+        f"{shape.image}x{shape.image}x{shape.channels} input")
+    log(f"[1] parameters: ours {p_ours:,}, spikingjelly {p_sj:,} ({'equal' if p_ours == p_sj else 'DIFFERENT'}); "
+        f"tokens: ours {t_ours}, spikingjelly {t_sj} ({'equal' if t_ours == t_sj else 'DIFFERENT'})")
+    if p_ours != p_sj or t_ours != t_sj:
+        res.notes.append(f"part 1: shapes differ (params {p_ours} vs {p_sj}, tokens {t_ours} vs {t_sj})")
+    x, y = random_batch(shape, device)
+    cases = {"ours": train_step_fn(ours, x, y, device, ours=True),
+             "spikingjelly": train_step_fn(sj, x, y, device, ours=False)}
+    times = interleave(cases, warmup=cfg.warmup, reps=cfg.reps_train, device=device)
+    ratio = paired_ratio(times["ours"], times["spikingjelly"])
+    for name in cases:
+        t = times[name]
+        res.add(TRAIN_STEP, name, dev, "step_time_s", statistics.median(t), iqr(t),
+                ratio if name == "ours" else 1.0, len(t))
+    res.add(TRAIN_STEP, "ours", dev, "params", p_ours, 0.0, p_ours / p_sj, 1)
+    res.add(TRAIN_STEP, "spikingjelly", dev, "params", p_sj, 0.0, 1.0, 1)
+    res.add(TRAIN_STEP, "ours", dev, "tokens", t_ours, 0.0, t_ours / t_sj, 1)
+    res.add(TRAIN_STEP, "spikingjelly", dev, "tokens", t_sj, 0.0, 1.0, 1)
+    log(f"[1] train step: ours {statistics.median(times['ours']) * 1e3:.1f} ms, spikingjelly "
+        f"{statistics.median(times['spikingjelly']) * 1e3:.1f} ms (medians of {cfg.reps_train}); "
+        f"ours/spikingjelly = {ratio:.3f}")
+    met = ratio <= TARGET_STEP_RATIO
+    res.targets.append(Target("train step ours/spikingjelly", ratio, f"<= {TARGET_STEP_RATIO:.2f}", met))
+    if profile and not met:
+        res.profiles["part 1: ours, one training step"] = profile_top(cases["ours"], device)
+        res.profiles["part 1: spikingjelly, one training step"] = profile_top(cases["spikingjelly"], device)

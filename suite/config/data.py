@@ -1,0 +1,71 @@
+"""Dataset settings: which dataset, where its files are, how it is split, subset, resized and augmented.
+
+The loaders live in ``suite.data`` (one module per source, one registry); this schema imports no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DatasetName = Literal["digits", "fashion_mnist", "cifar10", "cifar100", "tinyimagenet", "synthetic"]
+
+TINYIMAGENET_DEFAULT_ROOT = Path("data/tiny-imagenet-200")
+TINYIMAGENET_HINT = (
+    "Download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it so that "
+    "<root>/wnids.txt, <root>/train/ and <root>/val/val_annotations.txt exist "
+    f"(default root {TINYIMAGENET_DEFAULT_ROOT}); torchvision cannot download it."
+)
+
+
+class AugmentConfig(BaseModel):
+    """Training-time augmentation; never applied to validation or test data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    random_crop_padding: int = Field(default=0, ge=0)  # RandomCrop(size, padding=p) when > 0
+    horizontal_flip: bool = False
+    randaugment: bool = False  # RandAugment(num_ops=1, magnitude=9): Spikformer's rand-m9-n1
+    random_erasing: float = Field(default=0.0, ge=0.0, le=1.0)  # probability of v2.RandomErasing
+
+
+class SyntheticConfig(BaseModel):
+    """Shape of the generated prototype-plus-noise dataset used by fast tests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_classes: int = Field(default=4, ge=2)
+    image_size: int = Field(default=8, ge=4)
+    channels: int = Field(default=1, ge=1)
+    train_size: int = Field(default=256, ge=1)
+    test_size: int = Field(default=128, ge=1)
+    noise: float = Field(default=0.3, ge=0.0)
+
+
+class DatasetConfig(BaseModel):
+    """Which dataset to load and how to split, subset, resize, normalise and augment it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: DatasetName = "digits"
+    root: str | None = None  # None -> per-dataset default root
+    download: bool = False  # only fashion_mnist, cifar10 and cifar100 can be downloaded
+    image_size: int | None = Field(default=None, ge=1)  # square resize target; None keeps native size
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)  # of the (possibly subset) train split
+    split_seed: int = 0
+    train_subset: int | None = Field(default=None, ge=1)
+    test_subset: int | None = Field(default=None, ge=1)
+    normalize: bool = True
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    @model_validator(mode="after")
+    def _download_only_where_possible(self) -> DatasetConfig:
+        # Tiny-ImageNet is the one set where `download: true` would silently do nothing useful; failing at
+        # validation time is clearer than failing later with "not found". Digits and synthetic data need
+        # no download, so the flag is harmless there.
+        if self.download and self.name == "tinyimagenet":
+            raise ValueError("dataset.download is not supported for tinyimagenet. " + TINYIMAGENET_HINT)
+        return self

@@ -1,0 +1,51 @@
+"""Backbone and neuron settings (no torch): ``model.*`` of a study."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from suite.config.fields import added_field
+
+# The registered backbones (suite.models.registry; a test keeps both lists equal). Extend both to add one.
+BackboneName = Literal["spikformer"]
+
+
+class NeuronConfig(BaseModel):
+    """LIF settings; defaults follow the official Spikformer code (spikingjelly defaults + tau 2, detach_reset)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tau: float = Field(2.0, gt=1.0)  # Spikformer cifar10/model.py: MultiStepLIFNode(tau=2.0)
+    v_threshold: float = Field(1.0, gt=0)  # spikingjelly default
+    v_reset: float | None = 0.0  # hard reset to 0 (spikingjelly default); None = soft reset
+    detach_reset: bool = True  # Spikformer: detach_reset=True
+    surrogate: Literal["sigmoid", "atan"] = "sigmoid"  # spikingjelly default surrogate.Sigmoid
+    alpha: float = Field(4.0, gt=0)  # surrogate.Sigmoid(alpha=4.0) default
+
+
+class ModelConfig(BaseModel):
+    """Backbone shape; defaults are Spikformer-4-384 for CIFAR (ZK-Zhou/spikformer cifar10.yml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: BackboneName = added_field("spikformer")  # a matrix axis like any other key
+    depth: int = Field(4, ge=1, le=64)
+    dim: int = Field(384, ge=8, le=4096)
+    heads: int = Field(12, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    T: int = Field(4, ge=1, le=64)  # timesteps (direct encoding: the image is repeated T times)
+    attn_scale: float = Field(0.125, gt=0)  # fixed 0.125 in the official code, independent of head dim
+    attn_v_threshold: float = Field(0.5, gt=0)  # attn_lif threshold in the official code
+    stem_pools: int | None = Field(None, ge=0, le=4)  # None: chosen from the input size (see stem_pool_count)
+    linear_bias: bool = False  # spikingjelly's spikformer_cifar10 (9.31M params) has none; the official code has
+    neuron: NeuronConfig = NeuronConfig()
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelConfig:
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.dim % 8:
+            raise ValueError(f"dim ({self.dim}) must be divisible by 8 (the stem widths are dim/8, dim/4, dim/2)")
+        return self

@@ -1,0 +1,157 @@
+"""The study schema and one fully resolved run (no torch).
+
+``Study`` is a validated study file; ``RunConfig`` is everything that determines one run's result, and ``run_id`` is
+a short hash of it, so the same settings always land in the same place (resume, caching, de-duplication).
+
+Hash policy (run ids never change when the schema grows): the id hashes the canonical JSON of the resolved config.
+Fields that existed in schema 1 always enter it. A field added later is declared with ``added_field``
+(``fields.py``): at its default value it is left out of the hash, so every existing run keeps its id; set to
+anything else, it enters the hash and makes a new run. ``tests/test_study.py`` pins this against the committed
+reference records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from suite.config.data import DatasetConfig
+from suite.config.execution import ExecutionConfig, TrackingConfig
+from suite.config.fields import omitted_at_default
+from suite.config.model import ModelConfig
+from suite.config.policies import TimeConfig, TokenConfig
+from suite.config.search import SearchConfig
+from suite.config.train import EvalConfig, TrainConfig
+from suite.names import NAME_PATTERN
+
+SCHEMA_VERSION = 1
+class StudyError(Exception):
+    """Bad study input; ``problems`` are ``"key.path: what is wrong"`` lines."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source, self.problems = source, problems
+        super().__init__(f"{source}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class VariantConfig(BaseModel):
+    """A named method setting: token and time policies plus optional model/train overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    tokens: TokenConfig = TokenConfig()
+    time: TimeConfig = TimeConfig()
+    model: dict[str, Any] = {}  # partial overrides of the study's model section
+    train: dict[str, Any] = {}  # partial overrides of the study's train section
+    eval: dict[str, Any] = {}  # partial overrides of the study's eval section
+
+
+class Study(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    variants: dict[str, VariantConfig] = Field(min_length=1)
+    matrix: dict[str, Any] = {"seed": [0]}
+    search: SearchConfig | None = None
+    tracking: TrackingConfig = TrackingConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, v: dict[str, VariantConfig]) -> dict[str, VariantConfig]:
+        for name in v:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"variant name {name!r} must match {NAME_PATTERN}")
+        return v
+
+
+class RunConfig(BaseModel):
+    """One fully resolved run: everything that determines its result (hashed into the run id)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    variant: str
+    seed: int = Field(ge=0, le=2**31 - 1)
+    dataset: DatasetConfig
+    model: ModelConfig
+    tokens: TokenConfig
+    time: TimeConfig
+    train: TrainConfig
+    eval: EvalConfig
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    study: str
+    run_id: str
+    config: RunConfig
+    axes: dict[str, Any]  # the matrix values that produced this run (for tables and MLflow tags)
+
+    @property
+    def variant(self) -> str:
+        return self.config.variant
+
+
+def id_payload(model: BaseModel) -> dict[str, Any]:
+    """The JSON that ``run_id`` hashes: ``model_dump(mode="json")`` minus ``added_field`` settings at their default."""
+    return _prune(model, model.model_dump(mode="json"))
+
+
+def _prune(model: Any, dumped: Any) -> Any:
+    if isinstance(model, BaseModel) and isinstance(dumped, dict):
+        out = {}
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            if omitted_at_default(field) and value == field.get_default(call_default_factory=True):
+                continue
+            out[name] = _prune(value, dumped[name])
+        return out
+    if isinstance(model, (list, tuple)) and isinstance(dumped, list):
+        return [_prune(m, d) for m, d in zip(model, dumped)]
+    if isinstance(model, dict) and isinstance(dumped, dict):
+        return {k: _prune(model[k], v) for k, v in dumped.items()}
+    return dumped
+
+
+def run_id(config: RunConfig) -> str:
+    """12 hex chars of sha256 over the canonical JSON of the resolved config (evaluation-time settings included:
+    changing an override list changes what the run records; settings added later count only when not default)."""
+    payload = json.dumps(id_payload(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def format_errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+    """pydantic errors as ``key.path: message`` lines (union-branch tags dropped from the path)."""
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in prefix + tuple(err["loc"]) if not _is_type_tag(p)]
+        path = ".".join(loc) or "<root>"
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"]
+            if err["type"] not in ("value_error", "assertion_error"):
+                msg += f" (got {err.get('input')!r:.60})"
+        line = f"{path}: {msg}"
+        if line not in out:
+            out.append(line)
+    return out
+
+
+def _is_type_tag(part: Any) -> bool:
+    s = str(part)
+    return s in {"int", "float", "str", "bool", "list", "dict", "none", "tuple"} or "[" in s or s.startswith(
+        ("function-", "constrained-"))

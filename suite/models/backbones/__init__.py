@@ -1,0 +1,1 @@
+"""Backbones, one module each; each registers itself with ``suite.models.registry``."""

@@ -1,0 +1,170 @@
+"""Spikformer (Zhou et al., ICLR 2023) on spikingjelly 2.0, behind the backbone protocol (``backbone.py``).
+
+Tensors are ``[T, B, N, C]`` (tokens) or ``[T, B, C, H, W]`` (images); stateless layers run on
+``x.flatten(0, 1)`` and only the LIF neurons carry state, as in spikingjelly's activation_based API.
+Blocks take two optional token tensors from a token policy: ``active`` ([T, B, N], 1 = the token is
+processed at that step) and ``size`` ([T, B, N], how many input tokens a merged token stands for).
+With both ``None`` a block is exactly the official dense block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from suite.config import ModelConfig, NeuronConfig
+from suite.models.backbone import Backbone, LIFLayer
+from suite.models.context import Context
+from suite.models.layers import ConvBNLIF, LinearBNLIF, masked
+from suite.models.neurons import make_lif
+from suite.models.registry import register_backbone
+
+
+def stem_pool_count(image_size: int) -> int:
+    """Max-pools in the stem so the token grid is at most ~8x8: 8x8 digits -> 4x4 (16 tokens),
+    28x28 -> 7x7 (49), 32x32 CIFAR -> 8x8 (64, as the official code), 64x64 TinyImageNet -> 8x8."""
+    return max(1, math.ceil(math.log2(image_size / 8))) if image_size > 8 else 1
+
+
+def _pooled(size: int, pools: int) -> int:
+    for _ in range(pools):
+        size = (size + 2 - 3) // 2 + 1  # MaxPool2d(3, stride 2, padding 1)
+    return size
+
+
+class SPS(nn.Module):
+    """Spiking Patch Splitting: 4 conv stages (dim/8, dim/4, dim/2, dim), pools on the last stages,
+    then a relative-position conv whose spikes are added to the stage-4 spikes (values 0..2)."""
+
+    def __init__(self, in_channels: int, dim: int, pools: int, neuron: NeuronConfig):
+        super().__init__()
+        widths = [dim // 8, dim // 4, dim // 2, dim]
+        cins = [in_channels] + widths[:-1]
+        self.stages = nn.ModuleList(
+            ConvBNLIF(cin, cout, pool=i >= 4 - pools, neuron=neuron, name=f"stem.{i}", analog=i == 0)
+            for i, (cin, cout) in enumerate(zip(cins, widths))
+        )
+        self.rpe = ConvBNLIF(dim, dim, pool=False, neuron=neuron, name="stem.rpe")
+
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:
+        for stage in self.stages:
+            x = stage(x, ctx)
+        x = x + self.rpe(x, ctx)
+        return x.flatten(3).transpose(-1, -2).contiguous()  # [T, B, N, C]
+
+
+class Block(nn.Module):
+    """``x = x + SSA(x); x = x + MLP(x)`` with spiking self-attention (no softmax, fixed scale)."""
+
+    def __init__(self, cfg: ModelConfig, index: int):
+        super().__init__()
+        d, n, b = cfg.dim, cfg.neuron, cfg.linear_bias
+        name = f"block{index}"
+        self.q = LinearBNLIF(d, d, n, f"{name}.q", "attention", index, b)
+        self.k = LinearBNLIF(d, d, n, f"{name}.k", "attention", index, b)
+        self.v = LinearBNLIF(d, d, n, f"{name}.v", "attention", index, b)
+        self.attn_lif = make_lif(n, v_threshold=cfg.attn_v_threshold)
+        self.proj = LinearBNLIF(d, d, n, f"{name}.proj", "attention", index, b)
+        hidden = int(d * cfg.mlp_ratio)
+        self.mlp1 = LinearBNLIF(d, hidden, n, f"{name}.mlp1", "mlp", index, b)
+        self.mlp2 = LinearBNLIF(hidden, d, n, f"{name}.mlp2", "mlp", index, b)
+        self.heads, self.scale, self.index, self.name = cfg.heads, cfg.attn_scale, index, name
+
+    def forward(self, x: Tensor, ctx: Context, active: Tensor | None = None,
+                size: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Returns the new residual stream and the key spikes (the default merge metric)."""
+        q, k, v = self.q(x, ctx, active), self.k(x, ctx, active), self.v(x, ctx, active)
+        T, B, N, C = q.shape
+        h = self.heads
+        qh, kh, vh = (t.view(T, B, N, h, C // h).transpose(2, 3) for t in (q, k, v))
+        if ctx.count:
+            # Counting needs the attention map itself: (Q K^T) V, as the official CIFAR code.
+            attn = qh @ kh.transpose(-1, -2) * self.scale  # [T, B, h, N, N]
+            if size is not None:
+                # No softmax, so a merged key of size s counts s times by weighting its column.
+                attn = attn * size[:, :, None, None, :]
+            self._count_attention(ctx, q, k, vh, attn, active)
+            a = attn @ vh
+        else:
+            # Same product without the N x N map: Q (K^T V) (linear in N; spikes and sizes are small
+            # integers, so both orders give the same floats). Size weighting moves onto V's rows.
+            vw = vh if size is None else vh * size[:, :, None, :, None]
+            a = qh @ (kh.transpose(-1, -2) @ vw) * self.scale
+        a = a.transpose(2, 3).reshape(T, B, N, C)
+        a = ctx.fire(f"{self.name}.attn", masked(self.attn_lif(a), active), f"{self.name}.attn", active)
+        x = x + self.proj(a, ctx, active)
+        x = x + self.mlp2(self.mlp1(x, ctx, active), ctx, active)
+        return x, k
+
+    def forward_packed(self, x: Tensor, call) -> tuple[Tensor, Tensor]:
+        """The same block on packed rows ``x`` [M, C] (compacted inference, ``suite.models.compact``):
+        returns the new rows and the key spikes. Attention runs as ``Q (K^T V)`` within each (step, image)."""
+        q, k, v = call.linear_lif(self.q, x), call.linear_lif(self.k, x), call.linear_lif(self.v, x)
+        a = call.lif(f"{self.name}.attn", self.attn_lif, call.attention(q, k, v, self.heads, self.scale))
+        x = x + call.linear_lif(self.proj, a)
+        x = x + call.linear_lif(self.mlp2, call.linear_lif(self.mlp1, x))
+        return x, k
+
+    @torch.no_grad()
+    def _count_attention(self, ctx: Context, q: Tensor, k: Tensor, vh: Tensor, attn: Tensor,
+                         active: Tensor | None) -> None:
+        """Count ``Q K^T`` and ``(Q K^T) V`` over active tokens at the steps attn_lif runs."""
+        m = ctx.time_mask(f"{self.name}.attn")
+        # float64 throughout: bf16 (autocast) or float32 totals would round large counts
+        steps = (torch.ones(q.shape[0], device=q.device) if m is None else m.detach()).double()
+        T, B, N, C = q.shape
+        n_act = torch.full((T, B), float(N), device=q.device) if active is None else (active > 0).sum(-1)
+        n_act = n_act.double()
+        n_act = n_act * steps[:, None]
+        dense = (n_act**2 * C).sum()
+        st = steps.view(-1, 1, 1, 1)
+        # Q K^T: products q_ic * k_jc that are both 1 = sum_c (sum_i q_ic)(sum_j k_jc); heads split channels.
+        exact_qk = ((q * st).sum(2) * k.sum(2, dtype=torch.float64)).sum()
+        paper_qk = (((q * st) != 0).sum((2, 3)) * n_act).sum()  # rate(Q) x N_a^2 C = nnz(Q) N_a
+        # (Q K^T) V: non-zero attention entries times non-zero value entries sharing the index j.
+        nz_col = (attn != 0).sum(-2).double()  # [T, B, h, N]
+        nz_v = (vh != 0).sum(-1).double()  # [T, B, h, N]
+        exact_av = ((nz_col * nz_v).sum((2, 3)) * steps[:, None]).sum()
+        paper_av = ((vh != 0).sum((2, 3, 4)).double() * n_act).sum()
+        for tag, ex, pa in (("qk", exact_qk, paper_qk), ("av", exact_av, paper_av)):
+            ctx.synapse(f"{self.name}.{tag}", kind="attention", block=self.index, x=q, fan_out=0,
+                        active=None, group=None, exact=ex, paper=pa, dense=dense)
+
+
+@register_backbone("spikformer")
+class Spikformer(Backbone):
+    """Spikformer backbone; ``token_policy`` and ``time_policy`` are optional (None = dense, all steps)."""
+
+    def __init__(self, cfg: ModelConfig, *, in_channels: int, image_size: tuple[int, int], num_classes: int,
+                 token_policy: nn.Module | None = None, time_policy: nn.Module | None = None):
+        super().__init__()
+        pools = cfg.stem_pools if cfg.stem_pools is not None else stem_pool_count(max(image_size))
+        self.grid = (_pooled(image_size[0], pools), _pooled(image_size[1], pools))
+        self.cfg, self.T, self.num_classes = cfg, cfg.T, num_classes
+        self.stem = SPS(in_channels, cfg.dim, pools, cfg.neuron)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
+        self.head = nn.Linear(cfg.dim, num_classes)
+        self.token_policy = token_policy
+        self.time_policy = time_policy
+
+    def embed(self, x: Tensor, ctx: Context) -> Tensor:
+        """Direct encoding: the image is repeated T times and the SPS stem runs at every timestep."""
+        return self.stem(x.unsqueeze(0).repeat(self.T, *([1] * x.dim())), ctx)
+
+    def lif_layers(self) -> list[LIFLayer]:
+        return spikformer_lif_layers(self.depth)
+
+
+def spikformer_lif_layers(depth: int) -> list[LIFLayer]:
+    """Every LIF layer of a Spikformer of ``depth`` blocks, in forward order. Each layer's synaptic layer has its
+    name; the attention LIF gates both attention products (``Block._count_attention`` counts them at its steps)."""
+    layers = [LIFLayer(f"stem.{i}", -1, "stem", "sps", (f"stem.{i}",)) for i in range(4)]
+    layers.append(LIFLayer("stem.rpe", -1, "stem", "sps", ("stem.rpe",)))
+    for b in range(depth):
+        owner = f"block{b}"
+        for n in ("q", "k", "v", "attn", "proj", "mlp1", "mlp2"):
+            gates = (f"{owner}.qk", f"{owner}.av") if n == "attn" else (f"{owner}.{n}",)
+            layers.append(LIFLayer(f"{owner}.{n}", b, owner, "mlp" if n.startswith("mlp") else "ssa", gates))
+    return layers

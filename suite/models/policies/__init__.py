@@ -1,0 +1,1 @@
+"""Token and time policies: they see blocks, tokens and LIF-layer metadata, never a backbone by name."""

@@ -1,0 +1,53 @@
+"""Names every layer of the pipe agrees on: record files, MLflow tags, shared constants.
+
+One definition each, no torch: ``suite.config``, the report and the CLI's dry runs import this without the
+training stack.
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------------------------------------- run records
+# results/<study>/<run_id>/...
+CONFIG = "config.yaml"  # the resolved RunConfig (with run id, study and axes)
+STATUS = "status.json"  # running | done | failed, with reason and traceback
+METRICS = "metrics.json"  # flat metrics and per-layer details
+HISTORY = "history.csv"  # one row per epoch
+MAPS = "maps.npz"  # a sample of active-token maps
+EVALS = "evals"  # evals/<override>.json: evaluations with evaluation-time settings changed
+CHECKPOINT = "checkpoint.pt"  # model, optimiser, scheduler, RNG: resumable after every epoch
+LOCK = ".lock"  # claimed by the process training the run
+
+# results/<study>/...
+STUDY_FILE = "study.yaml"  # the validated study as run (the report reads it back, typed)
+ENVIRONMENT = "environment.json"  # machine and versions of the latest invocation
+RUNS_TABLE = "runs.csv"  # one row per run
+EVALS_TABLE = "evals.csv"  # one row per run x evaluation override
+REPORT_DIR = "report"  # figures and tables
+HTML_PAGE = "report.html"
+SEARCH_DIR = "search"  # search/<variant>/ with per_variant
+TRIALS_TABLE = "trials.csv"
+PARETO_TABLE = "pareto.csv"
+OPTUNA_DB = "optuna.db"  # default search storage, per study
+
+# results/...
+MLFLOW_DB = "mlflow.db"  # default tracking store, one for all studies under a results directory
+MLFLOW_ARTIFACTS = "mlartifacts"
+
+# ---------------------------------------------------------------------------------------------- MLflow tags
+RUN_TAG = "spikesuite.run_id"
+STUDY_TAG = "spikesuite.study"
+KIND_TAG = "spikesuite.kind"  # invocation | run | trial
+INVOCATION = "invocation"
+HOST_TAG, PID_TAG = "spikesuite.host", "spikesuite.pid"  # of an invocation: found dead, it is closed as KILLED
+SEARCH_TAG = "spikesuite.search"
+ERROR_TAG = "spikesuite.error"  # why a run or trial failed
+REPLACES_TAG = "spikesuite.replaces"  # the killed MLflow runs a rerun replaces
+
+# ---------------------------------------------------------------------------------------------- energy
+# Horowitz, "Computing's energy problem", ISSCC 2014, 45 nm: 32-bit float multiply+add and add.
+E_MAC_PJ = 4.6
+E_AC_PJ = 0.9
+ENERGY_KINDS: tuple[str, ...] = ("stem", "attention", "mlp", "head")  # the per-kind energy breakdown
+
+# ---------------------------------------------------------------------------------------------- names in files
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # study, variant, experiment: no separators (directory names)

@@ -1,0 +1,81 @@
+"""Figures, tables and an HTML page regenerated from a study's records alone (never retrains, never imports torch).
+
+Reads ``results/<study>/``: ``runs.csv``, ``evals.csv`` (optional), ``study.yaml`` (validated as a
+``suite.config.Study``; missing or invalid, the report uses the schema defaults and shows no dataset),
+``<run_id>/metrics.json`` (details: firing rates, active steps, depth and exit histograms, layer order) and
+``<run_id>/maps.npz`` (active-token maps). Writes ``results/<study>/report/``: every figure as PNG and PDF,
+``table.md``, ``table.tex``, ``evals.md`` (when overrides were evaluated), and the page
+``results/<study>/report.html``. Outputs carry no timestamps, so the same records give byte-identical files. A
+figure whose data is absent is skipped and the page says why.
+
+Conventions (written next to every number): seeds are summarised as mean ± sample std (ddof=1); the unit of a
+point is a *variant* (plus any non-seed matrix axis that varies within it, e.g. ``act (T=2)``); token-units
+are active tokens summed over blocks and timesteps (a merged token counts once); energy is the *exact* SOP
+convention (``energy_exact_uj``). Published numbers (``baselines/published.yaml``) come from other backbones and
+recipes: they are drawn only as hollow reference markers, only for the study's own dataset.
+
+Modules: ``load`` (records -> ``StudyRecords``), ``style`` (look and number formatting), ``figures`` (one module
+per figure family), ``tables``, ``page`` (HTML), ``mlflow`` (attach the report to the study's store).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before any submodule imports pyplot: the report draws off-screen only
+import matplotlib.pyplot as plt  # noqa: E402
+
+from suite.names import REPORT_DIR  # noqa: E402
+from suite.report.content import Figure, Table  # noqa: E402
+from suite.report.figures import FIGURE_PREFIXES, build_figures  # noqa: E402
+from suite.report.figures.heatmaps import upsample_mask  # noqa: E402
+from suite.report.figures.layers import layer_key, ordered_layers  # noqa: E402
+from suite.report.figures.pareto import pareto_front  # noqa: E402
+from suite.report.figures.search import nondominated, search_figure, search_tables, search_title  # noqa: E402
+from suite.report.figures.summary import exit_figure  # noqa: E402
+from suite.report.load import StudyRecords, axis_columns, config_labels, config_order, load_records  # noqa: E402
+from suite.report.mlflow import log_to_mlflow, mlflow_store  # noqa: E402
+from suite.report.page import write_page  # noqa: E402
+from suite.report.published import published_for, published_points  # noqa: E402
+from suite.report.style import STYLE, Stat, decimals, fmt_pm, slug  # noqa: E402
+from suite.report.tables import MAIN_HEADERS, table_latex, write_tables  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FIGURE_PREFIXES", "MAIN_HEADERS", "Figure", "Stat", "StudyRecords", "Table", "axis_columns", "build_report",
+    "config_labels", "config_order", "decimals", "exit_figure", "fmt_pm", "layer_key", "load_records",
+    "log_to_mlflow", "mlflow_store", "nondominated", "ordered_layers", "pareto_front", "published_for",
+    "published_points", "search_figure", "search_tables", "search_title", "slug", "table_latex", "upsample_mask",
+]
+
+
+def clear_stale(out: Path) -> None:
+    """Remove figures an earlier report wrote, so a figure whose data is gone does not linger."""
+    if not out.is_dir():
+        return
+    for path in sorted(out.iterdir()):
+        if path.suffix in (".png", ".pdf") and path.stem.startswith(FIGURE_PREFIXES):
+            path.unlink()
+
+
+def build_report(study_dir: Path, mlflow: bool = True) -> list[Path]:
+    """Write the figures, tables and page of ``study_dir`` from its records; returns every file written (the page
+    last). With ``mlflow``, the files are also attached to the study's latest invocation run, when there is one."""
+    rec = load_records(Path(study_dir))
+    out = rec.study_dir / REPORT_DIR
+    clear_stale(out)
+    with plt.rc_context(STYLE):
+        figures = build_figures(rec, out)
+    tables, table_paths = write_tables(rec, out)
+    page = write_page(rec, tables, figures)
+    for fig in figures:
+        if fig.skipped is not None:
+            log.info("figure %s skipped: %s", fig.stem, fig.skipped)
+    artifacts = [p for f in figures for p in f.paths] + table_paths
+    if mlflow:
+        log_to_mlflow(rec, artifacts, page)
+    return artifacts + [page]

@@ -1,0 +1,136 @@
+"""Per-layer and per-token depth figures: the halting depth histogram, the timestep allocation per module and
+the firing rate per layer. Layers are drawn in forward order: the order the runs recorded
+(``details["layer_order"]``) when they carry one, else parsed from Spikformer layer names."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from suite.report.content import Figure
+from suite.report.load import StudyRecords, fmt_value
+from suite.report.style import STD_NOTE, panels, save, stat, style
+
+MODULE_ORDER = ("q", "k", "v", "qk", "attn", "av", "proj", "mlp1", "mlp2")  # within a block, in forward order
+LAYER_ORDER = "layer_order"  # details key: the model's layer names in forward order
+
+
+def layer_key(name: str) -> tuple:
+    """Forward order of a layer name: stem.*, block<i>.<module> (q k v attn proj mlp1 mlp2), head, others."""
+    head, _, tail = name.partition(".")
+    if head == "stem":
+        return (0, 0, int(tail) if tail.isdigit() else 10**6, tail)
+    if head.startswith("block") and head[5:].isdigit():
+        rank = MODULE_ORDER.index(tail) if tail in MODULE_ORDER else len(MODULE_ORDER)
+        return (1, int(head[5:]), rank, tail)
+    return (2 if head == "head" else 3, 0, 0, name)
+
+
+def recorded_layer_order(details: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The layer names the runs recorded in forward order (``details["layer_order"]``), merged over the runs in
+    the order given (a name keeps its first place); empty when no run recorded one."""
+    names: list[str] = []
+    for d in details:
+        order = d.get(LAYER_ORDER)
+        if isinstance(order, (list, tuple)):
+            names += [str(n) for n in order]
+    return list(dict.fromkeys(names))
+
+
+def ordered_layers(dicts: Iterable[Mapping[str, Any]], order: Sequence[str] = ()) -> list[str]:
+    """The keys of ``dicts`` in forward order: as in ``order`` (a recorded layer order), the rest after it by
+    ``layer_key``."""
+    rank = {name: i for i, name in enumerate(order)}
+
+    def key(name: str) -> tuple:
+        return (0, rank[name], ()) if name in rank else (1, 0, layer_key(name))
+
+    return sorted({k for d in dicts for k in d}, key=key)
+
+
+def stack(values: list[Sequence[float]]) -> np.ndarray | None:
+    """Equal-length sequences (one per seed) as a [seeds, n] array; None when the lengths differ."""
+    lengths = {len(v) for v in values}
+    return np.asarray(values, dtype=np.float64) if len(lengths) == 1 else None
+
+
+def depth_figure(rec: StudyRecords, out: Path) -> Figure:
+    """Fraction of tokens by the number of units (block x timestep) they were processed for, per halting variant."""
+    stem, title = "halting_depth", "Halting depth histogram"
+    data = rec.details_by_config("depth_histogram")
+    if not data:
+        return Figure(stem, title, skipped="no run recorded a depth_histogram (no halting variant)")
+    fig, axes = panels(len(data), 5.6, 1.9)
+    for ax, (config, hists) in zip(axes, data.items()):
+        arr = stack(hists)
+        if arr is None:
+            ax.set_title(f"{config}: seeds disagree on the histogram length, not drawn")
+            continue
+        units = np.arange(arr.shape[1])
+        mean, std = arr.mean(0), arr.std(0, ddof=1) if len(arr) > 1 else None
+        color, _ = style(rec, config)
+        ax.bar(units, mean, yerr=std, color=color, alpha=0.85, capsize=2, width=0.8)
+        ax.set_title(f"{config} (n={len(arr)}): mean {float((units * mean).sum()):.2f} of {units[-1]} units")
+        ax.set_ylabel("fraction of tokens")
+        ax.set_xticks(units)
+    axes[-1].set_xlabel("units processed per token (blocks x timesteps; the last bar = all units)")
+    fig.tight_layout()
+    caption = (f"details.depth_histogram of each halting run: fraction of tokens per number of processed units "
+               f"(0..L*T), {STD_NOTE}.")
+    return Figure(stem, title, caption, tuple(save(fig, out, stem)))
+
+
+def allocation_figure(rec: StudyRecords, out: Path) -> Figure:
+    """Active timesteps per module, per timestep-mask variant."""
+    stem, title = "timestep_allocation", "Timestep allocation per module"
+    data = rec.details_by_config("active_steps")
+    if not data:
+        return Figure(stem, title, skipped="no run recorded active_steps (no timestep-mask variant)")
+    layers = ordered_layers((d for runs in data.values() for d in runs), recorded_layer_order(rec.details.values()))
+    fig, axes = panels(len(data), max(5.6, 0.2 * len(layers) + 1.5), 2.0)
+    for ax, (config, steps) in zip(axes, data.items()):
+        arr = np.array([[s.get(layer, np.nan) for layer in layers] for s in steps], dtype=np.float64)
+        mean = np.nanmean(arr, 0)
+        std = np.nanstd(arr, 0, ddof=1) if len(arr) > 1 else None
+        color, _ = style(rec, config)
+        x = np.arange(len(layers))
+        ax.bar(x, mean, yerr=std, color=color, alpha=0.85, capsize=2, width=0.8)
+        T = stat(rec.done[rec.done.config == config]["T"]).mean if "T" in rec.done else math.nan
+        if math.isfinite(T):
+            ax.axhline(T, color="0.3", ls="--", lw=0.8)
+        ax.set_title(f"{config} (n={len(arr)}): mean {float(np.nanmean(mean)):.2f} active steps"
+                     + (f" (dashed: T = {fmt_value(T)})" if math.isfinite(T) else ""))
+        ax.set_ylabel("active timesteps")
+        ax.set_xticks(x, layers, rotation=90)
+    fig.tight_layout()
+    caption = (f"details.active_steps: timesteps each LIF module keeps after its trained mask, {STD_NOTE}. "
+               "Dashed: T (all steps).")
+    return Figure(stem, title, caption, tuple(save(fig, out, stem)))
+
+
+def firing_figure(rec: StudyRecords, out: Path) -> Figure:
+    """Per-layer firing rates, one line per variant (mean over seeds)."""
+    stem, title = "firing_rates", "Firing rate per layer"
+    data = rec.details_by_config("firing_rates")
+    if not data:
+        return Figure(stem, title, skipped="no run recorded firing_rates")
+    layers = ordered_layers((d for runs in data.values() for d in runs), recorded_layer_order(rec.details.values()))
+    fig, ax = plt.subplots(figsize=(max(5.6, 0.22 * len(layers) + 1.5), 3.4))
+    x = np.arange(len(layers))
+    for config, rates in data.items():
+        arr = np.array([[r.get(layer, np.nan) for layer in layers] for r in rates], dtype=np.float64)
+        color, marker = style(rec, config)
+        ax.plot(x, np.nanmean(arr, 0), marker=marker, ms=3.5, lw=1, color=color, label=f"{config} (n={len(arr)})")
+    ax.set_xticks(x, layers, rotation=90)
+    ax.set_ylabel("firing rate (spikes / processed element)")
+    ax.set_title(f"{rec.name}: firing rate per LIF layer")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    caption = ("details.firing_rates on the test data (spikes over processed entries only), mean over seeds; "
+               "layers in forward order.")
+    return Figure(stem, title, caption, tuple(save(fig, out, stem)))

@@ -1,0 +1,167 @@
+"""The report's tables: results per variant (``table.md``, ``table.tex``) and evaluation overrides
+(``evals.md``), every number as mean ± sample std over seeds, with the conventions written under it."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from suite import records
+from suite.report.content import Table
+from suite.report.load import StudyRecords, fmt_value, off_split_note, parsed_setting
+from suite.report.style import STD_NOTE, Stat, decimals, fmt_pm, slug, stat
+
+MAIN_HEADERS = ("variant", "n seeds", "accuracy (%)", "token-units (% of dense)", "timesteps (mean)",
+                "energy (uJ, exact)", "images/s")
+
+
+def _stats(frame: pd.DataFrame, metric: str) -> Stat:
+    return stat(frame[metric]) if metric in frame else Stat(0, math.nan, math.nan)
+
+
+def _metric_rows(groups: Sequence[pd.DataFrame], places: dict[str, int]) -> list[list[str]]:
+    """The metric cells (n, accuracy, token-units (%), timesteps, energy) of each group of seeds."""
+    rows = []
+    for g in groups:
+        acc, units, pct = _stats(g, "accuracy"), _stats(g, "token_units"), _stats(g, "token_pct")
+        tokens = fmt_pm(units, places["token_units"])
+        if pct.n:
+            tokens += f" ({pct.mean:.1f} %)"
+        rows.append([str(acc.n), fmt_pm(acc, 2), tokens, fmt_pm(_stats(g, "timesteps_mean"), 2),
+                     fmt_pm(_stats(g, "energy_exact_uj"), places["energy_exact_uj"])])
+    return rows
+
+
+def _places(frames: Sequence[pd.DataFrame]) -> dict[str, int]:
+    def means(metric: str) -> list[float]:
+        return [_stats(f, metric).mean for f in frames]
+
+    return {"token_units": decimals(means("token_units"), 4, 1), "energy_exact_uj": decimals(means("energy_exact_uj"), 4)}
+
+
+def table_notes(rec: StudyRecords) -> tuple[str, ...]:
+    runs = rec.runs
+    notes = [
+        f"Numbers: {STD_NOTE}. Accuracy: top-1 % on the {rec.split} split.",
+        "Token-units: active tokens per image summed over blocks and timesteps (a merged token counts once); "
+        "in brackets the mean % of the dense count (token_pct).",
+        "Timesteps: mean active timesteps over modules (timesteps_mean; mean exit step for early exit).",
+        f"Energy: E_MAC x MACs + E_AC x SOPs, exact SOP convention (energy_exact_uj), {rec.eval.energy.describe()}, "
+        "uJ per image.",
+        "Images/s: wall-clock throughput of the evaluation machine, mean over seeds (apart from the counts).",
+    ]
+    bad = runs[runs.status != "done"]
+    for status, g in bad.groupby("status", sort=True):
+        ids = ", ".join(f"{r.run_id} ({r.variant}, seed {fmt_value(r.seed)})" for r in g.itertuples())
+        notes.append(f"Not in the table, {status}: {ids}.")
+    return tuple(notes)
+
+
+def main_table(rec: StudyRecords) -> Table:
+    done = rec.done
+    configs = rec.present(done)
+    groups = [done[done.config == c] for c in configs]
+    rows = _metric_rows(groups, _places(groups))
+    body = []
+    for config, g, cells in zip(configs, groups, rows):
+        ips = _stats(g, "images_per_s")
+        body.append((config, *cells, f"{ips.mean:.0f}" if ips.n else "n/a"))
+    return Table(f"{rec.name}: results per variant", MAIN_HEADERS, tuple(body), table_notes(rec))
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key reading digit runs as numbers: trial2 before trial10, named overrides before search trials."""
+    return (text.startswith("trial"), *[(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", text)])
+
+
+def setting_text(setting: Any) -> str:
+    """An override's settings for a table cell: floats to 4 significant digits, the split left out (every row of
+    the table is on the study's split)."""
+    value = parsed_setting(setting)
+    if value is None:
+        return "" if setting is None or (isinstance(setting, float) and math.isnan(setting)) else str(setting)
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items()
+                     if k != "eval.split")
+
+
+def evals_table(rec: StudyRecords) -> Table | None:
+    """Per variant: the as-trained row, then each evaluation override (mean ± std over seeds)."""
+    ev = rec.evals
+    if ev is None or ev.empty:
+        return None
+    done = rec.done
+    keyed: list[tuple[str, str, str, pd.DataFrame]] = []
+    for config in rec.present(ev):
+        keyed.append((config, "(as trained)", "", done[done.config == config]))
+        mine = ev[ev.config == config]
+        for name, g in sorted(mine.groupby("override"), key=lambda kv: natural_key(str(kv[0]))):
+            keyed.append((config, str(name), setting_text(g["set"].iloc[0]) if "set" in g else "", g))
+    groups = [k[3] for k in keyed]
+    rows = _metric_rows(groups, _places(groups))
+    headers = ("variant", "override", "set", "n seeds", *MAIN_HEADERS[2:6])
+    body = tuple((c, name, setting, *cells) for (c, name, setting, _), cells in zip(keyed, rows))
+    notes = (f"Evaluation-time overrides of each trained checkpoint (evals.csv), {STD_NOTE}.",
+             "Columns as in table.md; '(as trained)' is the run's own evaluation (runs.csv).",
+             *off_split_note(rec))
+    return Table(f"{rec.name}: evaluation overrides", headers, body, notes, labels=3)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def table_markdown(table: Table) -> str:
+    """A markdown table (first column left-aligned, numbers right-aligned) with its notes as a list."""
+    align = ["---"] * table.labels + ["---:"] * (len(table.headers) - table.labels)
+    lines = [f"# {table.title}", "", "| " + " | ".join(_md_cell(h) for h in table.headers) + " |",
+             "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    lines += [""] + [f"- {n}" for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in text).replace("±", r"$\pm$")
+
+
+def table_latex(table: Table, label: str) -> str:
+    """A booktabs table environment; the notes become the caption."""
+    spec = "l" * table.labels + "r" * (len(table.headers) - table.labels)
+    lines = ["% generated by `spikesuite report` from the study's records; needs \\usepackage{booktabs}",
+             r"\begin{table}[t]", r"\centering", r"\small",
+             r"\caption{" + tex_escape(table.title + ". " + " ".join(table.notes)) + "}",
+             r"\label{" + label + "}", r"\begin{tabular}{" + spec + "}", r"\toprule",
+             " & ".join(tex_escape(h) for h in table.headers) + r" \\", r"\midrule"]
+    lines += [" & ".join(tex_escape(c) for c in row) + r" \\" for row in table.rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records.atomic_write_text(path, text)
+    return path
+
+
+def write_tables(rec: StudyRecords, out: Path) -> tuple[list[Table], list[Path]]:
+    """``table.md``, ``table.tex`` and (when overrides were evaluated) ``evals.md``; a stale ``evals.md`` goes."""
+    table = main_table(rec)
+    paths = [write_text(out / "table.md", table_markdown(table)),
+             write_text(out / "table.tex", table_latex(table, f"tab:{slug(rec.name)}-results"))]
+    tables = [table]
+    ev = evals_table(rec)
+    if ev is not None:
+        paths.append(write_text(out / "evals.md", table_markdown(ev)))
+        tables.append(ev)
+    elif (out / "evals.md").exists():
+        (out / "evals.md").unlink()
+    return tables, paths

@@ -1,0 +1,147 @@
+"""Run a study: expand it, hand every run to an executor as a ``RunUnit``, mirror the invocation to MLflow and
+write the study's tables. ``run_study`` is the whole pipe: study -> runs -> run_one -> records -> tracking.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from suite import records
+from suite.config import RunSpec, Study, StudyError, eval_update_problems, eval_updates, expand
+from suite.names import CHECKPOINT, ENVIRONMENT, STUDY_FILE
+from suite.run.unit import RunUnit
+from suite.tracking import TrackingTarget, close_trackers, tracker_for
+
+log = logging.getLogger("spikesuite")
+
+
+@dataclass
+class StudySummary:
+    study_dir: Path
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # run id -> reason
+    busy: list[str] = field(default_factory=list)  # claimed by another process
+    wall_time_s: float = 0.0
+
+
+def study_dir_for(results: Path, name: str) -> Path:
+    """``results/<name>``, refusing anything that would land outside ``results``."""
+    root = results.resolve()
+    target = (root / name).resolve()
+    if target.parent != root:
+        raise StudyError(name, [f"name: {name!r} would escape the results directory {root}"])
+    return target
+
+
+def preflight(study: Study, source: str) -> list[RunSpec]:
+    """Everything that can be checked before writing anything: expansion and dataset availability."""
+    from suite.data import check_available
+
+    specs = expand(study, source)
+    seen = set()
+    for spec in specs:
+        key = spec.config.dataset.model_dump_json()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_available(spec.config.dataset)
+        except FileNotFoundError as exc:
+            raise StudyError(source, [f"dataset: {exc}"]) from None
+    return specs
+
+
+def study_units(study: Study, specs: list[RunSpec], study_dir: Path, results: Path, *, device: str, progress: bool,
+                parent: str | None = None, since: float = float("inf")) -> list[RunUnit]:
+    """The study's runs as units of work for any executor."""
+    target = TrackingTarget(study.tracking, study.name, results, parent)
+    return [RunUnit(spec, study_dir, device=device, progress=progress, oom_retry=study.execution.oom_retry,
+                    tracking=target, since=since) for spec in specs]
+
+
+def plan_study(study: Study, results: Path, *, source: str = "<study>") -> tuple[Path, list[tuple[RunSpec, str]]]:
+    """A dry run: the study's directory and each run with its state in the records (nothing is written)."""
+    specs = preflight(study, source)
+    sdir = study_dir_for(results, study.name)
+    return sdir, [(spec, records.run_state(sdir / spec.run_id, spec.run_id)) for spec in specs]
+
+
+def reevaluate(study: Study, run_id: str, updates: dict[str, Any], results: Path, *, name: str | None = None,
+               source: str = "<study>") -> tuple[dict[str, float], Path]:
+    """Evaluate a finished run's checkpoint with evaluation-time settings changed, record it as
+    ``evals/<name>.json`` beside the run and refresh the study's tables: ``(metrics, path)``."""
+    from suite.data import load_data
+    from suite.evaluate import evaluate_checkpoint
+    from suite.train import load_weights, pick_device
+
+    specs = {s.run_id: s for s in expand(study, source)}
+    if run_id not in specs:
+        raise StudyError(source, [f"run_id: {run_id!r} is not a run of this study (see spikesuite plan)"])
+    spec = specs[run_id]
+    if problems := eval_update_problems(spec.config, updates):
+        raise StudyError("--set", problems)
+    run_dir = study_dir_for(results, study.name) / run_id
+    if records.run_state(run_dir, run_id) != "done" or not (run_dir / CHECKPOINT).exists():
+        raise StudyError(str(run_dir), ["the run has no finished checkpoint: spikesuite run the study first"])
+    device = pick_device(study.execution.device)
+    res = evaluate_checkpoint(spec.config, load_weights(run_dir, device), load_data(spec.config.dataset), device,
+                              updates)
+    name = name or "_".join(f"{k.split('.')[-1]}={v}" for k, v in updates.items()) or "default"
+    name = "".join(c if c.isalnum() or c in "_.=+-" else "_" for c in name)[:80]
+    path = records.write_eval(run_dir, name, eval_updates(spec.config, updates), res.metrics, res.details)
+    records.collect_tables(run_dir.parent, list(specs.values()))
+    return res.metrics, path
+
+
+def run_study(study: Study, results: Path, *, source: str = "<study>", workers: int | None = None,
+              progress: bool | None = None, device: str | None = None) -> StudySummary:
+    from suite.environment import environment
+    from suite.run.local import run_local
+    from suite.train import pick_device
+
+    t0 = time.perf_counter()
+    # Failures recorded after this moment come from this invocation (this process, or another one sharing the
+    # study): they are reported, not retried again at once.
+    since = time.time()
+    specs = preflight(study, source)
+    sdir = study_dir_for(results, study.name)
+    sdir.mkdir(parents=True, exist_ok=True)
+    records.atomic_write_text(sdir / STUDY_FILE, _study_yaml(study))
+    dev = device or study.execution.device
+    # where the numbers come from, for reports regenerated on another machine (the latest invocation's)
+    records.atomic_write_json(sdir / ENVIRONMENT, environment(pick_device(dev)))
+    tracker = tracker_for(TrackingTarget(study.tracking, study.name, results)) if study.tracking.enabled else None
+    parent = tracker.start_parent({"source": source, "runs": str(len(specs))}) if tracker is not None else None
+    summary = StudySummary(sdir)
+    show = study.execution.progress if progress is None else progress
+    units = study_units(study, specs, sdir, results, device=dev, progress=show, parent=parent, since=since)
+    try:
+        for result in run_local(units, workers or study.execution.workers):
+            if result.outcome == "failed":
+                summary.failed[result.run_id] = result.reason
+            else:
+                {"done": summary.done, "skipped": summary.skipped, "busy": summary.busy}[result.outcome].append(
+                    result.run_id)
+    finally:
+        runs, _ = records.collect_tables(sdir, specs)
+        summary.failed.update({r.run_id: str(r.get("error", "")) for r in runs.itertuples()
+                               if r.status == "failed" and r.run_id not in summary.failed})
+        if tracker is not None:
+            tracker.log_metrics(parent, {"runs_done": float((runs.status == "done").sum()),
+                                         "runs_failed": float((runs.status == "failed").sum())})
+            tracker.log_artifacts(parent, [sdir / records.RUNS_TABLE, sdir / STUDY_FILE])
+            tracker.finish(parent, "FAILED" if summary.failed else "FINISHED")
+        close_trackers()
+    summary.wall_time_s = time.perf_counter() - t0
+    return summary
+
+
+def _study_yaml(study: Study) -> str:
+    import yaml
+
+    return yaml.safe_dump(study.model_dump(mode="json", exclude_none=True), sort_keys=False)

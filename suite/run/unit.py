@@ -1,0 +1,163 @@
+"""``run_one``: the one entry to training a run, and the unit of work every executor hands out.
+
+A ``RunUnit`` is plain, picklable data (a resolved ``RunSpec``, the study's records directory, the device and where
+to mirror): the local process pool, a search's eval stage and cluster executors all send one to ``run_one``, which
+
+1. skips a run whose records say it is done (mirroring it to tracking when the store lacks it),
+2. claims the run by lock (a run claimed by another live process is reported ``busy``, not run twice),
+3. fits it (resuming from its last epoch checkpoint), evaluates it and every evaluation override,
+4. writes its records; a failure of the run itself is recorded with its reason, never raised.
+
+Nothing a worker needs travels outside its arguments: no environment variables, no hidden flags.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from suite import records
+from suite.config import RunSpec, eval_updates
+from suite.names import CHECKPOINT, ERROR_TAG
+from suite.tracking import Tracker, TrackingTarget, mirror_run, tracker_for
+
+log = logging.getLogger("spikesuite")
+
+Outcome = Literal["done", "skipped", "busy", "failed"]
+OVERRIDE_METRICS = ("accuracy", "token_pct", "energy_exact_uj", "timesteps_mean")  # mirrored per override
+
+
+@dataclass(frozen=True)
+class RunUnit:
+    """One run to execute: everything ``run_one`` needs, as plain data."""
+
+    spec: RunSpec
+    study_dir: Path  # results/<study>: the run's records go to study_dir/<run_id>/
+    device: str = "auto"  # auto: cuda when visible, else cpu
+    progress: bool = False  # a progress bar per epoch
+    oom_retry: bool = True  # retry at half batch size after CUDA out-of-memory
+    tracking: TrackingTarget | None = None  # None: records only
+    # A run recorded as failed after this moment (time.time()) failed during the current invocation, in another
+    # process: it is reported, not retried at once. inf: always retry.
+    since: float = math.inf
+
+    @property
+    def run_dir(self) -> Path:
+        return self.study_dir / self.spec.run_id
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    outcome: Outcome
+    reason: str = ""  # why it failed
+
+
+def run_one(unit: RunUnit, *, callbacks: Sequence[Callable[[dict[str, float]], None]] = ()) -> RunResult:
+    """Execute ``unit`` (see the module docstring). ``callbacks`` get every finished epoch's row; one that raises
+    stops the run, which is then recorded as failed with that reason (a search prunes a trial this way)."""
+    spec, run_dir = unit.spec, unit.run_dir
+    tracker = tracker_for(unit.tracking) if unit.tracking is not None and unit.tracking.config.enabled else None
+    parent = unit.tracking.parent if unit.tracking is not None else None
+    if records.run_state(run_dir, spec.run_id) == "done":
+        if tracker is not None and not tracker.has_finished(spec.run_id):
+            mirror_run(tracker, spec, run_dir, parent)  # MLflow mirrors the records
+        return RunResult(spec.run_id, "skipped")
+    with records.claim(run_dir) as mine:
+        if not mine:
+            return RunResult(spec.run_id, "busy")
+        if records.run_state(run_dir, spec.run_id) == "done":  # finished while we waited
+            return RunResult(spec.run_id, "skipped")
+        status = records.read_json(run_dir / records.STATUS) or {}
+        if status.get("state") == "failed" and isinstance(status.get("time"), (int, float)) \
+                and status["time"] >= unit.since:  # another process failed it during this invocation
+            return RunResult(spec.run_id, "failed", str(status.get("reason", "")))
+        log.info("%s seed=%d %s running%s", spec.variant, spec.config.seed, spec.run_id,
+                 " (resuming)" if (run_dir / CHECKPOINT).exists() else "")
+        ok, reason = _execute(unit, tracker, parent, callbacks)
+    return RunResult(spec.run_id, "done" if ok else "failed", reason)
+
+
+def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
+             callbacks: Sequence[Callable[[dict[str, float]], None]]) -> tuple[bool, str]:
+    """Fit and evaluate one claimed run and write its records; never raises for a failure of the run itself."""
+    import torch
+
+    from suite.train import NonFiniteLoss, fit, pick_device
+
+    spec, run_dir = unit.spec, unit.run_dir
+    log_metrics = tracker.log_metrics if tracker is not None else (lambda *a, **k: None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records.write_config(run_dir, spec)
+    prev = records.read_json(run_dir / records.STATUS) or {}
+    attempts = int(prev.get("attempts", 0)) + 1
+    child = tracker.start_child(spec, parent) if tracker is not None else None
+    records.write_status(run_dir, "running", attempts=attempts, mlflow_run_id=child or "",
+                         replaces=prev.get("mlflow_run_id", ""))
+    dev = pick_device(unit.device)
+    batch = spec.config.train.batch_size
+    try:
+        from suite.data import cached_data
+
+        data = cached_data(spec.config.dataset)
+        history: list[dict[str, float]] = []
+
+        def on_epoch(row: dict[str, float]) -> None:
+            history.append(row)
+            records.write_history(run_dir, history)
+            log_metrics(child, row, step=int(row["epoch"]))
+
+        while True:
+            history.clear()  # a retry at half batch size starts again from epoch 0
+            try:
+                result = fit(spec.config, data, run_dir, device=dev, progress=unit.progress,
+                             callbacks=[on_epoch, *callbacks], batch_size=batch)
+                break
+            except torch.cuda.OutOfMemoryError:
+                if not unit.oom_retry or batch <= 1:
+                    raise
+                batch //= 2
+                log.warning("CUDA out of memory: retrying %s at batch size %d", spec.run_id, batch)
+                (run_dir / CHECKPOINT).unlink(missing_ok=True)
+                torch.cuda.empty_cache()
+        records.write_history(run_dir, result.history)
+        metrics, details, maps = _evaluate_all(spec, result.model, data, dev, run_dir, log_metrics, child)
+        metrics.update(train_time_s=result.train_time_s, batch_size_used=float(batch))
+        records.write_result(run_dir, spec.run_id, metrics, details, maps)
+        records.write_status(run_dir, "done", attempts=attempts, mlflow_run_id=child or "")
+        if tracker is not None:
+            tracker.log_metrics(child, metrics, step=spec.config.train.epochs)
+            tracker.log_artifacts(child, [run_dir / records.CONFIG, run_dir / records.METRICS,
+                                          run_dir / records.HISTORY])
+            tracker.finish(child, "FINISHED")
+        return True, ""
+    except NonFiniteLoss as exc:
+        reason = f"non-finite loss: {exc}"
+        tb = traceback.format_exc()
+    except Exception as exc:  # noqa: BLE001 - any failure of one run is recorded; the study goes on
+        reason = f"{type(exc).__name__}: {exc}"
+        tb = traceback.format_exc()
+    records.write_status(run_dir, "failed", reason=reason, traceback=tb, attempts=attempts,
+                         mlflow_run_id=child or "")
+    if tracker is not None:
+        tracker.set_tag(child, ERROR_TAG, reason[:4000])
+        tracker.finish(child, "FAILED")
+    return False, reason
+
+
+def _evaluate_all(spec: RunSpec, model, data, device, run_dir: Path, log_metrics, child: str | None):
+    """The trained model's main evaluation, then every evaluation override of the run (each recorded)."""
+    from suite.evaluate import evaluate_checkpoint, evaluate_trained
+
+    ev = evaluate_trained(spec.config, model, data, device)
+    state = model.state_dict()
+    for ov in spec.config.eval.overrides:
+        res = evaluate_checkpoint(spec.config, state, data, device, ov.set)
+        records.write_eval(run_dir, ov.name, eval_updates(spec.config, ov.set), res.metrics, res.details)
+        log_metrics(child, {f"override.{ov.name}.{k}": v for k, v in res.metrics.items() if k in OVERRIDE_METRICS})
+    return dict(ev.metrics), dict(ev.details), ev.maps

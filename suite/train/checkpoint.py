@@ -1,0 +1,60 @@
+"""Checkpoints: written atomically after every epoch, read with ``weights_only=True`` (plain containers only), in
+one place for resuming a fit, re-evaluating a run and searching over its evaluation-time settings."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from suite.names import CHECKPOINT
+
+
+def load_checkpoint(path: Path, device: torch.device | str) -> dict[str, Any]:
+    """The whole checkpoint (model, optimiser, scheduler, history, RNG) of a run directory's ``checkpoint.pt``."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def load_weights(run_dir: Path, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The trained model's state dict of a finished run (``run_dir/checkpoint.pt``)."""
+    return load_checkpoint(run_dir / CHECKPOINT, device)["model"]
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write then rename, so a kill mid-write never leaves a truncated checkpoint behind."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def get_rng() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": _np_state(), "python": _py_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np.asarray(np_state["keys"], dtype=np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached"]))
+    random.setstate((state["python"]["version"], tuple(state["python"]["state"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _np_state() -> dict[str, Any]:
+    # Plain containers only, so the checkpoint loads with weights_only=True.
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _py_state() -> dict[str, Any]:
+    version, st, _ = random.getstate()
+    return {"version": version, "state": list(st)}
