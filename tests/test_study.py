@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -172,11 +173,18 @@ def test_backbone_is_a_later_field_and_an_axis():
     assert any(line.startswith("variants.other.model.backbone:") and "spikformer" in line for line in lines), lines
 
 
-def test_schema_and_report_import_no_torch():
-    """``suite.config`` (every schema, expansion) and the report run without the training stack."""
-    code = ("import sys, suite.config, suite.names, suite.report\n"
+def test_schema_and_report_import_no_torch(tmp_path):
+    """``suite.config`` (every schema, expansion) and ``spikesuite report`` run without the training stack."""
+    import shutil
+
+    shutil.copytree(REFERENCE / "atsnn_digits", tmp_path / "atsnn_digits")
+    code = ("import sys, suite.config, suite.names\n"
             "from suite.config import load_study, expand\n"
+            "from suite.cli import main\n"
             "expand(load_study('studies/smoke.yaml'))\n"
+            f"assert main(['report', {str(tmp_path / 'atsnn_digits')!r}]) == 0\n"
             "heavy = sorted(m for m in ('torch', 'mlflow', 'spikingjelly', 'torchvision') if m in sys.modules)\n"
             "assert not heavy, heavy\n")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent,
+                   env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+    assert (tmp_path / "atsnn_digits" / "report.html").is_file()
