@@ -52,6 +52,7 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     dense_units = float(model.dense_token_units)
     ops: dict = {}
     spikes: dict = {}
+    similarity: dict = {}
     correct = seen = 0
     loss_sum = 0.0
     active_sum = torch.zeros(L, T)
@@ -78,6 +79,7 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         units.append(act.sum((1, 2)))
         ops = merge_counts(ops, out.ctx.ops)
         spikes = merge_spikes(spikes, out.ctx.spikes)
+        similarity = merge_spikes(similarity, out.ctx.similarity)  # the same [sum, count] bookkeeping
         if out.token_depth is not None:
             depth_hist += torch.bincount(out.token_depth.long().flatten().cpu(), minlength=L * T + 1)[:L * T + 1]
         if run.time.exit is not None and out.step_logits is not None:
@@ -110,6 +112,11 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     }
     rates = list(details["firing_rates"].values())
     m["firing_rate_mean"] = float(np.mean(rates)) if rates else 0.0
+    # STAS's diagnostic: cosine similarity of each block's input tokens at consecutive timesteps (T > 1)
+    sims = {blk: s / c for blk, (s, c) in similarity.items() if c}
+    if sims:
+        details["temporal_similarity"] = sims
+        m["temporal_similarity"] = float(np.mean(list(sims.values())))
     m.update(energy_metrics(ops, seen, ec.energy))
     details["ops"] = {k: vars(v) for k, v in ops.items()}
     steps = model.time_policy.active_steps() if model.time_policy is not None else None

@@ -31,3 +31,39 @@ def lif_gates(depth: int) -> dict[str, tuple[str, ...]]:
     from suite.models import spikformer_lif_layers
 
     return {layer.name: layer.gates for layer in spikformer_lif_layers(depth)}
+
+
+BACKBONES = ("spikformer", "sdt")  # every invariant test of the policies runs on each
+
+
+def parametrize_backbones(module_name: str, global_name: str):
+    """An autouse fixture that runs every test of a module once per backbone, with the module's model config
+    ``global_name`` switched to that backbone (``CFG.model_copy(update={"backbone": ...})``)."""
+    import sys
+
+    import pytest
+
+    @pytest.fixture(autouse=True, params=BACKBONES)
+    def backbone(request, monkeypatch):
+        module = sys.modules[module_name]
+        cfg = getattr(module, global_name)
+        monkeypatch.setattr(module, global_name, cfg.model_copy(update={"backbone": request.param}))
+        return request.param
+
+    return backbone
+
+
+def block_lif_names(cfg, block: int = 0) -> list[str]:
+    """The LIF layers of one block of ``cfg``'s backbone, in forward order."""
+    from suite.models import sdt_lif_layers, spikformer_lif_layers
+
+    layers = (sdt_lif_layers if cfg.backbone == "sdt" else spikformer_lif_layers)(block + 1)
+    return [layer.name for layer in layers if layer.block == block]
+
+
+def block_class(cfg):
+    """The block class of ``cfg``'s backbone."""
+    from suite.models.backbones.sdt import SDTBlock
+    from suite.models.backbones.spikformer import Block
+
+    return SDTBlock if cfg.backbone == "sdt" else Block

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import block_lif_names, parametrize_backbones
 from spikingjelly.activation_based import functional, neuron
 from torch import Tensor, nn
 
@@ -31,7 +32,7 @@ from suite.models.compact import (
 )
 
 TINY = ModelConfig(depth=2, dim=32, heads=4, T=4)
-BLOCK_LIFS = ("q", "k", "v", "attn", "proj", "mlp1", "mlp2")
+backbone = parametrize_backbones(__name__, "TINY")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -86,9 +87,9 @@ def _masked(model: Spikformer, x: Tensor) -> ModelOutput:
 
 def _assert_blocks_spike(out: ModelOutput) -> None:
     for b in range(TINY.depth):
-        for layer in BLOCK_LIFS:
-            fired, seen = out.ctx.spikes[f"block{b}.{layer}"]
-            assert seen > 0 and fired / seen > 0.005, f"block{b}.{layer} barely fires: the test would be vacuous"
+        for layer in block_lif_names(TINY, b):
+            fired, seen = out.ctx.spikes[layer]
+            assert seen > 0 and fired / seen > 0.005, f"{layer} barely fires: the test would be vacuous"
 
 
 def _assert_same_logits(compact: Tensor, masked: Tensor) -> float:

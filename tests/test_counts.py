@@ -43,7 +43,7 @@ from suite.metrics import (
 from suite.models import Spikformer, build_model
 from suite.models.backbones.spikformer import Block
 from suite.models.context import Context, LayerCounts
-from suite.models.layers import ConvBNLIF, LinearBNLIF
+from suite.models.layers import ConvBNLIF, LinearBNLIF, count_conv3x3
 from suite.names import ENERGY_KINDS as KINDS
 
 BMM = torch.ops.aten.bmm.default
@@ -288,8 +288,7 @@ def test_counts_do_not_round_in_low_precision() -> None:
     ctx.synapse("f32", kind="mlp", block=0, x=torch.ones(1, 1, 4097, 1), fan_out=4097, active=None,
                 group=None)
     assert _counts(ctx.ops["f32"]) == (0.0, 4097**2, 4097**2, 4097**2)  # 16785409 is not a float32
-    conv = ConvBNLIF(1, 1, pool=False, neuron=NeuronConfig(), name="stem.1")
-    conv._count(torch.ones(1, 1, 1, 17, 17, dtype=torch.bfloat16), ctx)
+    count_conv3x3(ctx, "stem.1", torch.ones(1, 1, 1, 17, 17, dtype=torch.bfloat16), 1, "stem.1", analog=False)
     assert ctx.ops["stem.1"].sops_exact == (3 * 17 - 2) ** 2  # sum of the 4/6/9 coverage = 49^2 = 2401
 
 

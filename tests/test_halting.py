@@ -1,9 +1,10 @@
-"""AT-SNN / A-ViT halting on the Spikformer (suite/models/policies/halting.py, suite/models/policies/tokens.py)."""
+"""AT-SNN / A-ViT halting on every backbone (suite/models/policies/halting.py, suite/models/policies/tokens.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import block_class, parametrize_backbones
 from helpers import forward as _run
 from helpers import images as _images
 from spikingjelly.activation_based import functional
@@ -12,12 +13,12 @@ from torch import Tensor, nn
 import suite.models.policies.tokens as tokens_mod
 from suite.config import HaltingConfig, MergeConfig, ModelConfig, TimeConfig, TokenConfig
 from suite.models import Spikformer, build_model
-from suite.models.backbones.spikformer import Block
 from suite.models.context import Context
 from suite.models.policies.merge import MergePlan, size_weighted_mean
 
 CFG = ModelConfig(depth=2, dim=16, heads=2, T=3)
 L, T, N = CFG.depth, CFG.T, 16  # 8x8 input -> 4x4 tokens
+backbone = parametrize_backbones(__name__, "CFG")
 
 
 def _build(tokens: TokenConfig | None = None, state: dict | None = None, seed: int = 0) -> Spikformer:
@@ -55,12 +56,17 @@ def _calibrate(model: nn.Module, run) -> None:
         h.remove()
 
 
-@pytest.fixture(scope="module")
-def state() -> dict[str, Tensor]:
-    """Weights of the dense model with BN statistics under which eval mode fires."""
-    model = _build()
-    _calibrate(model, lambda: model(_images(16, seed=5)))
-    return model.state_dict()
+_STATES: dict[str, dict[str, Tensor]] = {}
+
+
+@pytest.fixture
+def state(backbone: str) -> dict[str, Tensor]:
+    """Weights of the dense model with BN statistics under which eval mode fires (one per backbone)."""
+    if backbone not in _STATES:
+        model = _build()
+        _calibrate(model, lambda: model(_images(16, seed=5)))
+        _STATES[backbone] = model.state_dict()
+    return _STATES[backbone]
 
 
 def _units(maps: Tensor, order: str) -> Tensor:
@@ -132,7 +138,7 @@ def test_1d_halting_shares_the_mask_across_timesteps() -> None:
 
 def test_halted_token_keys_and_values_reach_no_other_token() -> None:
     torch.manual_seed(0)
-    blk = Block(CFG, 0)
+    blk = block_class(CFG)(CFG, 0)
     B, C, j = 4, CFG.dim, 5
     x = torch.randint(0, 3, (T, B, N, C), generator=torch.Generator().manual_seed(0)).float()
     _calibrate(blk, lambda: blk(x, Context(T=T)))

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from suite.config.fields import added_field
 
 # The registered backbones (suite.models.registry; a test keeps both lists equal). Extend both to add one.
-BackboneName = Literal["spikformer"]
+BackboneName = Literal["spikformer", "sdt"]
 
 
 class NeuronConfig(BaseModel):
@@ -30,7 +30,12 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backbone: BackboneName = added_field("spikformer")  # a matrix axis like any other key
+    backbone: BackboneName = added_field("spikformer")  # spikformer | sdt (Spike-driven Transformer v1); an axis
+    # How the stem meets time (STAS, arXiv 2508.14138, reconstructed): per_step runs it at every timestep;
+    # once runs it on the static image and feeds the same tokens to every step; integrate runs the first stage's
+    # LIF over T, integrates its spikes over time (stem_integrate) and runs the rest of the stem once.
+    stem: Literal["per_step", "once", "integrate"] = added_field("per_step")
+    stem_integrate: Literal["mean", "sum"] = added_field("mean")
     depth: int = Field(4, ge=1, le=64)
     dim: int = Field(384, ge=8, le=4096)
     heads: int = Field(12, ge=1)

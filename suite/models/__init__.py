@@ -6,8 +6,9 @@ imported below, and its name added to ``suite.config.model.BackboneName``.
 """
 
 from suite.models.backbone import Backbone, LIFLayer, ModelOutput
+from suite.models.backbones.sdt import SDT, sdt_lif_layers
 from suite.models.backbones.spikformer import Spikformer, spikformer_lif_layers
 from suite.models.registry import BACKBONES, build_model, register_backbone
 
-__all__ = ["BACKBONES", "Backbone", "LIFLayer", "ModelOutput", "Spikformer", "build_model", "register_backbone",
-           "spikformer_lif_layers"]
+__all__ = ["BACKBONES", "SDT", "Backbone", "LIFLayer", "ModelOutput", "Spikformer", "build_model", "register_backbone",
+           "sdt_lif_layers", "spikformer_lif_layers"]

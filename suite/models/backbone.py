@@ -2,7 +2,8 @@
 
 A backbone is an ``nn.Module`` subclass of ``Backbone`` that provides
 
-- ``embed(x, ctx)``: images ``[B, C, H, W]`` -> tokens ``[T, B, N, C]`` (the stem, run for every timestep);
+- ``stem``: a module ``stem(x [T', B, C, H, W], ctx) -> [T', B, N, C]`` whose ``stages[0]`` is a ``ConvBNLIF`` and
+  ``rest(x, ctx)`` runs everything after it; ``Backbone.embed`` runs it in the ``model.stem`` mode;
 - ``blocks``: an ``nn.ModuleList`` whose items are called ``blk(z, ctx, active, size) -> (z, keys)`` with the
   policy's optional ``active`` / ``size`` tensors ``[T, B, N]`` (both ``None``: exactly the dense block), and
   ``blk.forward_packed(x, call) -> (x, keys)`` on packed rows for compacted inference (``compact.py``);
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from suite.config import ModelConfig
 from suite.models.context import Context
 
 
@@ -32,6 +34,7 @@ class LIFLayer:
     owner: str  # the unit a ``granularity: block`` mask covers ("stem", "block0", ...)
     module: str  # the module type a ``granularity: type`` mask covers ("sps", "ssa", "mlp", ...)
     gates: tuple[str, ...]  # the counted synaptic layers that run only at this neuron's active steps
+    timed: bool = True  # runs at every timestep, so a time mask can allocate its steps (not a stem run once)
 
 
 @dataclass
@@ -59,9 +62,35 @@ class Backbone(nn.Module):
     token_policy: nn.Module | None
     time_policy: nn.Module | None
 
+    cfg: ModelConfig
+    stem: nn.Module
+
     def embed(self, x: Tensor, ctx: Context) -> Tensor:
-        """Images ``[B, C, H, W]`` -> tokens ``[T, B, N, C]``."""
-        raise NotImplementedError
+        """Images ``[B, C, H, W]`` -> tokens ``[T, B, N, C]`` in the ``model.stem`` mode (direct encoding):
+
+        - ``per_step``: the image is repeated T times and the stem runs at every timestep;
+        - ``once``: the stem runs once on the static image and every timestep gets the same tokens;
+        - ``integrate`` (STAS's I-SPS, reconstructed): the first stage's convolution runs once, its LIF integrates
+          that current over T steps, the spikes are averaged (or summed) over time into one rate map, the rest of
+          the stem runs once on it, and every timestep gets the same tokens."""
+        mode, T = self.cfg.stem, self.T
+        if mode == "per_step":
+            return self.stem(x.unsqueeze(0).repeat(T, *([1] * x.dim())), ctx)
+        if mode == "once":
+            z = self.stem(x.unsqueeze(0), ctx)
+        else:
+            s = self.stem.stages[0].forward_static(x.unsqueeze(0), T, ctx)
+            s = s.mean(0, keepdim=True) if self.cfg.stem_integrate == "mean" else s.sum(0, keepdim=True)
+            z = self.stem.rest(s, ctx)
+        return z.repeat(T, *([1] * (z.dim() - 1)))
+
+    def step_features(self, feats: Tensor, ctx: Context) -> Tensor:
+        """Pooled features per timestep ``[T, B, C]`` -> what the head reads (identity; SDT: its head LIF)."""
+        return feats
+
+    def pooled_features(self, pooled: Tensor, ctx: Context) -> Tensor:
+        """An ACT readout ``[B, C]`` (no time axis) -> what the head reads (identity; SDT: its head LIF's rate)."""
+        return pooled
 
     def lif_layers(self) -> list[LIFLayer]:
         """Every LIF layer in forward order."""
@@ -98,7 +127,7 @@ class Backbone(nn.Module):
         if self.token_policy is None:
             for blk in self.blocks:
                 z, _ = blk(z, ctx)
-            feats = z.mean(2)  # [T, B, C]: mean over tokens, then time (official readout order)
+            feats = self.step_features(z.mean(2), ctx)  # [T, B, C]: mean over tokens, then time (official order)
             T, B, N = z.shape[:3]
             active = torch.full((B, self.depth, T), float(N), device=z.device)
             out = ModelOutput(self.head(feats.mean(0)), self.head(feats), aux, active, ctx,
@@ -107,9 +136,8 @@ class Backbone(nn.Module):
         else:
             run = self.token_policy(self.blocks, z, ctx, record_maps=record_maps)
             aux.update(run.aux)
-            step_logits = self.head(run.feats) if run.feats is not None else None
-            out = ModelOutput(self.readout(run), step_logits, aux, run.active, ctx, run.depth, run.maps,
-                              run.unit_halting)
+            logits, step_logits = self.readout(run, ctx)
+            out = ModelOutput(logits, step_logits, aux, run.active, ctx, run.depth, run.maps, run.unit_halting)
         if count:
             ctx.synapse("head", kind="head", block=-1, x=z, fan_out=0, active=None, group=None, analog=True,
                         exact=torch.tensor(0.0), paper=torch.tensor(0.0),
@@ -119,6 +147,10 @@ class Backbone(nn.Module):
             out.active_steps = self.time_policy.active_steps()
         return out
 
-    def readout(self, run) -> Tensor:
-        """Logits of a token policy's run: pooled per step then mean over time, or the ACT pool."""
-        return self.head(run.feats.mean(0) if run.feats is not None else run.pooled)
+    def readout(self, run, ctx: Context) -> tuple[Tensor, Tensor | None]:
+        """``(logits, step logits)`` of a token policy's run: pooled per step then mean over time, or the ACT pool
+        (no step logits)."""
+        if run.feats is not None:
+            feats = self.step_features(run.feats, ctx)
+            return self.head(feats.mean(0)), self.head(feats)
+        return self.head(self.pooled_features(run.pooled, ctx)), None

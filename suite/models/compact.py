@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from suite.models.backbone import Backbone
 from suite.models.context import Context
-from suite.models.layers import LinearBNLIF
+from suite.models.layers import LinearBN, LinearBNLIF
 from suite.models.policies.tokens import TokenPolicy
 
 __all__ = [
@@ -287,6 +287,38 @@ class PackedCall:
             gate = gate * m.to(y.dtype).index_select(0, self.rows.step)
         return spikes * gate.unsqueeze(1)
 
+    def linear_bn(self, layer: LinearBN, x: Tensor) -> Tensor:
+        """``LinearBN`` on packed rows (its update is gated by the caller: ``gate``)."""
+        return layer.bn(layer.fc(x))
+
+    def gate(self, y: Tensor) -> Tensor:
+        """A real-valued residual update on packed rows, zero for holes (as the masked path's inactive tokens)."""
+        return y * self.rows.on.to(y.dtype).unsqueeze(1)
+
+    def segment_sum(self, y: Tensor) -> Tensor:
+        """``[num_segments, C]``: the sum of ``y`` [M, C] over each (step, image)'s rows, merged tokens weighted by
+        their size (an empty segment sums to zero, as the masked path's all-inactive step)."""
+        if self.key_weight is not None:
+            y = y * self.key_weight.to(y.dtype).unsqueeze(1)
+        return y.new_zeros(self.num_segments, y.shape[1]).index_add_(0, self.rows.segment, y)
+
+    def segment_lif(self, name: str, node: neuron.LIFNode, y: Tensor) -> Tensor:
+        """A LIF on one value per (step, image) ``y`` [T' * B, C] (state per image, persisting across calls),
+        time-masked like ``Context.fire``."""
+        p = lif_params(node)
+        B = self.num_segments // (len(self.rows.bounds) - 1)
+        state = self.state.get(name)
+        if state is None:
+            state = y.new_full((B, y.shape[1]), lif_initial_value(p))
+            self.state[name] = state
+        m = self.ctx.time_mask(name)
+        out = []
+        for t, yt in enumerate(y.view(-1, B, y.shape[1])):
+            spike, state = lif_step(yt, state, p)
+            out.append(spike if m is None else spike * m[t].to(y.dtype))
+        self.state[name] = state
+        return torch.cat(out)
+
     def attention(self, q: Tensor, k: Tensor, v: Tensor, heads: int, scale: float) -> Tensor:
         """Softmax-free attention within each (step, image), keys weighted by merged-token size."""
         return segment_linear_attention(q, k, v, self.rows.segment, self.num_segments, heads, scale, self.key_weight)
@@ -327,7 +359,7 @@ def compact_forward(model: Backbone, x: Tensor) -> Tensor:
         ctx = Context(T=model.T, time_masks=masks)
         z = model.embed(x, ctx)
         blocks = [CompactBlock(b, need_keys=_need_keys(policy)) for b in model.blocks]
-        return model.readout(policy(blocks, z, ctx))  # the readout of Backbone.forward
+        return model.readout(policy(blocks, z, ctx), ctx)[0]  # the readout of Backbone.forward
     finally:
         functional.reset_net(model)
 

@@ -37,6 +37,29 @@ class Context:
     step: slice = field(default_factory=lambda: slice(None))
     spikes: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
     ops: dict[str, LayerCounts] = field(default_factory=dict)
+    # block name -> [sum, count] of the cosine similarity of each token's block input at consecutive timesteps
+    similarity: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
+    _last_input: dict[str, Tensor] = field(default_factory=dict)
+
+    def observe_block_input(self, block: str, x: Tensor) -> None:
+        """Record the temporal similarity of a block's input ``x`` [T', B, N, C] (STAS's diagnostic: ACT assumes
+        consecutive timesteps see similar tokens): the cosine of each token's vector at step t and t + 1. Every
+        token counts, halted ones included, except a token that is all zero at both steps (no direction); across
+        calls (one timestep at a time) the previous call's last step is the predecessor."""
+        if not self.count:
+            return
+        with torch.no_grad():
+            prev = self._last_input.get(block)
+            seq = x if prev is None else torch.cat([prev.unsqueeze(0), x])
+            if seq.shape[0] > 1:
+                a, b = seq[1:].double(), seq[:-1].double()
+                cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+                # two all-zero tokens have no direction: left out (one zero token against another is 0)
+                defined = (a != 0).any(-1) | (b != 0).any(-1)
+                acc = self.similarity[block]
+                acc[0] += float(cos[defined].sum())
+                acc[1] += float(defined.sum())
+            self._last_input[block] = x[-1]
 
     def time_mask(self, group: str | None) -> Tensor | None:
         """The [T'] mask of ``group`` for the timesteps being processed, or None when unmasked."""

@@ -16,50 +16,94 @@ from suite.models.context import Context
 from suite.models.neurons import make_lif
 
 
-class ConvBNLIF(nn.Module):
-    """Conv3x3 -> BN2d -> (MaxPool) -> LIF on [T, B, C, H, W], with exact and paper op counts."""
+@torch.no_grad()
+def count_conv3x3(ctx: Context, name: str, x: Tensor, cout: int, group: str | None, analog: bool) -> None:
+    """Count a 3x3, stride-1, padding-1 convolution on ``x`` [T', B, Cin, H, W] at the unmasked steps of
+    ``group``: MACs on analog input, else SOPs (exact: every non-zero input times the windows covering it;
+    paper: rate x dense FLOPs over the active steps)."""
+    m = ctx.time_mask(group)
+    steps = torch.ones(x.shape[0], device=x.device) if m is None else m.detach()
+    B, cin, H, W = x.shape[1:]
+    per_step_dense = float(H * W * cin * 9 * cout)  # stride 1, padding 1: one 3x3 window per output
+    dense = per_step_dense * B * float(steps.sum())
+    if analog:
+        d = torch.tensor(dense, dtype=torch.float64)
+        ctx.synapse(name, kind="stem", block=-1, x=x, fan_out=cout, active=None, group=group,
+                    analog=True, exact=d, paper=d, dense=d)
+        return
+    # An input pixel feeds every output window that covers it (4 at corners, 6 at edges, 9 inside).
+    cover = F.conv2d(torch.ones(1, 1, H, W, device=x.device, dtype=x.dtype),
+                     torch.ones(1, 1, 3, 3, device=x.device, dtype=x.dtype), padding=1)[0, 0]
+    xs = x * steps.view(-1, 1, 1, 1, 1)
+    exact = ((xs != 0).to(x.dtype) * cover).sum(dtype=torch.float64) * cout
+    # rate over the active steps only (as for linears), times dense FLOPs over the active steps
+    paper = xs.sum(dtype=torch.float64) / (float(steps.sum()) * B * cin * H * W) * per_step_dense * B \
+        * float(steps.sum()) if float(steps.sum()) else torch.tensor(0.0)
+    ctx.synapse(name, kind="stem", block=-1, x=x, fan_out=cout, active=None, group=group,
+                exact=exact, paper=paper, dense=torch.tensor(dense, dtype=torch.float64))
 
-    def __init__(self, cin: int, cout: int, pool: bool, neuron: NeuronConfig, name: str, analog: bool = False):
+
+def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
+    """Conv -> BN on [T', B, C, H, W] flattened to [T' * B, C, H, W]."""
+    # channels_last: the NCHW max-pool is the slowest stem op on CPU (measured by spikesuite bench).
+    return bn(conv(x.flatten(0, 1).contiguous(memory_format=torch.channels_last)))
+
+
+class ConvBNLIF(nn.Module):
+    """Conv3x3 -> BN2d -> (MaxPool) -> LIF on [T, B, C, H, W], with exact and paper op counts.
+    ``pool_after_lif``: Conv -> BN -> LIF -> MaxPool (Spike-driven Transformer's stem order)."""
+
+    def __init__(self, cin: int, cout: int, pool: bool, neuron: NeuronConfig, name: str, analog: bool = False,
+                 bias: bool = False, pool_after_lif: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+        self.conv = nn.Conv2d(cin, cout, 3, 1, 1, bias=bias)
         self.bn = nn.BatchNorm2d(cout)
         self.pool = nn.MaxPool2d(3, 2, 1) if pool else None
         self.lif = make_lif(neuron)
-        self.name, self.analog = name, analog
+        self.name, self.analog, self.pool_after_lif = name, analog, pool_after_lif
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
-        T, B = x.shape[:2]
         if ctx.count:
-            self._count(x, ctx)
-        # channels_last: the NCHW max-pool is the slowest stem op on CPU (measured by spikesuite bench).
-        y = self.bn(self.conv(x.flatten(0, 1).contiguous(memory_format=torch.channels_last)))
+            count_conv3x3(ctx, self.name, x, self.conv.out_channels, self.name, self.analog)
+        return self.fire(_conv_bn(self.conv, self.bn, x), x.shape[0], ctx)
+
+    def fire(self, y: Tensor, T: int, ctx: Context) -> Tensor:
+        """The layer after its convolution: ``y`` [T * B, C, H, W] (BN output) -> spikes [T, B, C, H', W']."""
+        if self.pool is not None and not self.pool_after_lif:
+            y = self.pool(y)
+        s = ctx.fire(self.name, self.lif(y.reshape(T, -1, *y.shape[1:])), self.name)
+        if self.pool is not None and self.pool_after_lif:
+            p = self.pool(s.flatten(0, 1))
+            s = p.reshape(T, -1, *p.shape[1:])
+        return s
+
+    def forward_static(self, x: Tensor, T: int, ctx: Context) -> Tensor:
+        """On a static input ``x`` [1, B, C, H, W]: the convolution and BN once (counted once), the LIF over
+        ``T`` steps of that same current (the integrated stem's first stage)."""
+        if ctx.count:
+            count_conv3x3(ctx, self.name, x, self.conv.out_channels, None, self.analog)
+        y = _conv_bn(self.conv, self.bn, x)
+        return self.fire(y.unsqueeze(0).expand(T, *y.shape).flatten(0, 1), T, ctx)
+
+
+class ConvBN(nn.Module):
+    """Conv3x3 -> BN2d (-> MaxPool) on [T, B, C, H, W] with no neuron after it (real-valued output), counted at
+    the unmasked steps of ``group``, the LIF layer whose spikes feed it."""
+
+    def __init__(self, cin: int, cout: int, pool: bool, name: str, group: str | None, bias: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, 1, 1, bias=bias)
+        self.bn = nn.BatchNorm2d(cout)
+        self.pool = nn.MaxPool2d(3, 2, 1) if pool else None
+        self.name, self.group = name, group
+
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:
+        if ctx.count:
+            count_conv3x3(ctx, self.name, x, self.conv.out_channels, self.group, False)
+        y = _conv_bn(self.conv, self.bn, x)
         if self.pool is not None:
             y = self.pool(y)
-        return ctx.fire(self.name, self.lif(y.reshape(T, B, *y.shape[1:])), self.name)
-
-    @torch.no_grad()
-    def _count(self, x: Tensor, ctx: Context) -> None:
-        m = ctx.time_mask(self.name)
-        steps = torch.ones(x.shape[0], device=x.device) if m is None else m.detach()
-        B, cin, H, W = x.shape[1:]
-        cout = self.conv.out_channels
-        per_step_dense = float(H * W * cin * 9 * cout)  # stride 1, padding 1: one 3x3 window per output
-        dense = per_step_dense * B * float(steps.sum())
-        if self.analog:
-            d = torch.tensor(dense, dtype=torch.float64)
-            ctx.synapse(self.name, kind="stem", block=-1, x=x, fan_out=cout, active=None, group=self.name,
-                        analog=True, exact=d, paper=d, dense=d)
-            return
-        # An input pixel feeds every output window that covers it (4 at corners, 6 at edges, 9 inside).
-        cover = F.conv2d(torch.ones(1, 1, H, W, device=x.device, dtype=x.dtype),
-                         torch.ones(1, 1, 3, 3, device=x.device, dtype=x.dtype), padding=1)[0, 0]
-        xs = x * steps.view(-1, 1, 1, 1, 1)
-        exact = ((xs != 0).to(x.dtype) * cover).sum(dtype=torch.float64) * cout
-        # rate over the active steps only (as for linears), times dense FLOPs over the active steps
-        paper = xs.sum(dtype=torch.float64) / (float(steps.sum()) * B * cin * H * W) * per_step_dense * B \
-            * float(steps.sum()) if float(steps.sum()) else torch.tensor(0.0)
-        ctx.synapse(self.name, kind="stem", block=-1, x=x, fan_out=cout, active=None, group=self.name,
-                    exact=exact, paper=paper, dense=torch.tensor(dense, dtype=torch.float64))
+        return y.reshape(x.shape[0], -1, *y.shape[1:])
 
 
 class LinearBNLIF(nn.Module):
@@ -82,3 +126,26 @@ class LinearBNLIF(nn.Module):
 
 def masked(x: Tensor, active: Tensor | None) -> Tensor:
     return x if active is None else x * active.unsqueeze(-1)
+
+
+class LinearBN(nn.Module):
+    """Linear -> BN1d on tokens [T, B, N, C] with no neuron after it: a real-valued update of the residual stream
+    (Spike-driven Transformer's membrane shortcut), zero for inactive tokens; counted at the unmasked steps of
+    ``group``, the LIF layer whose spikes feed it."""
+
+    def __init__(self, cin: int, cout: int, name: str, kind: str, block: int, group: str, bias: bool = True):
+        super().__init__()
+        self.fc = nn.Linear(cin, cout, bias=bias)
+        self.bn = nn.BatchNorm1d(cout)
+        self.name, self.kind, self.block, self.group = name, kind, block, group
+
+    def forward(self, x: Tensor, ctx: Context, active: Tensor | None) -> Tensor:
+        ctx.synapse(self.name, kind=self.kind, block=self.block, x=x, fan_out=self.fc.out_features,
+                    active=active, group=self.group)
+        return masked(self.bn(self.fc(x).flatten(0, -2)).view(*x.shape[:-1], -1), active)
+
+
+def fire(ctx: Context, name: str, node: nn.Module, x: Tensor, active: Tensor | None = None) -> Tensor:
+    """A stand-alone LIF layer: spikes of ``node`` on ``x``, zero for inactive tokens, time-masked and recorded
+    under ``name`` (its own mask group)."""
+    return ctx.fire(name, masked(node(x), active), name, active)

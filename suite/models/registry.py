@@ -38,5 +38,5 @@ def build_model(model: ModelConfig, tokens: TokenConfig, time: TimeConfig, *, in
     net = cls(model, in_channels=in_channels, image_size=image_size, num_classes=num_classes,
               token_policy=token_policy)
     if time.mask is not None:
-        net.time_policy = TimeMask(time.mask, net.lif_layers(), model.T)
+        net.time_policy = TimeMask(time.mask, [layer for layer in net.lif_layers() if layer.timed], model.T)
     return net

@@ -49,7 +49,11 @@ class SPS(nn.Module):
         self.rpe = ConvBNLIF(dim, dim, pool=False, neuron=neuron, name="stem.rpe")
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
-        for stage in self.stages:
+        return self.rest(self.stages[0](x, ctx), ctx)
+
+    def rest(self, x: Tensor, ctx: Context) -> Tensor:
+        """Everything after the first stage: [T', B, C, H, W] -> tokens [T', B, N, C]."""
+        for stage in self.stages[1:]:
             x = stage(x, ctx)
         x = x + self.rpe(x, ctx)
         return x.flatten(3).transpose(-1, -2).contiguous()  # [T, B, N, C]
@@ -75,6 +79,7 @@ class Block(nn.Module):
     def forward(self, x: Tensor, ctx: Context, active: Tensor | None = None,
                 size: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Returns the new residual stream and the key spikes (the default merge metric)."""
+        ctx.observe_block_input(self.name, x)
         q, k, v = self.q(x, ctx, active), self.k(x, ctx, active), self.v(x, ctx, active)
         T, B, N, C = q.shape
         h = self.heads
@@ -149,19 +154,16 @@ class Spikformer(Backbone):
         self.token_policy = token_policy
         self.time_policy = time_policy
 
-    def embed(self, x: Tensor, ctx: Context) -> Tensor:
-        """Direct encoding: the image is repeated T times and the SPS stem runs at every timestep."""
-        return self.stem(x.unsqueeze(0).repeat(self.T, *([1] * x.dim())), ctx)
-
     def lif_layers(self) -> list[LIFLayer]:
-        return spikformer_lif_layers(self.depth)
+        return spikformer_lif_layers(self.depth, timed_stem=self.cfg.stem == "per_step")
 
 
-def spikformer_lif_layers(depth: int) -> list[LIFLayer]:
+def spikformer_lif_layers(depth: int, timed_stem: bool = True) -> list[LIFLayer]:
     """Every LIF layer of a Spikformer of ``depth`` blocks, in forward order. Each layer's synaptic layer has its
-    name; the attention LIF gates both attention products (``Block._count_attention`` counts them at its steps)."""
-    layers = [LIFLayer(f"stem.{i}", -1, "stem", "sps", (f"stem.{i}",)) for i in range(4)]
-    layers.append(LIFLayer("stem.rpe", -1, "stem", "sps", ("stem.rpe",)))
+    name; the attention LIF gates both attention products (``Block._count_attention`` counts them at its steps).
+    ``timed_stem``: the stem runs at every timestep (``model.stem: per_step``), so time masks can allocate it."""
+    layers = [LIFLayer(f"stem.{i}", -1, "stem", "sps", (f"stem.{i}",), timed_stem) for i in range(4)]
+    layers.append(LIFLayer("stem.rpe", -1, "stem", "sps", ("stem.rpe",), timed_stem))
     for b in range(depth):
         owner = f"block{b}"
         for n in ("q", "k", "v", "attn", "proj", "mlp1", "mlp2"):
