@@ -6,6 +6,7 @@ import copy
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -105,6 +106,30 @@ def test_conflicts_and_tags_are_recorded(by_id: dict[str, PublishedResult]) -> N
     assert at_snn.token_reduction == pytest.approx(0.424)
     assert at_snn.accuracy is None and at_snn.energy_mj is None and at_snn.timesteps is None
     assert "best" in at_snn.other["relative_to"]
+
+
+def test_spike_driven_transformer_and_stas_entries(by_id: dict[str, PublishedResult]) -> None:
+    # the second backbone's published CIFAR numbers (model.backbone: sdt), with the official recipe
+    for dataset, accuracy, params in (("cifar10", 95.6, 10.23), ("cifar100", 78.4, 10.28)):
+        sdt = by_id[f"sdt-2-512-{dataset}"]
+        assert (sdt.dataset, sdt.backbone, sdt.timesteps, sdt.confidence) == (dataset, "SDT-2-512", 4, "read")
+        assert sdt.accuracy == pytest.approx(accuracy) and "NeurIPS 2023" in sdt.paper
+        assert sdt.other["params_m"] == pytest.approx(params)
+        assert (sdt.other["epochs"], sdt.other["batch_size"]) == (300, 64)
+        assert f"conf/{dataset}/2_512_300E_t4.yml" in sdt.other["config"] and "STEP" in sdt.source
+    # STAS: energy savings only (the schema's other.energy_reduction), from the abstract alone
+    for dataset, saving in (("cifar10", 0.459), ("cifar100", 0.438), ("imagenet", 0.301)):
+        stas = by_id[f"stas-energy-reduction-{dataset}"]
+        assert stas.dataset == dataset and stas.other["energy_reduction"] == pytest.approx(saving)
+        assert stas.other["qualifier"] == "up to" and "2508.14138" in stas.paper + stas.source
+        assert stas.accuracy is None and stas.energy_mj is None and stas.token_reduction is None
+        assert "ONLY THE ABSTRACT IS PUBLIC" in (stas.note or "")
+    # an energy-saving-only entry carries no number on any report axis: it is never drawn
+    from suite.report.published import published_points
+
+    frame = published_frame([by_id["stas-energy-reduction-cifar10"]])
+    for metric in ("energy_exact_uj", "timesteps_mean"):
+        assert published_points(frame, metric, pd.DataFrame()).empty
 
 
 def test_every_energy_names_its_script(shipped: list[PublishedResult]) -> None:

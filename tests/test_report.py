@@ -20,7 +20,7 @@ import yaml
 
 from suite import report
 from suite.report.content import Table
-from suite.report.figures import layers
+from suite.report.figures import layers, temporal
 
 L, T, GRID = 2, 2, (4, 4)
 N = GRID[0] * GRID[1]
@@ -38,7 +38,8 @@ STUDY = {
     "matrix": {"seed": [0, 1]},
 }
 FIGURES = ("accuracy_vs_tokens", "accuracy_vs_timesteps", "accuracy_vs_energy", "token_heatmap_act_merge",
-           "halting_depth", "timestep_allocation", "firing_rates", "ablation", "energy_breakdown")
+           "halting_depth", "timestep_allocation", "firing_rates", "temporal_similarity", "ablation",
+           "energy_breakdown")
 
 
 def _run_row(rid: str, variant: str, seed: int, rng: np.random.Generator) -> dict:
@@ -62,6 +63,7 @@ def _details(variant: str, seed: int, rng: np.random.Generator) -> dict:
         det["depth_histogram"] = (hist / hist.sum()).tolist()
     if variant == "tmask":
         det["active_steps"] = {layer: float(T - (i % 2) * 0.5 - 0.1 * seed) for i, layer in enumerate(LAYERS)}
+    det["temporal_similarity"] = {f"block{b}": float(0.3 + 0.2 * b + 0.1 * rng.random()) for b in range(L)}
     return det
 
 
@@ -355,6 +357,124 @@ def test_recorded_layer_order_is_honoured(tmp_path, monkeypatch):
     assert report.ordered_layers([rec.details[r]["firing_rates"] for r in sorted(rec.details)],
                                  layers.recorded_layer_order(rec.details.values())) == expected
     assert _firing_layers(rec, tmp_path / "b", monkeypatch) == expected
+
+
+def _temporal_lines(rec, out: Path, monkeypatch) -> tuple[list[str], dict[str, list[float]]]:
+    """(x tick labels, legend label -> y values) of the temporal-similarity figure drawn from ``rec``."""
+    seen: list = []
+    real = temporal.save
+
+    def capture(fig, where, stem):
+        ax = fig.axes[0]
+        seen.append(([t.get_text() for t in ax.get_xticklabels()],
+                     {c.get_label(): list(c.lines[0].get_ydata()) for c in ax.containers}))
+        return real(fig, where, stem)
+
+    monkeypatch.setattr(temporal, "save", capture)
+    fig = temporal.temporal_figure(rec, out)
+    assert fig is not None and fig.skipped is None and [p.name for p in fig.paths] == [
+        "temporal_similarity.png", "temporal_similarity.pdf"]
+    assert "all zero" in fig.caption and "STAS" in fig.caption
+    return seen[0]
+
+
+def test_temporal_similarity_figure_is_the_mean_over_seeds(built, tmp_path, monkeypatch):
+    sdir, _ = built
+    rec = report.load_records(sdir)
+    ticks, lines = _temporal_lines(rec, tmp_path, monkeypatch)
+    assert ticks == [f"block{b}" for b in range(L)]
+    runs = pd.read_csv(sdir / "runs.csv", dtype={"run_id": str})
+    done = runs[runs.status == "done"]
+    expected = {}
+    for variant in ("dense", "act_merge", "tmask"):  # study order; act_merge's failed seed recorded nothing
+        ids = done[done.variant == variant].run_id
+        sims = [json.loads((sdir / r / "metrics.json").read_text())["details"]["temporal_similarity"] for r in ids]
+        expected[f"{variant} (n={len(sims)})"] = [np.mean([s[f"block{b}"] for s in sims]) for b in range(L)]
+    assert list(lines) == list(expected)
+    for label, ys in expected.items():
+        assert lines[label] == pytest.approx(ys)
+    page = (sdir / "report.html").read_text()
+    assert 'src="report/temporal_similarity.png"' in page
+
+
+def test_temporal_similarity_left_off_the_page_when_no_run_recorded_it(tmp_path):
+    """Records from before the diagnostic (as the committed reference studies): the page does not list the figure,
+    not even as skipped, and the summary counts only the figures it lists."""
+    with_it = write_records(tmp_path / "new")
+    without = write_records(tmp_path / "old")
+    for metrics in without.glob("*/metrics.json"):
+        doc = json.loads(metrics.read_text())
+        del doc["details"]["temporal_similarity"]
+        metrics.write_text(json.dumps(doc))
+    report.build_report(with_it, mlflow=False)
+    paths = report.build_report(without, mlflow=False)
+    assert not any(p.stem == "temporal_similarity" for p in paths)
+    old, new = (without / "report.html").read_text(), (with_it / "report.html").read_text()
+    assert "emporal similarity" not in old and "Temporal similarity of block inputs" in new
+
+    def counts(page: str) -> tuple[int, int]:
+        m = re.search(r"<td>figures</td><td>(\d+) written, (\d+) skipped</td>", page)
+        return int(m.group(1)), int(m.group(2))
+
+    assert counts(new) == (counts(old)[0] + 1, counts(old)[1])
+    # a variant whose seeds did not record it (T = 1) is simply not drawn; the others are
+    rec = report.load_records(with_it)
+    details = {rid: ({k: v for k, v in d.items() if k != "temporal_similarity"} if rid.startswith("tmas") else d)
+               for rid, d in rec.details.items()}
+    import dataclasses
+
+    fig = temporal.temporal_figure(dataclasses.replace(rec, details=details), tmp_path / "partial")
+    assert fig is not None and fig.skipped is None
+
+
+AXES_STUDY = {
+    "name": "axes", "dataset": {"name": "cifar10"}, "model": {"backbone": "spikformer", "depth": L, "T": T},
+    "variants": {"dense": {}, "act": {"tokens": {"halting": {}}}},
+    "matrix": {"model.backbone": ["spikformer", "sdt"], "model.stem": ["per_step", "once"], "seed": [0, 1]},
+}
+
+
+def test_backbone_and_stem_axes_give_distinct_readable_labels(tmp_path, monkeypatch):
+    """A study crossing variants with ``model.backbone`` and ``model.stem`` (as runs.csv names the axis columns):
+    every (variant, backbone, stem) is its own labelled point, in study order (variants, then the matrix's value
+    order), with its own colour, table row and line."""
+    sdir = tmp_path / "axes"
+    sdir.mkdir()
+    rng = np.random.default_rng(3)
+    rows = []
+    for variant in AXES_STUDY["variants"]:
+        for backbone in ("sdt", "spikformer"):  # runs.csv order need not be the study's
+            for stem in ("once", "per_step"):
+                for seed in (0, 1):
+                    rid = f"{variant[:3]}{backbone[:3]}{stem[:3]}{seed}"
+                    row = _run_row(rid, "dense" if variant == "dense" else "act_merge", seed, rng)
+                    row.update({"variant": variant, "model.backbone": backbone, "model.stem": stem})
+                    rows.append(row)
+                    (sdir / rid).mkdir()
+                    sims = {f"block{b}": 1.0 if stem == "once" and b == 0 else float(0.4 + 0.1 * rng.random())
+                            for b in range(L)}
+                    doc = {"run_id": rid, "metrics": row,
+                           "details": {"temporal_similarity": sims, "firing_rates": {"block0.q": 0.1}}}
+                    (sdir / rid / "metrics.json").write_text(json.dumps(doc))
+    pd.DataFrame(rows).to_csv(sdir / "runs.csv", index=False)
+    (sdir / "study.yaml").write_text(yaml.safe_dump(AXES_STUDY, sort_keys=False))
+    rec = report.load_records(sdir)
+    expected = tuple(f"{v} (backbone={b}, stem={s})" for v in ("dense", "act") for b in ("spikformer", "sdt")
+                     for s in ("per_step", "once"))
+    assert rec.order == expected
+    from suite.report.style import style
+
+    assert len({style(rec, c) for c in rec.order}) == len(expected)  # colour and marker pairs differ
+    assert set(rec.runs.groupby("config").size()) == {2}  # two seeds behind every label
+    _, lines = _temporal_lines(rec, tmp_path / "fig", monkeypatch)
+    assert list(lines) == [f"{c} (n=2)" for c in expected]
+    assert all(lines[f"{c} (n=2)"][0] == 1.0 for c in expected if "stem=once" in c)
+    report.build_report(sdir, mlflow=False)
+    _, table_rows = parse_table(sdir / "report" / "table.md")
+    assert [r[0] for r in table_rows] == list(expected)
+    # axis names shorten to the last dotted part only where that stays unambiguous
+    assert report.config_labels(pd.DataFrame({"variant": ["v"], "tokens.merge.r": [2], "x.r": [3], "T": [4]}),
+                                ["T", "tokens.merge.r", "x.r"]).tolist() == ["v (T=4, tokens.merge.r=2, x.r=3)"]
 
 
 def _chromium() -> str | None:

@@ -150,20 +150,41 @@ def fmt_value(v: Any) -> str:
     return str(v)
 
 
+def axis_names(axes: Sequence[str]) -> dict[str, str]:
+    """How labels name each axis column: its last dotted part (``model.backbone`` -> ``backbone``) where no other
+    axis shares that part, else the whole path."""
+    short = {a: a.rsplit(".", 1)[-1] for a in axes}
+    taken = [short[a] for a in axes]
+    return {a: short[a] if taken.count(short[a]) == 1 else a for a in axes}
+
+
 def config_labels(frame: pd.DataFrame, axes: Sequence[str]) -> pd.Series:
-    """``variant`` or ``variant (axis=value, ...)`` for each row."""
+    """``variant`` or ``variant (axis=value, ...)`` for each row, axes named by ``axis_names``
+    (e.g. ``act (backbone=sdt, stem=integrate)``)."""
     if not axes:
         return frame["variant"].astype(str)
-    return frame.apply(lambda r: f"{r['variant']} ({', '.join(f'{a}={fmt_value(r[a])}' for a in axes)})", axis=1)
+    names = axis_names(axes)
+    return frame.apply(lambda r: f"{r['variant']} ({', '.join(f'{names[a]}={fmt_value(r[a])}' for a in axes)})",
+                       axis=1)
 
 
-def config_order(runs: pd.DataFrame, variants: Iterable[str], axes: Sequence[str]) -> tuple[str, ...]:
-    """Variants in study.yaml order (others after, sorted), then by axis values; failed runs count too, so a
-    variant keeps its colour whether or not its runs finished."""
+def config_order(runs: pd.DataFrame, variants: Iterable[str], axes: Sequence[str],
+                 matrix: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """Variants in study.yaml order (others after, sorted), then by axis values: in the order the study's
+    ``matrix`` lists them (``T`` as ``model.T``) where it does, else sorted; failed runs count too, so a variant
+    keeps its colour whether or not its runs finished."""
     rank = {v: i for i, v in enumerate(variants)}
     keys = runs[["variant", *axes, "config"]].drop_duplicates("config")
     keys = keys.assign(_rank=keys["variant"].map(lambda v: rank.get(v, len(rank))), _name=keys["variant"].astype(str))
-    return tuple(keys.sort_values(["_rank", "_name", *axes], kind="stable")["config"])
+
+    def listed_rank(axis: str) -> pd.Series:
+        values = (matrix or {}).get("model.T" if axis == "T" else axis)
+        listed = [fmt_value(v) for v in values] if isinstance(values, list) else []
+        return keys[axis].map(lambda v: listed.index(fmt_value(v)) if fmt_value(v) in listed else len(listed))
+
+    keys = keys.assign(**{f"_axis{i}": listed_rank(a) for i, a in enumerate(axes)})
+    order = ["_rank", "_name", *(c for i, a in enumerate(axes) for c in (f"_axis{i}", a))]
+    return tuple(keys.sort_values(order, kind="stable")["config"])
 
 
 def load_records(study_dir: Path) -> StudyRecords:
@@ -183,7 +204,7 @@ def load_records(study_dir: Path) -> StudyRecords:
         evals, off_split = evals[same], int((~same).sum())
         evals = evals.assign(config=config_labels(evals, axes)) if not evals.empty else None
     return StudyRecords(study_dir, runs, evals, load_details(study_dir, sorted(done_ids)), study, text,
-                        config_order(runs, variants, axes) if not runs.empty else (), off_split)
+                        config_order(runs, variants, axes, matrix) if not runs.empty else (), off_split)
 
 
 def parsed_setting(setting: Any) -> dict[str, Any] | None:

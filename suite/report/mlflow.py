@@ -1,5 +1,7 @@
-"""Attach a written report to the study's MLflow store, when one exists (mlflow is imported only here, and
-only when logging). The records stay the source of truth: a tracking failure never stops the report."""
+"""Attach a written report to the study's MLflow store, when one exists, after mirroring the study's finished runs
+the store lacks (mlflow is imported only inside ``suite.tracking.Tracker``, and only when logging). The records
+stay the source of truth: a tracking failure never stops the report (one warning, as for a run: the same
+``Tracker`` with its bounded calls)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from suite.names import INVOCATION, KIND_TAG, REPORT_DIR
+from suite.names import REPORT_DIR
 from suite.report.load import StudyRecords
-from suite.tracking import tracking_uri
+from suite.tracking import Tracker, mirror_missing, tracking_uri
 
 log = logging.getLogger(__name__)
 SQLITE = "sqlite:///"
@@ -29,28 +31,21 @@ def mlflow_store(rec: StudyRecords) -> tuple[str, str] | None:
 
 
 def log_to_mlflow(rec: StudyRecords, artifacts: Sequence[Path], page: Path) -> str | None:
-    """Attach the report to the study's latest invocation (parent) run; returns its id, None when there is none.
-    A tracking failure is logged and ignored: the records stay the source of truth."""
-    store = mlflow_store(rec)
-    if store is None:
+    """Mirror the study's done runs that the store lacks (a run whose tracking failed or was off), then attach the
+    report to the study's latest invocation (parent) run; returns its id, None when there is none, the store has
+    no such experiment (the report never creates one) or tracking failed (one warning, never an exception)."""
+    if mlflow_store(rec) is None:
         return None
-    uri, experiment = store
-    try:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            return None
-        parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = '{INVOCATION}'",
-                                     order_by=["attributes.start_time DESC"], max_results=1)
-        if not parents:
-            return None
-        rid = parents[0].info.run_id
-        for path in artifacts:
-            client.log_artifact(rid, str(path), REPORT_DIR)
-        client.log_artifact(rid, str(page))
-        return rid
-    except Exception as exc:  # noqa: BLE001 - any tracking error: warn, keep the files
-        log.warning("report not logged to MLflow (%s): %s", uri, exc)
+    tracker = Tracker(rec.tracking, rec.name, rec.study_dir.resolve().parent, create=False)
+    if not tracker.enabled or tracker.experiment_id is None:
         return None
+    parent = tracker.latest_parent()
+    mirrored = mirror_missing(tracker, rec.study_dir, parent)
+    if mirrored:
+        log.info("mirrored %d finished run%s missing from MLflow (%s)", len(mirrored),
+                 "" if len(mirrored) == 1 else "s", " ".join(mirrored))
+    if parent is None:
+        return None
+    tracker.log_artifacts(parent, list(artifacts), REPORT_DIR)
+    tracker.log_artifacts(parent, [page])
+    return parent if tracker.enabled else None

@@ -1,6 +1,9 @@
 """Every figure of the report, one module per family: ``pareto`` (accuracy vs each cost), ``heatmaps``
-(active-token maps), ``layers`` (halting depth, timestep allocation, firing rates), ``summary`` (ablation, early
-exit, energy breakdown) and ``search`` (Optuna searches). A figure whose data is absent comes back skipped."""
+(active-token maps), ``layers`` (halting depth, timestep allocation, firing rates), ``temporal`` (temporal similarity
+of block inputs), ``summary`` (ablation, early exit, energy breakdown) and ``search`` (Optuna searches). A figure
+whose data is absent comes back skipped, and the page says why; the one exception is a figure family that no run of
+the study recorded because its records predate it (temporal similarity): it is left off the page, not listed as
+skipped, so records written before the family existed still give the same page."""
 
 from __future__ import annotations
 
@@ -12,11 +15,13 @@ from suite.report.figures.layers import allocation_figure, depth_figure, firing_
 from suite.report.figures.pareto import pareto_axes, pareto_figure
 from suite.report.figures.search import search_figures
 from suite.report.figures.summary import ablation_figure, energy_figure, exit_figure
+from suite.report.figures.temporal import temporal_figure
 from suite.report.load import StudyRecords
 from suite.report.published import published_for
 
+# file stems the figures write
 FIGURE_PREFIXES = ("accuracy_vs_", "token_heatmap_", "halting_depth", "timestep_allocation", "firing_rates",
-                   "ablation", "early_exit", "energy_breakdown", "search_")  # file stems the figures write
+                   "temporal_similarity", "ablation", "early_exit", "energy_breakdown", "search_")
 
 
 def build_figures(rec: StudyRecords, out: Path) -> list[Figure]:
@@ -25,6 +30,8 @@ def build_figures(rec: StudyRecords, out: Path) -> list[Figure]:
     axes = pareto_axes(rec.eval.energy.describe())
     figures = [pareto_figure(rec, axis, published, note, out) for axis in axes]
     figures += heatmap_figures(rec, out)
-    figures += [depth_figure(rec, out), allocation_figure(rec, out), firing_figure(rec, out),
-                ablation_figure(rec, out), exit_figure(rec, out), energy_figure(rec, out)]
+    figures += [depth_figure(rec, out), allocation_figure(rec, out), firing_figure(rec, out)]
+    temporal = temporal_figure(rec, out)  # None: no run recorded it, the page does not list it
+    figures += [temporal] if temporal is not None else []
+    figures += [ablation_figure(rec, out), exit_figure(rec, out), energy_figure(rec, out)]
     return figures + search_figures(rec, out)
