@@ -19,7 +19,7 @@ def smoke(session: nox.Session) -> None:
 
 
 # The committed reference results (results/reference/, see results/README.md): train, search, report.
-REFERENCE_STUDIES = ("atsnn_digits", "tmask_digits", "baselines_digits", "atsnn_fashion_mnist")
+REFERENCE_STUDIES = ("atsnn_digits", "tmask_digits", "baselines_digits", "atsnn_fashion_mnist", "backbones_digits")
 FASHION_DENSE = "37bebed778ed"  # the run id of atsnn_fashion_mnist's dense variant (spikesuite plan shows it)
 
 

@@ -1,4 +1,4 @@
-"""``spikesuite`` / ``python -m suite``: run, plan, evaluate, report, ui (and search, worker, bench).
+"""``spikesuite`` / ``python -m suite``: run, plan, evaluate, report, ui (and search, worker, status, cancel, bench).
 
 Exit codes: 0 success, 1 some runs failed, 2 bad input (nothing written)."""
 
@@ -52,6 +52,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: execution.device)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--no-report", action="store_true")
+    r.add_argument("--parallel-config", type=Path, default=None, metavar="CLUSTER_YML",
+                   help="run through the cluster file's backend (local pool or submitit job arrays; docs/cluster.md)")
+    r.add_argument("--no-wait", action="store_true",
+                   help="with --parallel-config: submit and return (watch with spikesuite status STUDY)")
+    r.add_argument("--nproc-per-run", type=int, default=None, metavar="N",
+                   help="torch.distributed ranks per run (overrides resources.nproc_per_run)")
+
+    st = cmd("status", _status, "each run's state from the records, with the job holding it and that job's state")
+    st.add_argument("study", type=Path)
+
+    ca = cmd("cancel", _cancel, "cancel the study's pending and running jobs (runs and search workers)")
+    ca.add_argument("study", type=Path)
 
     pl = cmd("plan", _plan, "dry run: list the expanded runs, their ids and status")
     pl.add_argument("study", type=Path)
@@ -81,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
         se.add_argument("--n-trials", type=int, default=None, help=trials_help)
         se.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: execution.device)")
         se.add_argument("--no-progress", action="store_true")
+        if name == "search":
+            se.add_argument("--parallel-config", type=Path, default=None, metavar="CLUSTER_YML",
+                            help="submit --workers search workers through the cluster file's backend")
+            se.add_argument("--workers", type=int, default=None, metavar="N",
+                            help="with --parallel-config: workers to submit (default 1)")
+            se.add_argument("--no-wait", action="store_true", help="with --parallel-config: submit and return")
 
     u = cmd("ui", _ui, "start the MLflow UI over the suite's tracking store")
     u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
@@ -106,8 +124,32 @@ def _run(args) -> int:
     from suite.run import run_study
 
     study = _load(args.study)
+    if args.nproc_per_run is not None and args.nproc_per_run < 1:
+        raise StudyError("--nproc-per-run", [f"must be >= 1 (got {args.nproc_per_run})"])
+    cluster = None
+    if args.parallel_config is not None:
+        from suite.run.cluster import load_cluster, merged_resources, resource_problems
+
+        cluster = load_cluster(args.parallel_config)
+        if cluster.backend == "local":  # today's local pool (a run on several ranks spawns them here)
+            if args.no_wait:
+                raise StudyError("--no-wait", ["backend: local runs the study in this process: nothing to submit"])
+            res = merged_resources(cluster, study, args.nproc_per_run)
+            if problems := resource_problems(cluster, res):
+                raise StudyError(str(args.parallel_config), problems)
+            args.nproc_per_run = res.nproc_per_run
+            cluster = None
+    elif args.no_wait:
+        raise StudyError("--no-wait", ["needs --parallel-config CLUSTER_YML (docs/cluster.md)"])
+    if cluster is not None:
+        return _run_cluster(args, study, cluster)
     summary = run_study(study, args.results, source=str(args.study), workers=args.workers,
-                        progress=not args.no_progress and sys.stderr.isatty(), device=args.device)
+                        progress=not args.no_progress and sys.stderr.isatty(), device=args.device,
+                        nproc_per_run=args.nproc_per_run)
+    return _finish_run(args, study, summary)
+
+
+def _finish_run(args, study: Study, summary) -> int:
     if not args.no_report:
         _report_dir(summary.study_dir)
     n = len(summary.done) + len(summary.skipped) + len(summary.failed) + len(summary.busy)
@@ -119,6 +161,52 @@ def _run(args) -> int:
         for rid, reason in summary.failed.items():
             print(f"  {rid}: {reason}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _run_cluster(args, study: Study, cluster) -> int:
+    from suite.run.cluster import submit_study
+
+    run = submit_study(study, cluster, args.results, source=str(args.study), nproc_per_run=args.nproc_per_run,
+                       device=args.device, wait=not args.no_wait, out=lambda line: print(line, flush=True))
+    if run.summary is not None:
+        return _finish_run(args, study, run.summary)
+    print(f"{study.name}: {len(run.submitted)} runs submitted ({run.cluster}), {len(run.already_done)} already "
+          f"done, {len(run.held)} held by live jobs. Records: {run.study_dir}")
+    print(f"watch: spikesuite status {args.study}; stop: spikesuite cancel {args.study}; once they have ended, "
+          f"the same run command collects the tables and the report (it submits nothing that is done or running)")
+    return 0
+
+
+def _status(args) -> int:
+    from suite.run.cluster import status_rows
+
+    study = _load(args.study)
+    sdir, rows, workers = status_rows(study, args.results, source=str(args.study))
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    print(f"{study.name}: {len(rows)} runs -> {sdir} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})")
+    print(f"{'run id':<13} {'state':<8} {'variant':<16} {'seed':>4} {'attempts':>8}  {'job':<14} job state")
+    for row in rows:
+        print(f"{row.spec.run_id:<13} {row.state:<8} {row.spec.variant:<16} {row.spec.config.seed:>4} "
+              f"{row.attempts if row.attempts is not None else '-':>8}  {row.job_id or '-':<14} {row.job_state or '-'}")
+    for w in workers:
+        print(f"search worker {w.get('index', '?')}: job {w['job_id']} {w['state']} ({w['cluster']})")
+    if any(r.state == "stopped" for r in rows):
+        print("stopped: its job ended mid-run; the next submission resumes it from its last epoch checkpoint")
+    return 0
+
+
+def _cancel(args) -> int:
+    from suite.run.cluster import cancel_study
+
+    study = _load(args.study)
+    cancelled = cancel_study(study, args.results, source=str(args.study))
+    for what, job_id, state in cancelled:
+        print(f"cancelled job {job_id} ({what}, was {state})")
+    if not cancelled:
+        print(f"{study.name}: no pending or running job to cancel")
     return 0
 
 
@@ -191,6 +279,11 @@ def _run_search(args, *, worker: bool) -> int:
     from suite.search import SearchFailed, run_search
 
     study = _load(args.study)
+    if not worker and args.parallel_config is not None:
+        return _submit_search(args, study)
+    if not worker and (args.workers is not None or args.no_wait):
+        raise StudyError("--workers/--no-wait", ["need --parallel-config CLUSTER_YML (docs/cluster.md); on one "
+                                                 "machine start more `spikesuite worker` processes"])
     try:
         summaries = run_search(study, args.results, source=str(args.study), storage=args.storage,
                                n_trials=args.n_trials, worker=worker, device=args.device,
@@ -213,6 +306,27 @@ def _run_search(args, *, worker: bool) -> int:
             print("failed trials (recorded in the study with their error):", file=sys.stderr)
             for n, reason in s.failed.items():
                 print(f"  trial {n}: {reason}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _submit_search(args, study: Study) -> int:
+    from suite.run.cluster import load_cluster
+    from suite.search import submit_workers
+
+    cluster = load_cluster(args.parallel_config)
+    if cluster.backend == "local":
+        raise StudyError(str(args.parallel_config), ["backend: local: run `spikesuite search STUDY` here and more "
+                                                     "`spikesuite worker STUDY --storage ...` processes beside it; "
+                                                     "backend: submitit submits --workers workers"])
+    outcomes = submit_workers(study, args.results, cluster, source=str(args.study), storage=args.storage,
+                              n_trials=args.n_trials, workers=args.workers or 1, device=args.device,
+                              wait=not args.no_wait, out=lambda line: print(line, flush=True))
+    if args.no_wait:
+        print(f"watch: spikesuite status {args.study}; stop: spikesuite cancel {args.study}")
+        return 0
+    failed = [o for o in outcomes if o.error]
+    for o in outcomes:
+        print(f"search worker {o.index} (job {o.job_id}): " + (f"FAILED: {o.error}" if o.error else o.text))
     return 1 if failed else 0
 
 

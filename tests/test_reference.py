@@ -16,7 +16,7 @@ import yaml
 from suite import report
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
-STUDIES = ("atsnn_digits", "tmask_digits", "baselines_digits", "atsnn_fashion_mnist")
+STUDIES = ("atsnn_digits", "tmask_digits", "baselines_digits", "atsnn_fashion_mnist", "backbones_digits")
 
 
 def same_figure(a: Path, b: Path) -> bool:

@@ -3,14 +3,11 @@ executor and records of `spikesuite run`, a real MLflow store. Tiny digits subse
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -326,54 +323,6 @@ def test_two_workers_share_a_journal_storage(tmp_path):
     wait_all(start_workers(path, results, f"journal:{journal}", n_trials=4))
     check_shared_search(optuna.load_study(study_name="srch-eval", storage=JournalStorage(
         JournalFileBackend(str(journal)))), results, 4, orphan)
-
-
-def _postgres_bindir() -> Path | None:
-    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(d.split("/")[-2]), reverse=True):
-        if Path(d, "initdb").exists() and Path(d, "pg_ctl").exists():
-            return Path(d)
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb and shutil.which("pg_ctl") else None
-
-
-@pytest.fixture
-def postgres_url():
-    """A throwaway PostgreSQL server on 127.0.0.1 (trust auth, a free port, no fsync). Its directory is
-    under /tmp, not tmp_path: pytest's base directory is private to root, and the server runs as postgres."""
-    bindir = _postgres_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    import psycopg2
-
-    root = Path(tempfile.mkdtemp(prefix="spikesuite-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        shutil.chown(root, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else []
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = root / "data"
-
-    def pg(*args: str) -> None:
-        cmd = [*as_user, *args]
-        if os.geteuid() == 0 and not as_user:
-            cmd = ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(f"'{a}'" for a in args)]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-
-    try:
-        pg(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
-        pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "-o",
-           f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        conn.autocommit = True
-        conn.cursor().execute("CREATE DATABASE search")
-        conn.close()
-        yield f"postgresql://postgres@127.0.0.1:{port}/search"
-    finally:
-        if (data / "postmaster.pid").exists():
-            pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_workers_share_a_postgresql_server(tmp_path, postgres_url):

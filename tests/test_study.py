@@ -128,7 +128,7 @@ STUDIES = Path(__file__).resolve().parent.parent / "studies"
 def _reference_specs():
     from suite.config import load_study
 
-    for study_dir in sorted(p for p in REFERENCE.iterdir() if p.is_dir()):
+    for study_dir in sorted(p for p in REFERENCE.iterdir() if (p / "runs.csv").is_file()):  # not mlartifacts/
         for spec in expand(load_study(STUDIES / f"{study_dir.name}.yaml")):
             yield study_dir, spec
 

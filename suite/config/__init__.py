@@ -5,6 +5,7 @@ expand the matrix, layer evaluation-time updates; one module per section: ``data
 ``train`` (train + eval + energy), ``search``, ``execution`` (execution + tracking).
 """
 
+from suite.config.cluster import ClusterConfig, ResourcesConfig
 from suite.config.data import AugmentConfig, DatasetConfig, SyntheticConfig
 from suite.config.execution import ExecutionConfig, TrackingConfig
 from suite.config.expand import (
@@ -44,7 +45,7 @@ from suite.config.study import (
 from suite.config.train import EnergyConfig, EvalConfig, Override, TrainConfig
 
 __all__ = [
-    "EVAL_TIME_KEYS", "SCHEMA_VERSION", "AugmentConfig", "DatasetConfig", "DropConfig", "EnergyConfig", "EvalConfig",
+    "EVAL_TIME_KEYS", "SCHEMA_VERSION", "AugmentConfig", "ClusterConfig", "ResourcesConfig", "DatasetConfig", "DropConfig", "EnergyConfig", "EvalConfig",
     "ExecutionConfig", "ExitConfig", "HaltingConfig", "MergeConfig", "ModelConfig", "NeuronConfig", "Objective",
     "Override", "RunConfig", "RunSpec", "SearchConfig", "SearchParam", "SelectConfig", "Study", "StudyError",
     "SyntheticConfig", "TimeConfig", "TimeMaskConfig", "TokenConfig", "TrackingConfig", "TrainConfig",

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from suite.config.cluster import ResourcesConfig
 from suite.config.data import DatasetConfig
 from suite.config.execution import ExecutionConfig, TrackingConfig
 from suite.config.fields import omitted_at_default
@@ -65,6 +66,7 @@ class Study(BaseModel):
     search: SearchConfig | None = None
     tracking: TrackingConfig = TrackingConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    resources: ResourcesConfig = ResourcesConfig()  # what one run needs; outside every run id
 
     @field_validator("variants")
     @classmethod

@@ -57,11 +57,23 @@ def preflight(study: Study, source: str) -> list[RunSpec]:
 
 
 def study_units(study: Study, specs: list[RunSpec], study_dir: Path, results: Path, *, device: str, progress: bool,
-                parent: str | None = None, since: float = float("inf")) -> list[RunUnit]:
-    """The study's runs as units of work for any executor."""
+                parent: str | None = None, since: float = float("inf"),
+                nproc_per_run: int | None = None) -> list[RunUnit]:
+    """The study's runs as units of work for any executor (``nproc_per_run``: ranks per run, default the study's
+    ``resources.nproc_per_run``)."""
     target = TrackingTarget(study.tracking, study.name, results, parent)
+    nproc = nproc_per_run or study.resources.nproc_per_run
     return [RunUnit(spec, study_dir, device=device, progress=progress, oom_retry=study.execution.oom_retry,
-                    tracking=target, since=since) for spec in specs]
+                    tracking=target, since=since, nproc_per_run=nproc) for spec in specs]
+
+
+def nproc_problems(specs: list[RunSpec], nproc: int) -> list[str]:
+    """Why runs cannot be trained on ``nproc`` ranks each (checked before anything is written)."""
+    if nproc <= 1:
+        return []
+    from suite.run.distributed import batch_problems
+
+    return [f"variants.{s.variant}: {p}" for s in specs for p in batch_problems(s.config.train.batch_size, nproc)]
 
 
 def plan_study(study: Study, results: Path, *, source: str = "<study>") -> tuple[Path, list[tuple[RunSpec, str]]]:
@@ -99,7 +111,8 @@ def reevaluate(study: Study, run_id: str, updates: dict[str, Any], results: Path
 
 
 def run_study(study: Study, results: Path, *, source: str = "<study>", workers: int | None = None,
-              progress: bool | None = None, device: str | None = None) -> StudySummary:
+              progress: bool | None = None, device: str | None = None,
+              nproc_per_run: int | None = None) -> StudySummary:
     from suite.environment import environment
     from suite.run.local import run_local
     from suite.train import pick_device
@@ -109,6 +122,8 @@ def run_study(study: Study, results: Path, *, source: str = "<study>", workers: 
     # study): they are reported, not retried again at once.
     since = time.time()
     specs = preflight(study, source)
+    if problems := nproc_problems(specs, nproc_per_run or study.resources.nproc_per_run):
+        raise StudyError(source, sorted(set(problems)))
     sdir = study_dir_for(results, study.name)
     sdir.mkdir(parents=True, exist_ok=True)
     records.atomic_write_text(sdir / STUDY_FILE, _study_yaml(study))
@@ -119,7 +134,8 @@ def run_study(study: Study, results: Path, *, source: str = "<study>", workers: 
     parent = tracker.start_parent({"source": source, "runs": str(len(specs))}) if tracker is not None else None
     summary = StudySummary(sdir)
     show = study.execution.progress if progress is None else progress
-    units = study_units(study, specs, sdir, results, device=dev, progress=show, parent=parent, since=since)
+    units = study_units(study, specs, sdir, results, device=dev, progress=show, parent=parent, since=since,
+                        nproc_per_run=nproc_per_run)
     try:
         for result in run_local(units, workers or study.execution.workers):
             if result.outcome == "failed":

@@ -8,7 +8,11 @@ to mirror): the local process pool, a search's eval stage and cluster executors 
 3. fits it (resuming from its last epoch checkpoint), evaluates it and every evaluation override,
 4. writes its records; a failure of the run itself is recorded with its reason, never raised.
 
-Nothing a worker needs travels outside its arguments: no environment variables, no hidden flags.
+Nothing a worker needs travels outside its arguments: no environment variables, no hidden flags. The one
+exception is a run on several processes (``nproc_per_run > 1``, see ``suite.run.distributed``): when torchrun or
+a SLURM job has already made this process a rank (``RANK``/``WORLD_SIZE`` set), every rank calls ``run_one``
+with the same unit and rank 0 does steps 1-4 while the others only train; otherwise ``run_one`` spawns the ranks
+itself and keeps steps 1, 2 and 4 (and the evaluation: rank 0's weights, the whole split, in this process).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class RunUnit:
     # A run recorded as failed after this moment (time.time()) failed during the current invocation, in another
     # process: it is reported, not retried at once. inf: always retry.
     since: float = math.inf
+    nproc_per_run: int = 1  # ranks training this run (DDP); where it executes, never what it computes
+    ddp_timeout_s: float = 1800.0  # limit on one collective of a distributed run: a dead peer fails it after this
 
     @property
     def run_dir(self) -> Path:
@@ -61,36 +67,75 @@ class RunResult:
 def run_one(unit: RunUnit, *, callbacks: Sequence[Callable[[dict[str, float]], None]] = ()) -> RunResult:
     """Execute ``unit`` (see the module docstring). ``callbacks`` get every finished epoch's row; one that raises
     stops the run, which is then recorded as failed with that reason (a search prunes a trial this way)."""
+    group = None
+    if unit.nproc_per_run > 1:
+        from suite.run.distributed import joined_rank
+
+        group = joined_rank(unit)  # None: this process spawns the ranks
+        if group is not None and not group.main:
+            return _follow(unit, group)
     spec, run_dir = unit.spec, unit.run_dir
     tracker = tracker_for(unit.tracking) if unit.tracking is not None and unit.tracking.config.enabled else None
     parent = unit.tracking.parent if unit.tracking is not None else None
     if records.run_state(run_dir, spec.run_id) == "done":
         if tracker is not None and not tracker.has_finished(spec.run_id):
             mirror_run(tracker, spec, run_dir, parent)  # MLflow mirrors the records
-        return RunResult(spec.run_id, "skipped")
+        return _tell(group, RunResult(spec.run_id, "skipped"))
     with records.claim(run_dir) as mine:
         if not mine:
-            return RunResult(spec.run_id, "busy")
+            return _tell(group, RunResult(spec.run_id, "busy"))
         if records.run_state(run_dir, spec.run_id) == "done":  # finished while we waited
-            return RunResult(spec.run_id, "skipped")
+            return _tell(group, RunResult(spec.run_id, "skipped"))
         status = records.read_json(run_dir / records.STATUS) or {}
         if status.get("state") == "failed" and isinstance(status.get("time"), (int, float)) \
                 and status["time"] >= unit.since:  # another process failed it during this invocation
-            return RunResult(spec.run_id, "failed", str(status.get("reason", "")))
-        log.info("%s seed=%d %s running%s", spec.variant, spec.config.seed, spec.run_id,
-                 " (resuming)" if (run_dir / CHECKPOINT).exists() else "")
-        ok, reason = _execute(unit, tracker, parent, callbacks)
+            return _tell(group, RunResult(spec.run_id, "failed", str(status.get("reason", ""))))
+        log.info("%s seed=%d %s running%s%s", spec.variant, spec.config.seed, spec.run_id,
+                 " (resuming)" if (run_dir / CHECKPOINT).exists() else "",
+                 f" on {unit.nproc_per_run} ranks" if unit.nproc_per_run > 1 else "")
+        ok, reason = _execute(unit, tracker, parent, callbacks, group)
     return RunResult(spec.run_id, "done" if ok else "failed", reason)
 
 
+def _tell(group, result: RunResult) -> RunResult:
+    """Rank 0 of a joined group tells the other ranks what became of the run before they would train it."""
+    if group is not None:
+        from suite.run.distributed import broadcast_object
+
+        broadcast_object(result)
+    return result
+
+
+def _follow(unit: RunUnit, group) -> RunResult:
+    """A joined rank other than 0: wait for rank 0's decision, then train with it. Records, tracking and the
+    evaluation are rank 0's; this rank's result says how its own part went."""
+    from suite.run.distributed import broadcast_object
+
+    told = broadcast_object(None)
+    if isinstance(told, RunResult):
+        return told
+    try:
+        from suite.data import cached_data
+        from suite.train import fit
+
+        fit(unit.spec.config, cached_data(unit.spec.config.dataset), unit.run_dir, device=group.device,
+            progress=False, batch_size=int(told), distributed=True)
+        return RunResult(unit.spec.run_id, "done")
+    except Exception as exc:  # noqa: BLE001 - rank 0 records the run's failure
+        return RunResult(unit.spec.run_id, "failed", f"{type(exc).__name__}: {exc} (rank {group.rank})")
+
+
 def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
-             callbacks: Sequence[Callable[[dict[str, float]], None]]) -> tuple[bool, str]:
-    """Fit and evaluate one claimed run and write its records; never raises for a failure of the run itself."""
+             callbacks: Sequence[Callable[[dict[str, float]], None]], group=None) -> tuple[bool, str]:
+    """Fit and evaluate one claimed run and write its records; never raises for a failure of the run itself.
+    ``group``: this process is rank 0 of a joined process group (the other ranks wait for its word)."""
     import torch
 
     from suite.train import NonFiniteLoss, fit, pick_device
 
     spec, run_dir = unit.spec, unit.run_dir
+    world = unit.nproc_per_run
+    spread = {"world_size": world} if world > 1 else {}  # how the run executed (never in its id)
     log_metrics = tracker.log_metrics if tracker is not None else (lambda *a, **k: None)
     run_dir.mkdir(parents=True, exist_ok=True)
     records.write_config(run_dir, spec)
@@ -98,10 +143,23 @@ def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
     attempts = int(prev.get("attempts", 0)) + 1
     child = tracker.start_child(spec, parent) if tracker is not None else None
     records.write_status(run_dir, "running", attempts=attempts, mlflow_run_id=child or "",
-                         replaces=prev.get("mlflow_run_id", ""))
+                         replaces=prev.get("mlflow_run_id", ""), **spread)
     dev = pick_device(unit.device)
     batch = spec.config.train.batch_size
+    told = group is None
+    tb = ""
     try:
+        if world > 1:
+            from suite.run.distributed import batch_problems, device_problems
+
+            if problems := batch_problems(batch, world) + ([] if group else device_problems(unit.device, world)):
+                raise ValueError("; ".join(problems))
+        if group is not None:
+            from suite.run.distributed import broadcast_object
+
+            broadcast_object(batch)  # the others train now, with this global batch
+            told = True
+            dev = group.device
         from suite.data import cached_data
 
         data = cached_data(spec.config.dataset)
@@ -115,11 +173,15 @@ def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
         while True:
             history.clear()  # a retry at half batch size starts again from epoch 0
             try:
-                result = fit(spec.config, data, run_dir, device=dev, progress=unit.progress,
-                             callbacks=[on_epoch, *callbacks], batch_size=batch)
+                if world > 1 and group is None:
+                    result = _fit_spawned(unit, batch, [on_epoch, *callbacks], data, dev, attempts, child)
+                else:
+                    result = fit(spec.config, data, run_dir, device=dev, progress=unit.progress,
+                                 callbacks=[on_epoch, *callbacks], batch_size=batch, distributed=group is not None)
                 break
             except torch.cuda.OutOfMemoryError:
-                if not unit.oom_retry or batch <= 1:
+                # a joined group cannot agree on a retry: only this process (or the spawned ranks) retry
+                if not unit.oom_retry or batch <= 1 or group is not None or (batch // 2) % world:
                     raise
                 batch //= 2
                 log.warning("CUDA out of memory: retrying %s at batch size %d", spec.run_id, batch)
@@ -128,8 +190,10 @@ def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
         records.write_history(run_dir, result.history)
         metrics, details, maps = _evaluate_all(spec, result.model, data, dev, run_dir, log_metrics, child)
         metrics.update(train_time_s=result.train_time_s, batch_size_used=float(batch))
+        if world > 1:
+            metrics.update(world_size=float(world), batch_size_per_rank=float(batch // world))
         records.write_result(run_dir, spec.run_id, metrics, details, maps)
-        records.write_status(run_dir, "done", attempts=attempts, mlflow_run_id=child or "")
+        records.write_status(run_dir, "done", attempts=attempts, mlflow_run_id=child or "", **spread)
         if tracker is not None:
             tracker.log_metrics(child, metrics, step=spec.config.train.epochs)
             tracker.log_artifacts(child, [run_dir / records.CONFIG, run_dir / records.METRICS,
@@ -140,14 +204,41 @@ def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
         reason = f"non-finite loss: {exc}"
         tb = traceback.format_exc()
     except Exception as exc:  # noqa: BLE001 - any failure of one run is recorded; the study goes on
-        reason = f"{type(exc).__name__}: {exc}"
-        tb = traceback.format_exc()
+        from suite.run.distributed import RankFailed
+
+        reason = str(exc) if isinstance(exc, RankFailed) else f"{type(exc).__name__}: {exc}"
+        tb = (exc.tb or traceback.format_exc()) if isinstance(exc, RankFailed) else traceback.format_exc()
+    if not told:  # the other ranks are waiting for word from rank 0
+        _tell(group, RunResult(spec.run_id, "failed", reason))
     records.write_status(run_dir, "failed", reason=reason, traceback=tb, attempts=attempts,
-                         mlflow_run_id=child or "")
+                         mlflow_run_id=child or "", **spread)
     if tracker is not None:
         tracker.set_tag(child, ERROR_TAG, reason[:4000])
         tracker.finish(child, "FAILED")
     return False, reason
+
+
+def _fit_spawned(unit: RunUnit, batch: int, callbacks, data, device, attempts: int, child: str | None):
+    """Train on ``unit.nproc_per_run`` spawned ranks (``suite.run.distributed.launch``); rank 0's epoch rows come
+    back here for ``callbacks``; the result is read from the run's checkpoint (rank 0's weights)."""
+    from suite.run.distributed import launch
+    from suite.train import FitResult, load_checkpoint, make_model
+
+    def started(pids: list[int]) -> None:  # the ranks' pids beside the run's state (ps, kill, debugging)
+        now = records.read_json(unit.run_dir / records.STATUS) or {}
+        keep = {k: v for k, v in now.items() if k not in ("state", "time", "host", "pid")}
+        records.write_status(unit.run_dir, "running", **{**keep, "attempts": attempts, "mlflow_run_id": child or "",
+                                                         "world_size": unit.nproc_per_run, "rank_pids": pids})
+
+    def on_row(row: dict[str, float]) -> None:
+        for callback in callbacks:
+            callback(row)
+
+    launch(unit, batch_size=batch, on_row=on_row, on_start=started)
+    state = load_checkpoint(unit.run_dir / CHECKPOINT, device)
+    model = make_model(unit.spec.config, data).to(device)
+    model.load_state_dict(state["model"])
+    return FitResult(model, state["history"], state["train_time_s"], 0)
 
 
 def _evaluate_all(spec: RunSpec, model, data, device, run_dir: Path, log_metrics, child: str | None):

@@ -28,12 +28,18 @@ nested under their trial.
 Modules: ``space`` (validation, parameters, samplers), ``storage`` (storage URLs and locks), ``runner`` (the
 trial loop), ``stages`` (what a trial runs), ``outputs`` (tables, figure, MLflow trial runs), ``part`` (what they
 share). Nothing here imports torch at module level.
+
+``submit_workers`` (``spikesuite search STUDY --parallel-config cluster.yml --workers N``) submits N of those worker
+loops as one submitit job array; they share the study's journal file or database (never sqlite).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -50,7 +56,8 @@ from suite.search.stages import EvalStage, TrainStage
 from suite.search.storage import default_storage, redact
 from suite.tracking import TrackingTarget, close_trackers, tracker_for
 
-__all__ = ["SearchFailed", "SearchSummary", "run_search", "search_parts"]
+__all__ = ["SearchFailed", "SearchSummary", "SearchWorkerJob", "WorkerOutcome", "run_search", "search_parts",
+           "submit_workers"]
 
 log = logging.getLogger("spikesuite")
 
@@ -156,3 +163,84 @@ def _run_part(runner: SearchRunner, worker: bool) -> SearchSummary:
             tracker.finish(parent, status)
             runner.storage.close()
     return summary
+
+
+# ---------------------------------------------------------------------------------------------- cluster workers
+
+
+class SearchWorkerJob:
+    """What each submitted search worker runs: ``run_search(..., worker=True)`` on the shared storage. After a
+    timeout or a preemption submitit requeues it; the new worker goes on reserving trials from the storage."""
+
+    def __init__(self, study: Study, results: Path, source: str, storage: str, n_trials: int | None,
+                 device: str | None, threads: int | None = None, commit: str = ""):
+        self.study, self.results, self.source, self.storage = study, results, source, storage
+        self.n_trials, self.device, self.threads, self.commit = n_trials, device, threads, commit
+
+    def __call__(self, index: int) -> list[str]:
+        from suite.run.cluster import _job_setup
+
+        _job_setup(1, self.threads, self.commit)
+        summaries = run_search(self.study, self.results, source=self.source, storage=self.storage,
+                               n_trials=self.n_trials, worker=True, device=self.device, progress=False)
+        return [f"{s.optuna_study}: {len(s.ran)} trials completed by this worker, {len(s.pruned)} pruned, "
+                f"{len(s.failed)} failed; the study holds {s.n_trials} trials ({s.n_complete} complete)"
+                for s in summaries]
+
+    def checkpoint(self, index: int):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, index)
+
+
+@dataclass
+class WorkerOutcome:
+    index: int
+    job_id: str
+    text: str = ""  # what the worker did
+    error: str = ""  # why its job failed
+
+
+def submit_workers(study: Study, results: Path, cluster, *, source: str = "<study>", storage: str | None = None,
+                   n_trials: int | None = None, workers: int = 1, device: str | None = None, wait: bool = True,
+                   out: Callable[[str], None] = print) -> list[WorkerOutcome]:
+    """Submit ``workers`` search workers through ``cluster`` (a ``ClusterConfig`` with backend submitit) on the
+    study's shared storage; with ``wait``, wait for them and return what each did. Bad input (a bad search
+    block, no shared storage, sqlite) raises StudyError before anything is written or submitted."""
+    from suite.run.cluster import cluster_name, git_commit, merged_resources
+    from suite.run.cluster import submit_workers as submit
+
+    specs = preflight(study, source)
+    problems = validate(study, specs, n_trials)
+    if n_trials is not None and n_trials < 1:
+        problems.append(f"--n-trials: must be >= 1 (got {n_trials})")
+    url = storage or (study.search.storage if study.search else None)
+    where = "--storage" if storage else "search.storage"
+    if not url or url.startswith("sqlite"):
+        got = url or f"the default {default_storage(study_dir_for(results, study.name))}"
+        problems.append(f"{where}: workers on a cluster need one storage they all reach, and {got} is sqlite: it "
+                        "does not take parallel writers and does not work on a network filesystem (Optuna FAQ). "
+                        "Give journal:<file on the shared filesystem> or postgresql://user@host/db "
+                        "(--storage or search.storage)")
+    elif url.startswith("journal:"):
+        path = Path(url[len("journal:"):]).expanduser()
+        if not str(path) or str(path) == ".":
+            problems.append(f"{where}: {url!r}: give a file, e.g. journal:results/x/optuna.journal")
+        url = f"journal:{path.resolve()}"  # workers may start in another directory
+    if problems:
+        raise StudyError(source, problems)
+    local = cluster_name(cluster) == "local"
+    cpus = os.cpu_count() or 1
+    threads = merged_resources(cluster, study).cpus_per_task or (max(1, cpus // max(1, min(workers, cpus))) if local else None)
+    job = SearchWorkerJob(study, results.resolve(), source, url, n_trials, device, threads, git_commit())
+    pairs = submit(job, workers, study, cluster, results, source=source, wait=wait, out=out, storage=redact(url))
+    outcomes = []
+    for rec, j in pairs:
+        o = WorkerOutcome(rec["index"], rec["job_id"])
+        if wait:
+            try:
+                o.text = "; ".join(j.result())
+            except Exception as exc:  # noqa: BLE001 - the job's failure, with its traceback from the job
+                o.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        outcomes.append(o)
+    return outcomes

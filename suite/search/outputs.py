@@ -37,18 +37,14 @@ class TrialRuns:
     def start(self, trial, variant: str, params: dict[str, Any]) -> str | None:
         if not self.tracker.enabled:
             return None
-        from mlflow.entities import Param
-
         tags = {KIND_TAG: "trial", STUDY_TAG: self.part.study.name, SEARCH_TAG: self.part.name,
                 "trial_number": str(trial.number), "variant": variant, "stage": self.part.search.stage}
         if self.parent:
             tags["mlflow.parentRunId"] = self.parent
-        run = self.tracker.client.create_run(self.tracker.experiment_id, run_name=f"trial-{trial.number}", tags=tags)
-        items = [Param(k[:250], (v if isinstance(v, str) else json.dumps(v))[:6000]) for k, v in
-                 {"variant": variant, **params}.items()]
-        if items:
-            self.tracker.client.log_batch(run.info.run_id, params=items)
-        return run.info.run_id
+        # through the Tracker: a store that fails mid-search warns once and switches tracking off, it never
+        # fails the trials
+        return self.tracker.create_run(f"trial-{trial.number}", tags, {
+            k: v if isinstance(v, str) else json.dumps(v) for k, v in {"variant": variant, **params}.items()})
 
     def finish(self, child: str | None, state: str, values: dict[str, float] | None, error: str | None,
                status: str | None = None) -> None:

@@ -3,6 +3,7 @@ one place for resuming a fit, re-evaluating a run and searching over its evaluat
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -31,6 +32,18 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """12 hex characters of the sha256 of a state dict (names and bytes, in order): equal digests mean
+    bit-identical states (the ranks of a distributed run compare theirs after every epoch)."""
+    h = hashlib.sha256()
+    for name, value in state.items():
+        h.update(name.encode())
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:12]
+
+
 def get_rng() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": _np_state(), "python": _py_state()}
     if torch.cuda.is_available():
@@ -41,8 +54,10 @@ def get_rng() -> dict[str, Any]:
 def set_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np.asarray(np_state["keys"], dtype=np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached"]))
+    keys = np_state["keys"]  # a tensor, on the device the checkpoint was mapped to (numpy needs it on the CPU)
+    keys = keys.cpu().numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((np_state["kind"], keys.astype(np.uint32), np_state["pos"], np_state["has_gauss"],
+                         np_state["cached"]))
     random.setstate((state["python"]["version"], tuple(state["python"]["state"]), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
