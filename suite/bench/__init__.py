@@ -3,17 +3,22 @@
 Three parts, each a ratio of cases timed in the same process, interleaved round by round (so a load
 change on a shared machine hits every case alike), after warm-up, reported as the median over rounds:
 
-1. **Training step** (``train_step.py``: forward + backward + AdamW step + ``reset_net``) of our Spikformer vs
-   spikingjelly 2.0's ``model.spikformer.Spikformer`` at the same shape (same parameter count and token count,
-   both checked). Ratio = median over rounds of ours / spikingjelly (< 1: ours is faster).
-2. **Inference images/s** (``inference.py``) at active-token fractions f ~ 1, 0.5, 0.25 for one set of weights:
-   dense (no token policy), masked halting (``model(x)``: inactive tokens are zeroed, not removed) and compacted
-   halting (``compact_forward``: inactive tokens removed). f is driven with the evaluation-time
-   ``beta_offset`` (bisection on ``active_fraction``), not by training. Ratio = speedup vs dense (median
-   over rounds of dense time / case time), next to the ideal 1/f. The stem (``model.embed``: 4 convolutions on
-   the full image) runs before any token policy and costs the same in every case, so the end-to-end ideal is
-   Amdahl's ``1 / (s + (1 - s) f)`` with ``s`` the stem's share of the dense time; the stem alone is timed
-   too, and the *blocks-only* speedup ``(dense - stem) / (case - stem)`` (medians) is reported beside.
+1. **Training step** (``train_step.py``: forward + backward + AdamW step + ``reset_net``) of ours vs spikingjelly 2.0's
+   peer at the same shape (same parameter count and token count, both checked), for each backbone: our Spikformer
+   vs ``model.spikformer.Spikformer`` (cases ``ours``, ``spikingjelly``) and our Spike-driven Transformer v1 vs
+   ``model.spike_driven_transformer.SpikeDrivenTransformer`` (cases ``sdt/ours``, ``sdt/spikingjelly``). Ratio =
+   median over rounds of ours / spikingjelly (< 1: ours is faster).
+2. **Inference images/s** (``inference.py``, calibration in ``calibrate.py``) at active-token fractions f ~ 1, 0.5,
+   0.25 for one set of weights per configuration (Spikformer and SDT, each with ``stem: per_step`` and ``stem:
+   once``; Spikformer per_step keeps the unprefixed case names, the others are prefixed ``sdt/``,
+   ``spikformer-once/``, ``sdt-once/``): dense (no token policy), masked halting (``model(x)``: inactive tokens
+   are zeroed, not removed) and compacted halting (``compact_forward``: inactive tokens removed). f is driven with
+   the evaluation-time ``beta_offset`` (bisection on ``active_fraction``), not by training. Ratio = speedup vs
+   dense (median over rounds of dense time / case time), next to the ideal 1/f. The stem (``model.embed``) runs
+   before any token policy and costs the same in every case, so the end-to-end ceiling is Amdahl's
+   ``1 / (s + (1 - s) f)`` with ``s`` the stem's share of the dense time; the stem alone is timed too, each
+   compacted speedup is reported as a fraction of its ceiling, and the *blocks-only* speedup
+   ``(dense - stem) / (case - stem)`` (medians) beside.
 3. **End-to-end** (``study.py``) wall time of the smoke study (``studies/smoke.yaml``) in a fresh results
    directory and of its rerun (every run cached), each a ``python -m suite run ... --no-progress`` subprocess
    (imports, data, training, evaluation, MLflow, report). Ratio = time / target.
@@ -29,6 +34,7 @@ missed. On CUDA the forward passes run under bf16 autocast and every timing is b
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -87,6 +93,8 @@ def run_bench(out: Path | str = Path("results/bench"), *, quick: bool = False, d
         bench_inference(cfg, dev, res, log, profile)
     if STUDY in parts:
         bench_study(quick, dev, res, log, profile)
+    if hasattr(os, "getloadavg"):  # other jobs on a shared machine: at start (machine_info) and at the end
+        info["load_average_1m_at_end"] = os.getloadavg()[0]
     res.paths.append(write_csv(res.rows, out / "bench.csv"))
     res.paths += plot(res.rows, out, str(dev))
     if res.calibration:

@@ -22,11 +22,12 @@ def plot(rows: list[dict], out: Path, device: str) -> list[Path]:
     style = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
              "ytick.labelsize": 7, "axes.grid": True, "axes.axisbelow": True, "grid.alpha": 0.3,
              "svg.hashsalt": "spikesuite"}
-    panels = {TRAIN_STEP: _plot_train, INFERENCE: _plot_infer, STUDY: _plot_e2e}
+    panels = {TRAIN_STEP: [_plot_train], INFERENCE: [_plot_infer, _plot_ceiling], STUDY: [_plot_e2e]}
+    todo = [(fn, df[df.part == part]) for part in parts for fn in panels[part]]
     with plt.rc_context(style):
-        fig, axes = plt.subplots(1, len(parts), figsize=(3.6 * len(parts), 3.0), squeeze=False)
-        for ax, part in zip(axes[0], parts):
-            panels[part](ax, df[df.part == part])
+        fig, axes = plt.subplots(1, len(todo), figsize=(3.6 * len(todo), 3.0), squeeze=False)
+        for ax, (fn, d) in zip(axes[0], todo):
+            fn(ax, d)
         fig.suptitle(f"spikesuite bench ({device}; medians of interleaved rounds, bars: IQR)", fontsize=9)
         fig.tight_layout()
         paths = [out / "bench.png", out / "bench.pdf"]
@@ -38,14 +39,20 @@ def plot(rows: list[dict], out: Path, device: str) -> list[Path]:
 
 def _plot_train(ax, d) -> None:
     d = d[d.metric == "step_time_s"]
-    names = list(d.case)
-    ax.bar(names, d["median"] * 1e3, yerr=d["iqr"] * 1e3 / 2, color=["C0", "C7"][: len(names)], capsize=3)
-    ratio = float(d[d.case == "ours"].ratio.iloc[0])
-    ax.set_title(f"1. training step (ours/sj = {ratio:.2f})")
+    names = [c.replace("spikingjelly", "sj").replace("/", "\n") for c in d.case]
+    colors = ["C0" if c.endswith("ours") else "C7" for c in d.case]
+    ax.bar(names, d["median"] * 1e3, yerr=d["iqr"] * 1e3 / 2, color=colors, capsize=3)
+    if float(d["median"].max()) > 5 * float(d["median"].min()):  # backbones of very different cost
+        ax.set_yscale("log")
+    ratios = [f"{'spikformer' if c == 'ours' else c.split('/')[0]} {float(r):.2f}"
+              for c, r in zip(d.case, d.ratio) if c.endswith("ours")]
+    ax.set_title("1. train step ours/sj: " + ", ".join(ratios))
     ax.set_ylabel("ms per step (fwd+bwd+AdamW+reset)")
 
 
 def _plot_infer(ax, d) -> None:
+    """Spikformer per_step (the unprefixed cases): masked, compacted and blocks-only speedups vs f."""
+    d = d[~d.case.str.contains("-once/|^sdt", regex=True)]
     fr = d[d.metric == "active_fraction"]
     f = fr["median"].to_numpy()
     order = f.argsort()
@@ -65,7 +72,27 @@ def _plot_infer(ax, d) -> None:
     ax.plot(f, am, color="C2", lw=0.8, linestyle="-.", label="ideal with the stem (Amdahl)")
     ax.set_xlabel("active-token fraction f")
     ax.set_ylabel("speedup vs dense (images/s ratio)")
-    ax.set_title("2. inference speedup vs dense")
+    ax.set_title("2. speedup vs dense, spikformer per_step")
+    ax.legend(loc="upper right")
+
+
+def _plot_ceiling(ax, d) -> None:
+    """Every configuration: compacted speedup end to end (markers) and its Amdahl ceiling (dashed), vs f."""
+    fr = d[d.metric == "active_fraction"]
+    prefixes = list(dict.fromkeys(c.rsplit("f=", 1)[0] for c in fr.case))  # in the order the configurations ran
+    for i, p in enumerate(prefixes):
+        rows = fr[fr.case.str.startswith(p) & (fr.case.str.len() == len(p) + 6)].sort_values("median")
+        keys, f = list(rows.case), rows["median"].to_numpy()
+        sp = [float(d[(d.case == f"{k}/compact") & (d.metric == "images_per_s")].ratio.iloc[0]) for k in keys]
+        am = [float(d[(d.case == k) & (d.metric == "amdahl_ideal_speedup")]["median"].iloc[0]) for k in keys]
+        name = p.rstrip("/") or "spikformer"
+        name += "" if "-once" in name else " per_step"
+        ax.plot(f, sp, marker="o", color=f"C{i}", label=name.replace("-once", " once"))
+        ax.plot(f, am, color=f"C{i}", lw=0.8, linestyle="--")
+    ax.plot([], [], color="k", lw=0.8, linestyle="--", label="Amdahl ceiling")
+    ax.set_xlabel("active-token fraction f")
+    ax.set_ylabel("compacted speedup vs dense, end to end")
+    ax.set_title("2. compacted vs Amdahl ceiling (dashed)")
     ax.legend(loc="upper right")
 
 

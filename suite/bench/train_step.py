@@ -1,8 +1,11 @@
-"""Part 1: one training step of our Spikformer vs spikingjelly 2.0's ``model.spikformer.Spikformer``.
+"""Part 1: one training step of ours vs spikingjelly 2.0's peer, for each backbone.
 
-A step is forward (+ loss) under autocast on CUDA, backward, AdamW step and ``reset_net``; both models have the
-same shape (parameter and token counts are checked and reported). Ratio = median over rounds of
-ours / spikingjelly (< 1: ours is faster).
+Spikformer: ours (``backbone: spikformer``) vs ``model.spikformer.Spikformer`` (cases ``ours``, ``spikingjelly``);
+Spike-driven Transformer v1: ours (``backbone: sdt``) vs ``model.spike_driven_transformer.SpikeDrivenTransformer``
+(cases ``sdt/ours``, ``sdt/spikingjelly``). A step is forward (+ loss) under autocast on CUDA, backward, AdamW step
+and ``reset_net``; both models of a pair have the same shape (parameter and token counts are checked and
+reported), and a pair's two cases are timed interleaved. Ratio = median over rounds of ours / spikingjelly
+(< 1: ours is faster).
 """
 
 from __future__ import annotations
@@ -33,8 +36,18 @@ from suite.bench.common import (
     random_batch,
 )
 
+# backbone -> (case-name prefix, label in logs and target names); Spikformer's cases keep their original names
+BACKBONES = {"spikformer": ("", ""), "sdt": ("sdt/", "sdt ")}
+STEM_POOLS = 2  # ours: ModelConfig.stem_pools (common.ours_model); SDT's peer: pooling_stat "0011"
 
-def spikingjelly_model(shape: BenchShape) -> nn.Module:
+
+def spikingjelly_model(shape: BenchShape, backbone: str = "spikformer") -> nn.Module:
+    if backbone == "sdt":
+        from spikingjelly.activation_based.model.spike_driven_transformer import SpikeDrivenTransformer
+
+        return SpikeDrivenTransformer(T=shape.T, in_channels=shape.channels, num_classes=shape.classes,
+                                      embed_dims=shape.dim, num_heads=shape.heads, depths=shape.depth, mlp_ratio=4.0,
+                                      pooling_stat="0" * (4 - STEM_POOLS) + "1" * STEM_POOLS)
     from spikingjelly.activation_based.model.spikformer import Spikformer as SJSpikformer
 
     return SJSpikformer(T=shape.T, in_channels=shape.channels, img_size_h=shape.image, img_size_w=shape.image,
@@ -63,8 +76,9 @@ def train_step_fn(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, 
             if ours:
                 out = model(x)
                 loss = F.cross_entropy(out.logits, y) + sum(out.aux.values(), torch.zeros((), device=device))
-            else:
-                loss = F.cross_entropy(model(x).mean(0), y)  # [T, B, K] per-step logits: mean over T
+            else:  # Spikformer: [T, B, K] per-step logits, averaged over T; SDT: [B, K], already averaged
+                logits = model(x)
+                loss = F.cross_entropy(logits.mean(0) if logits.dim() == 3 else logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -73,37 +87,46 @@ def train_step_fn(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, 
     return step
 
 
-def bench_train_step(cfg: BenchConfig, device: torch.device, res: BenchResult, log: Log, profile: bool) -> None:
-    shape, dev = cfg.shape, str(device)
-    torch.manual_seed(0)
-    ours = ours_model(shape).to(device)
-    sj = spikingjelly_model(shape).to(device)
-    p_ours, p_sj = n_params(ours), n_params(sj)
-    t_ours, t_sj = ours.num_tokens, spikingjelly_tokens(sj, shape, device)
+def bench_train_step(cfg: BenchConfig, device: torch.device, res: BenchResult, log: Log, profile: bool,
+                     backbones: tuple[str, ...] = tuple(BACKBONES)) -> None:
+    shape = cfg.shape
     log(f"[1] config: depth {shape.depth}, dim {shape.dim}, heads {shape.heads}, T {shape.T}, batch {shape.batch}, "
         f"{shape.image}x{shape.image}x{shape.channels} input")
-    log(f"[1] parameters: ours {p_ours:,}, spikingjelly {p_sj:,} ({'equal' if p_ours == p_sj else 'DIFFERENT'}); "
+    for backbone in backbones:
+        _bench_pair(cfg, device, res, log, profile, backbone)
+
+
+def _bench_pair(cfg: BenchConfig, device: torch.device, res: BenchResult, log: Log, profile: bool,
+                backbone: str) -> None:
+    """Ours vs spikingjelly's peer of one backbone, interleaved."""
+    shape, dev = cfg.shape, str(device)
+    prefix, label = BACKBONES[backbone]
+    torch.manual_seed(0)
+    ours = ours_model(shape, backbone=backbone).to(device)
+    sj = spikingjelly_model(shape, backbone).to(device)
+    p_ours, p_sj = n_params(ours), n_params(sj)
+    t_ours, t_sj = ours.num_tokens, spikingjelly_tokens(sj, shape, device)
+    log(f"[1] {label}parameters: ours {p_ours:,}, spikingjelly {p_sj:,} ({'equal' if p_ours == p_sj else 'DIFFERENT'}); "
         f"tokens: ours {t_ours}, spikingjelly {t_sj} ({'equal' if t_ours == t_sj else 'DIFFERENT'})")
     if p_ours != p_sj or t_ours != t_sj:
-        res.notes.append(f"part 1: shapes differ (params {p_ours} vs {p_sj}, tokens {t_ours} vs {t_sj})")
+        res.notes.append(f"part 1 {backbone}: shapes differ (params {p_ours} vs {p_sj}, tokens {t_ours} vs {t_sj})")
     x, y = random_batch(shape, device)
-    cases = {"ours": train_step_fn(ours, x, y, device, ours=True),
-             "spikingjelly": train_step_fn(sj, x, y, device, ours=False)}
+    a, b = f"{prefix}ours", f"{prefix}spikingjelly"
+    cases = {a: train_step_fn(ours, x, y, device, ours=True), b: train_step_fn(sj, x, y, device, ours=False)}
     times = interleave(cases, warmup=cfg.warmup, reps=cfg.reps_train, device=device)
-    ratio = paired_ratio(times["ours"], times["spikingjelly"])
+    ratio = paired_ratio(times[a], times[b])
     for name in cases:
         t = times[name]
-        res.add(TRAIN_STEP, name, dev, "step_time_s", statistics.median(t), iqr(t),
-                ratio if name == "ours" else 1.0, len(t))
-    res.add(TRAIN_STEP, "ours", dev, "params", p_ours, 0.0, p_ours / p_sj, 1)
-    res.add(TRAIN_STEP, "spikingjelly", dev, "params", p_sj, 0.0, 1.0, 1)
-    res.add(TRAIN_STEP, "ours", dev, "tokens", t_ours, 0.0, t_ours / t_sj, 1)
-    res.add(TRAIN_STEP, "spikingjelly", dev, "tokens", t_sj, 0.0, 1.0, 1)
-    log(f"[1] train step: ours {statistics.median(times['ours']) * 1e3:.1f} ms, spikingjelly "
-        f"{statistics.median(times['spikingjelly']) * 1e3:.1f} ms (medians of {cfg.reps_train}); "
-        f"ours/spikingjelly = {ratio:.3f}")
+        res.add(TRAIN_STEP, name, dev, "step_time_s", statistics.median(t), iqr(t), ratio if name == a else 1.0,
+                len(t))
+    res.add(TRAIN_STEP, a, dev, "params", p_ours, 0.0, p_ours / p_sj, 1)
+    res.add(TRAIN_STEP, b, dev, "params", p_sj, 0.0, 1.0, 1)
+    res.add(TRAIN_STEP, a, dev, "tokens", t_ours, 0.0, t_ours / t_sj, 1)
+    res.add(TRAIN_STEP, b, dev, "tokens", t_sj, 0.0, 1.0, 1)
+    log(f"[1] {label}train step: ours {statistics.median(times[a]) * 1e3:.1f} ms, spikingjelly "
+        f"{statistics.median(times[b]) * 1e3:.1f} ms (medians of {cfg.reps_train}); ours/spikingjelly = {ratio:.3f}")
     met = ratio <= TARGET_STEP_RATIO
-    res.targets.append(Target("train step ours/spikingjelly", ratio, f"<= {TARGET_STEP_RATIO:.2f}", met))
+    res.targets.append(Target(f"train step {label}ours/spikingjelly", ratio, f"<= {TARGET_STEP_RATIO:.2f}", met))
     if profile and not met:
-        res.profiles["part 1: ours, one training step"] = profile_top(cases["ours"], device)
-        res.profiles["part 1: spikingjelly, one training step"] = profile_top(cases["spikingjelly"], device)
+        res.profiles[f"part 1: {label}ours, one training step"] = profile_top(cases[a], device)
+        res.profiles[f"part 1: {label}spikingjelly, one training step"] = profile_top(cases[b], device)
