@@ -16,6 +16,7 @@ Everything a policy does happens here, in ``Backbone.forward``: token and time p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,18 @@ from torch import Tensor, nn
 
 from suite.config import ModelConfig
 from suite.models.context import Context
+
+
+def stem_pool_count(image_size: int) -> int:
+    """Max-pools in the stem so the token grid is at most ~8x8: 8x8 digits -> 4x4 (16 tokens),
+    28x28 -> 7x7 (49), 32x32 CIFAR -> 8x8 (64, as the official code), 64x64 TinyImageNet -> 8x8."""
+    return max(1, math.ceil(math.log2(image_size / 8))) if image_size > 8 else 1
+
+
+def _pooled(size: int, pools: int) -> int:
+    for _ in range(pools):
+        size = (size + 2 - 3) // 2 + 1  # MaxPool2d(3, stride 2, padding 1)
+    return size
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,13 @@ class Backbone(nn.Module):
     def lif_layers(self) -> list[LIFLayer]:
         """Every LIF layer in forward order."""
         raise NotImplementedError
+
+    def _setup(self, cfg: ModelConfig, image_size: tuple[int, int], num_classes: int) -> int:
+        """The state every backbone shares (config, T, classes, token grid); returns the stem's max-pool count."""
+        pools = cfg.stem_pools if cfg.stem_pools is not None else stem_pool_count(max(image_size))
+        self.grid = (_pooled(image_size[0], pools), _pooled(image_size[1], pools))
+        self.cfg, self.T, self.num_classes = cfg, cfg.T, num_classes
+        return pools
 
     @property
     def depth(self) -> int:

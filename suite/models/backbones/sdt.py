@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from suite.config import ModelConfig, NeuronConfig
 from suite.models.backbone import Backbone, LIFLayer
-from suite.models.backbones.spikformer import _pooled, stem_pool_count
 from suite.models.context import Context
 from suite.models.layers import ConvBN, ConvBNLIF, LinearBN, LinearBNLIF, fire, masked
 from suite.models.neurons import make_lif
@@ -128,9 +127,7 @@ class SDT(Backbone):
     def __init__(self, cfg: ModelConfig, *, in_channels: int, image_size: tuple[int, int], num_classes: int,
                  token_policy: nn.Module | None = None, time_policy: nn.Module | None = None):
         super().__init__()
-        pools = cfg.stem_pools if cfg.stem_pools is not None else stem_pool_count(max(image_size))
-        self.grid = (_pooled(image_size[0], pools), _pooled(image_size[1], pools))
-        self.cfg, self.T, self.num_classes = cfg, cfg.T, num_classes
+        pools = self._setup(cfg, image_size, num_classes)
         self.stem = SDTStem(in_channels, cfg.dim, pools, cfg.neuron)
         self.blocks = nn.ModuleList(SDTBlock(cfg, i) for i in range(cfg.depth))
         self.head_lif = make_lif(cfg.neuron)

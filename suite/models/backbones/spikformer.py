@@ -9,8 +9,6 @@ With both ``None`` a block is exactly the official dense block.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -20,18 +18,6 @@ from suite.models.context import Context
 from suite.models.layers import ConvBNLIF, LinearBNLIF, masked
 from suite.models.neurons import make_lif
 from suite.models.registry import register_backbone
-
-
-def stem_pool_count(image_size: int) -> int:
-    """Max-pools in the stem so the token grid is at most ~8x8: 8x8 digits -> 4x4 (16 tokens),
-    28x28 -> 7x7 (49), 32x32 CIFAR -> 8x8 (64, as the official code), 64x64 TinyImageNet -> 8x8."""
-    return max(1, math.ceil(math.log2(image_size / 8))) if image_size > 8 else 1
-
-
-def _pooled(size: int, pools: int) -> int:
-    for _ in range(pools):
-        size = (size + 2 - 3) // 2 + 1  # MaxPool2d(3, stride 2, padding 1)
-    return size
 
 
 class SPS(nn.Module):
@@ -145,9 +131,7 @@ class Spikformer(Backbone):
     def __init__(self, cfg: ModelConfig, *, in_channels: int, image_size: tuple[int, int], num_classes: int,
                  token_policy: nn.Module | None = None, time_policy: nn.Module | None = None):
         super().__init__()
-        pools = cfg.stem_pools if cfg.stem_pools is not None else stem_pool_count(max(image_size))
-        self.grid = (_pooled(image_size[0], pools), _pooled(image_size[1], pools))
-        self.cfg, self.T, self.num_classes = cfg, cfg.T, num_classes
+        pools = self._setup(cfg, image_size, num_classes)
         self.stem = SPS(in_channels, cfg.dim, pools, cfg.neuron)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
         self.head = nn.Linear(cfg.dim, num_classes)
