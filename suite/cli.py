@@ -128,7 +128,7 @@ def _run(args) -> int:
         raise StudyError("--nproc-per-run", [f"must be >= 1 (got {args.nproc_per_run})"])
     cluster = None
     if args.parallel_config is not None:
-        from suite.run.cluster import load_cluster, merged_resources, resource_problems
+        from suite.run.cluster_file import load_cluster, merged_resources, resource_problems
 
         cluster = load_cluster(args.parallel_config)
         if cluster.backend == "local":  # today's local pool (a run on several ranks spawns them here)
@@ -310,7 +310,7 @@ def _run_search(args, *, worker: bool) -> int:
 
 
 def _submit_search(args, study: Study) -> int:
-    from suite.run.cluster import load_cluster
+    from suite.run.cluster_file import load_cluster
     from suite.search import submit_workers
 
     cluster = load_cluster(args.parallel_config)

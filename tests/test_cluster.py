@@ -20,7 +20,8 @@ from suite.cli import main
 from suite.config import expand, parse_study
 from suite.names import RUNS_TABLE
 from suite.run import run_study
-from suite.run.cluster import JOB_FILE, cancel_study, parse_cluster, slurm_minutes, status_rows, submit_study
+from suite.run.cluster import JOB_FILE, cancel_study, status_rows, submit_study
+from suite.run.cluster_file import parse_cluster, slurm_minutes
 
 TIMING = ["train_time_s", "images_per_s"]  # wall-clock columns: the only ones allowed to differ
 

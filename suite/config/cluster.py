@@ -3,7 +3,7 @@
 run executes, not what it computes. Precedence: cluster file < study resources < command line.
 
 The ``slurm_*`` keys are checked against the parameters submitit's SLURM executor knows, and YAML's traps are
-caught, by ``suite.run.cluster.parse_cluster`` (which knows submitit); this module only fixes the shape."""
+caught, by ``suite.run.cluster_file.parse_cluster`` (which knows submitit); this module only fixes the shape."""
 
 from __future__ import annotations
 

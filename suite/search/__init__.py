@@ -207,8 +207,9 @@ def submit_workers(study: Study, results: Path, cluster, *, source: str = "<stud
     """Submit ``workers`` search workers through ``cluster`` (a ``ClusterConfig`` with backend submitit) on the
     study's shared storage; with ``wait``, wait for them and return what each did. Bad input (a bad search
     block, no shared storage, sqlite) raises StudyError before anything is written or submitted."""
-    from suite.run.cluster import cluster_name, git_commit, merged_resources
     from suite.run.cluster import submit_workers as submit
+    from suite.run.cluster_file import cluster_name, merged_resources
+    from suite.tracking import git_commit
 
     specs = preflight(study, source)
     problems = validate(study, specs, n_trials)
