@@ -464,8 +464,7 @@ def cancel_study(study: Study, results: Path, *, source: str = "<study>") -> lis
         if rec["cluster"] == "local":
             proc = _local_process(rec)
             if proc is not None:
-                proc.send_signal(signal.SIGINT)  # the controller stops its tasks (SIGINT, then SIGKILL)
-                _wait_gone(proc, 15.0)
+                _stop_local(proc, 15.0)
         if path is not None:
             records.atomic_write_json(path, {**rec, "cancelled": time.time()})
         done.append((what, rec["job_id"], state))
@@ -476,13 +475,23 @@ def cancel_study(study: Study, results: Path, *, source: str = "<study>") -> lis
     return done
 
 
-def _wait_gone(proc, timeout_s: float) -> None:
+def _stop_local(proc, grace_s: float) -> None:
+    """Stop a local job's controller: SIGINT (it stops its tasks), then, if it is still there after ``grace_s``
+    (a loaded machine), SIGKILL for it and its tasks: a cancelled job never keeps running."""
     import psutil
 
     try:
-        proc.wait(timeout=timeout_s)
+        tasks = proc.children(recursive=True)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=grace_s)
     except psutil.TimeoutExpired:
-        log.warning("job %s still running %.0f s after the cancel signal", proc.pid, timeout_s)
+        log.warning("job %s still running %.0f s after SIGINT: killing it and its tasks", proc.pid, grace_s)
+        for p in [proc, *tasks]:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs([proc, *tasks], timeout=10)
     except psutil.Error:
         pass
 
