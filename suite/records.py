@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from suite.config import RunConfig, RunSpec
 from suite.names import CONFIG, EVALS, EVALS_TABLE, HISTORY, LOCK, MAPS, METRICS, RUNS_TABLE, STATUS
 
 __all__ = ["CONFIG", "EVALS", "EVALS_TABLE", "HISTORY", "MAPS", "METRICS", "RUNS_TABLE", "STATUS", "atomic_write_json",
-           "atomic_write_text", "claim", "collect_tables", "file_lock", "read_json", "run_state", "write_config",
+           "atomic_write_text", "claim", "collect_tables", "file_lock", "read_json", "read_specs", "run_state", "write_config",
            "write_eval", "write_history", "write_result", "write_status"]
 
 
@@ -64,6 +65,22 @@ def write_config(run_dir: Path, spec) -> None:
     doc = {"run_id": spec.run_id, "study": spec.study, "axes": spec.axes,
            "config": spec.config.model_dump(mode="json")}
     atomic_write_text(run_dir / CONFIG, yaml.safe_dump(doc, sort_keys=False))
+
+
+def read_specs(study_dir: Path) -> list[RunSpec]:
+    """Every run of a study directory read back from its ``config.yaml`` (``write_config``'s document), in run-id
+    order; a half-written or foreign record is left out."""
+    from pydantic import ValidationError
+
+    out = []
+    for cfg_path in sorted(study_dir.glob(f"*/{CONFIG}")):
+        try:
+            doc = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+            out.append(RunSpec(doc["study"], doc["run_id"], RunConfig.model_validate(doc["config"]),
+                               doc.get("axes", {})))
+        except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError, ValidationError):
+            continue
+    return out
 
 
 def write_status(run_dir: Path, state: str, **extra: Any) -> None:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from suite import records
-from suite.config import RunConfig, RunSpec, TrackingConfig
+from suite.config import RunSpec, TrackingConfig
 from suite.names import (
     HOST_TAG,
     INVOCATION,
@@ -425,20 +425,8 @@ def mirror_run(tracker: Tracker, spec: RunSpec, run_dir: Path, parent: str | Non
 
 
 def recorded_specs(study_dir: Path) -> list[RunSpec]:
-    """The runs of a study whose records say they are done, read back from their ``config.yaml``."""
-    import yaml
-    from pydantic import ValidationError
-
-    out = []
-    for cfg_path in sorted(study_dir.glob(f"*/{records.CONFIG}")):
-        try:
-            doc = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-            spec = RunSpec(doc["study"], doc["run_id"], RunConfig.model_validate(doc["config"]), doc.get("axes", {}))
-        except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError, ValidationError):
-            continue  # a half-written or foreign record
-        if records.run_state(cfg_path.parent, spec.run_id) == "done":
-            out.append(spec)
-    return out
+    """The runs of a study whose records say they are done."""
+    return [s for s in records.read_specs(study_dir) if records.run_state(study_dir / s.run_id, s.run_id) == "done"]
 
 
 def mirror_missing(tracker: Tracker, study_dir: Path, parent: str | None) -> list[str]:

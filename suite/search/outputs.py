@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
-from pydantic import ValidationError
 
 from suite import records
-from suite.config import RunConfig, RunSpec
-from suite.names import CONFIG, ERROR_TAG, EVALS, KIND_TAG, PARETO_TABLE, SEARCH_TAG, STUDY_TAG, TRIALS_TABLE
+from suite.config import RunSpec
+from suite.names import ERROR_TAG, EVALS, KIND_TAG, PARETO_TABLE, SEARCH_TAG, STUDY_TAG, TRIALS_TABLE
 from suite.search.part import ERROR_ATTR, VARIANT_ATTR, WORKER_ATTR, Part
 from suite.search.space import trial_params
 from suite.tracking import Tracker
@@ -101,16 +99,7 @@ def pareto_frame(ostudy, metrics: list[str]) -> pd.DataFrame:
 
 def trial_specs(part: Part) -> list[RunSpec]:
     """The runs of the part's train-stage trials (any worker, any invocation), from their records."""
-    out = []
-    for cfg_path in sorted(part.sdir.glob(f"*/{CONFIG}")):
-        try:
-            doc = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-            if doc.get("axes", {}).get("search") != part.name:
-                continue
-            out.append(RunSpec(part.study.name, doc["run_id"], RunConfig.model_validate(doc["config"]), doc["axes"]))
-        except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError, ValidationError):
-            continue  # a half-written or foreign record: not a trial run
-    return out
+    return [s for s in records.read_specs(part.sdir) if s.axes.get("search") == part.name]
 
 
 def evaluate_front(part: Part, ostudy, pareto: pd.DataFrame, evaluate: Evaluate) -> None:
