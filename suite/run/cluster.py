@@ -27,7 +27,7 @@ from typing import Any
 
 from suite import records
 from suite.config import ClusterConfig, ResourcesConfig, RunSpec, Study, StudyError
-from suite.names import ENVIRONMENT, LOCK, SEARCH_DIR, STUDY_FILE
+from suite.names import LOCK, SEARCH_DIR, STUDY_FILE
 from suite.run.cluster_file import (
     cluster_name,
     executor_parameters,
@@ -36,7 +36,15 @@ from suite.run.cluster_file import (
     resource_problems,
     submission_folder,
 )
-from suite.run.study import StudySummary, nproc_problems, preflight, study_dir_for, study_units
+from suite.run.study import (
+    StudySummary,
+    nproc_problems,
+    preflight,
+    study_dir_for,
+    study_units,
+    write_environment,
+    write_study_file,
+)
 from suite.run.unit import RunResult, RunUnit, run_one
 from suite.tracking import TrackingTarget, close_trackers, git_commit, tracker_for
 
@@ -64,10 +72,7 @@ class RunJob:
     def __call__(self, unit: RunUnit) -> RunResult:
         _job_setup(self.nproc, self.threads, self.commit)
         if os.environ.get("RANK", "0") == "0":  # the machine the runs train on (a spikesuite run records its own)
-            from suite.environment import environment
-            from suite.train import pick_device
-
-            records.atomic_write_json(unit.study_dir / ENVIRONMENT, environment(pick_device(unit.device)))
+            write_environment(unit.study_dir, unit.device)
         return run_one(unit)
 
     def checkpoint(self, unit: RunUnit):
@@ -261,7 +266,7 @@ def submit_study(study: Study, cluster: ClusterConfig, results: Path, *, source:
 
     folder = submission_folder(cluster, sdir)
     sdir.mkdir(parents=True, exist_ok=True)
-    records.atomic_write_text(sdir / STUDY_FILE, _study_yaml(study))
+    write_study_file(sdir, study)
     tracker = parent = None
     if wait and study.tracking.enabled and (pending or run.held):
         tracker = tracker_for(TrackingTarget(study.tracking, study.name, results))
@@ -336,12 +341,6 @@ def _array_label(jobs: list, cluster: str) -> str:
     if cluster == "slurm" and len(ids) > 1 and len(mains) == 1 and all("_" in i for i in ids):
         return f"job array {mains[0]} ({len(ids)} tasks)"
     return f"job{'s' if len(ids) > 1 else ''} {', '.join(ids)}"
-
-
-def _study_yaml(study: Study) -> str:
-    import yaml
-
-    return yaml.safe_dump(study.model_dump(mode="json", exclude_none=True), sort_keys=False)
 
 
 def _record_line(t: Tracked) -> str:

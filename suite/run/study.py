@@ -113,9 +113,7 @@ def reevaluate(study: Study, run_id: str, updates: dict[str, Any], results: Path
 def run_study(study: Study, results: Path, *, source: str = "<study>", workers: int | None = None,
               progress: bool | None = None, device: str | None = None,
               nproc_per_run: int | None = None) -> StudySummary:
-    from suite.environment import environment
     from suite.run.local import run_local
-    from suite.train import pick_device
 
     t0 = time.perf_counter()
     # Failures recorded after this moment come from this invocation (this process, or another one sharing the
@@ -126,10 +124,9 @@ def run_study(study: Study, results: Path, *, source: str = "<study>", workers: 
         raise StudyError(source, sorted(set(problems)))
     sdir = study_dir_for(results, study.name)
     sdir.mkdir(parents=True, exist_ok=True)
-    records.atomic_write_text(sdir / STUDY_FILE, _study_yaml(study))
+    write_study_file(sdir, study)
     dev = device or study.execution.device
-    # where the numbers come from, for reports regenerated on another machine (the latest invocation's)
-    records.atomic_write_json(sdir / ENVIRONMENT, environment(pick_device(dev)))
+    write_environment(sdir, dev)
     tracker = tracker_for(TrackingTarget(study.tracking, study.name, results)) if study.tracking.enabled else None
     parent = tracker.start_parent({"source": source, "runs": str(len(specs))}) if tracker is not None else None
     summary = StudySummary(sdir)
@@ -157,7 +154,18 @@ def run_study(study: Study, results: Path, *, source: str = "<study>", workers: 
     return summary
 
 
-def _study_yaml(study: Study) -> str:
+def write_study_file(study_dir: Path, study: Study) -> None:
+    """The validated study as run (``study.yaml``: the report reads it back, typed)."""
     import yaml
 
-    return yaml.safe_dump(study.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    records.atomic_write_text(study_dir / STUDY_FILE,
+                              yaml.safe_dump(study.model_dump(mode="json", exclude_none=True), sort_keys=False))
+
+
+def write_environment(study_dir: Path, device: str) -> None:
+    """Where the numbers come from (``environment.json``, the latest invocation's), for reports regenerated on
+    another machine."""
+    from suite.environment import environment
+    from suite.train import pick_device
+
+    records.atomic_write_json(study_dir / ENVIRONMENT, environment(pick_device(device)))
