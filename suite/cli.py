@@ -216,10 +216,12 @@ def _plan(args) -> int:
     study = _load(args.study)
     sdir, planned = plan_study(study, args.results, source=str(args.study))
     print(f"{study.name}: {len(planned)} runs -> {sdir}")
-    print(f"{'run id':<13} {'status':<8} {'variant':<16} axes")
+    print(f"{'run id':<13} {'status':<8} {'variant':<16} {'starts from':<25} axes")
     for spec, state in planned:
         axes = {k: v for k, v in spec.axes.items() if k != "variant"}
-        print(f"{spec.run_id:<13} {state:<8} {spec.variant:<16} {json.dumps(axes)}")
+        start = f"weights of {spec.trained_by}" if spec.trained_by else f"fine-tunes {spec.parent}" if spec.parent \
+            else "scratch"
+        print(f"{spec.run_id:<13} {state:<8} {spec.variant:<16} {start:<25} {json.dumps(axes)}")
     return 0
 
 

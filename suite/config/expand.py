@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from suite.config.graph import link_parents, share_training, variant_depths
 from suite.config.policies import EVAL_TIME_KEYS, axis_applies, is_eval_time_key
 from suite.config.study import RunConfig, RunSpec, Study, StudyError, format_errors, run_id
 
@@ -68,7 +69,8 @@ def _non_finite(node: Any, path: str = "") -> list[tuple[str, float]]:
 
 def expand(study: Study, source: str = "<study>") -> list[RunSpec]:
     """Variants x matrix axes (product, minus ``exclude``, plus ``include``) -> resolved runs,
-    de-duplicated by run id. An axis whose path names a policy a variant lacks does not apply to it."""
+    de-duplicated by run id, parents before the runs that fine-tune from them (``graph.py``). An axis whose path
+    names a policy a variant lacks does not apply to it."""
     axes, include, exclude = _matrix(study, source)
     base = study.model_dump(mode="json", include={"dataset", "model", "train", "eval"})
     combos: list[dict[str, Any]] = []
@@ -83,15 +85,19 @@ def expand(study: Study, source: str = "<study>") -> list[RunSpec]:
     combos += include
     if not combos:
         raise StudyError(source, ["matrix: expands to no runs (check exclude and the axis lists)"])
-    runs: dict[str, RunSpec] = {}
+    variant_depths(study, source)  # an unknown init_from or a cycle, before the per-run problems
+    resolved: list[RunSpec] = []
     problems: list[str] = []
     for combo in combos:
         spec = _resolve(study, base, combo, problems)
-        if spec is not None and spec.run_id not in runs:
-            runs[spec.run_id] = spec
+        if spec is not None:
+            resolved.append(spec)
     if problems:
         raise StudyError(source, list(dict.fromkeys(problems)))  # one line per problem, not per run
-    return list(runs.values())
+    runs: dict[str, RunSpec] = {}
+    for spec in link_parents(study, resolved, source):
+        runs.setdefault(spec.run_id, spec)  # the first of equal ids wins
+    return share_training(list(runs.values()))
 
 
 def _matrix(study: Study, source: str) -> tuple[dict[str, list], list[dict], list[dict]]:

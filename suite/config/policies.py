@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from suite.config.fields import added_field
+
 
 class Policy(BaseModel):
     """Settings of one token or time policy."""
@@ -41,6 +43,8 @@ class HaltingConfig(Policy):
     prior_weight: float = Field(1e-3, ge=0)  # A-ViT distr_prior_alpha
     prior_target: float = Field(0.75, gt=0, le=1)  # mean halting unit as a fraction of all units (A-ViT: 8 of 12 blocks)
     prior_std: float = Field(1.0, gt=0)  # width of the Gaussian target, in units (A-ViT: 1)
+    # ponder and prior weights ramp linearly from 0 over this many epochs (per step); 0 = full weight at once
+    loss_warmup_epochs: float = added_field(0.0, ge=0)
     readout: Literal["act", "carry"] = "act"  # act: remainder-weighted mean over units (A-ViT);
     # carry: each token's frozen last representation goes through the dense readout
 

@@ -54,5 +54,5 @@ class SearchConfig(BaseModel):
     seed: int = 0
     storage: str | None = None  # default: sqlite:///<results>/<study>/optuna.db; journal:<path>; any RDB URL
     pruner: Literal["none", "median"] = "none"  # median pruning only for single-objective train searches
-    split: Literal["val", "test"] = "val"  # eval-stage trials score on this split: selecting on val keeps test honest
+    split: Literal["val", "test"] = "val"  # trials score on this split: selecting on val keeps test honest
     heartbeat_s: int = Field(60, ge=1)

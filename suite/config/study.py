@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from suite.config.cluster import ResourcesConfig
 from suite.config.data import DatasetConfig
 from suite.config.execution import ExecutionConfig, TrackingConfig
-from suite.config.fields import omitted_at_default
+from suite.config.fields import added_field, omitted_at_default
 from suite.config.model import ModelConfig
 from suite.config.policies import TimeConfig, TokenConfig
 from suite.config.search import SearchConfig
@@ -91,6 +91,9 @@ class RunConfig(BaseModel):
     time: TimeConfig
     train: TrainConfig
     eval: EvalConfig
+    # The run whose final checkpoint this run starts from: ``train.init_from`` resolved by ``expand`` (so
+    # retraining the parent, which changes its id, changes this run's id too).
+    init_run: str | None = added_field(None, pattern=r"^[0-9a-f]{12}$")
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,23 @@ class RunSpec:
     run_id: str
     config: RunConfig
     axes: dict[str, Any]  # the matrix values that produced this run (for tables and MLflow tags)
+    # Another run of the study with the same training configuration (this one differs only in evaluation-time
+    # settings): its weights are this run's, trained once (``expand`` sets it; never part of the run id).
+    trained_by: str | None = None
 
     @property
     def variant(self) -> str:
         return self.config.variant
+
+    @property
+    def parent(self) -> str | None:
+        """The run this one fine-tunes (``train.init_from`` resolved), if any."""
+        return self.config.init_run
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """Runs that must be finished before this one can start: its parent and the run training its weights."""
+        return tuple(r for r in (self.parent, self.trained_by) if r is not None)
 
 
 def id_payload(model: BaseModel) -> dict[str, Any]:

@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from suite.names import E_AC_PJ, E_MAC_PJ
+from suite.config.fields import added_field
+from suite.names import E_AC_PJ, E_MAC_PJ, NAME_PATTERN
 
 PicoJoules = Annotated[float, Field(gt=0)]
 
@@ -34,6 +35,9 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(0, ge=0, le=64)  # data loader workers
     compile: bool = False  # torch.compile the model for training
     inject_fault: Literal["none", "nan", "error"] = "none"  # for robustness tests: a NaN loss / an exception at epoch 1
+    # Fine-tuning: start from the final weights of this variant's run with the same seed (and matrix point), then
+    # train for this section's own epochs and schedule. The parent's run id enters the run id (RunConfig.init_run).
+    init_from: str | None = added_field(None, pattern=NAME_PATTERN)
 
     @model_validator(mode="after")
     def _lr(self) -> TrainConfig:

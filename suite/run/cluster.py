@@ -51,6 +51,7 @@ from suite.tracking import TrackingTarget, close_trackers, git_commit, tracker_f
 log = logging.getLogger("spikesuite")
 
 JOB_FILE = "job.json"  # results/<study>/<run_id>/job.json: the job that holds (or last held) the run
+NEEDS_POLL_S = 10.0  # how often a job whose parent run is still training looks again
 WORKERS_FILE = "jobs.json"  # results/<study>/search/jobs.json: submitted search workers
 # Job states in which a job still holds its run (SLURM's names; QUEUED: a debug job not run yet). UNKNOWN is
 # counted live: a job sacct does not list (yet) is never submitted twice; `spikesuite cancel` frees it.
@@ -73,7 +74,13 @@ class RunJob:
         _job_setup(self.nproc, self.threads, self.commit)
         if os.environ.get("RANK", "0") == "0":  # the machine the runs train on (a spikesuite run records its own)
             write_environment(unit.study_dir, unit.device)
-        return run_one(unit)
+        result = run_one(unit)
+        if result.outcome == "waiting":  # SLURM starts it after its parents' jobs; other executors start it at once
+            log.info("%s: %s; waiting", unit.spec.run_id, result.reason)
+        while result.outcome == "waiting":
+            time.sleep(NEEDS_POLL_S)
+            result = run_one(unit)
+        return result
 
     def checkpoint(self, unit: RunUnit):
         from submitit.helpers import DelayedSubmission
@@ -281,12 +288,20 @@ def submit_study(study: Study, cluster: ClusterConfig, results: Path, *, source:
     params = executor_parameters(cluster, res, f"spikesuite-{study.name}")
     threads = res.cpus_per_task or (max(1, (os.cpu_count() or 1) // max(1, min(len(units), os.cpu_count() or 1)))
                                     if name == "local" else None)
-    groups: dict[str, list[tuple[Tracked, RunUnit]]] = {}
-    for t, unit in zip(pending, units):  # one resources block per study today: one group
-        groups.setdefault(res.model_dump_json(), []).append((t, unit))
+    groups: dict[tuple[int, str], list[tuple[Tracked, RunUnit]]] = {}
+    levels = _levels([t.spec for t in pending])
+    for t, unit in zip(pending, units):  # one resources block per study today: one group per dependency level
+        groups.setdefault((levels[t.spec.run_id], res.model_dump_json()), []).append((t, unit))
     try:
-        for group in groups.values():
+        for _, group in sorted(groups.items(), key=lambda kv: kv[0][0]):
             executor = make_executor(cluster, res, folder, f"spikesuite-{study.name}")
+            jobs_of = {**run.held, **run.submitted}
+            after = sorted({jobs_of[n].split("_")[0] for t, _ in group for n in t.spec.needs
+                            if jobs_of.get(n, "")[:1].isdigit()})  # array task 123_4 -> job 123
+            if after and name == "slurm":  # start once the parents' jobs ended (the job then checks how)
+                extra = dict(executor_parameters(cluster, res, "").get("slurm_additional_parameters") or {})
+                executor.update_parameters(slurm_additional_parameters={
+                    **extra, "dependency": "afterany:" + ":".join(after)})
             for chunk in _chunks(group, cluster.max_array_size):
                 jobs = executor.map_array(RunJob(res.nproc_per_run, threads, commit), [u for _, u in chunk])
                 for (t, _), job in zip(chunk, jobs):
@@ -312,6 +327,14 @@ def submit_study(study: Study, cluster: ClusterConfig, results: Path, *, source:
             tracker.finish(parent, "FAILED" if run.summary is None or run.summary.failed else "FINISHED")
         close_trackers()
     return run
+
+
+def _levels(specs: Sequence[RunSpec]) -> dict[str, int]:
+    """Each run's dependency level among ``specs`` (0: needs no run of the list), so parents are submitted first."""
+    level: dict[str, int] = {}
+    for spec in specs:  # parents precede their children (expand orders them)
+        level[spec.run_id] = 1 + max((level[n] for n in spec.needs if n in level), default=-1)
+    return level
 
 
 def _held_here(run_dir: Path) -> bool:

@@ -14,26 +14,62 @@ import os
 import time
 from collections.abc import Sequence
 
+from suite import records
 from suite.run.unit import RunResult, RunUnit, run_one
 
 log = logging.getLogger("spikesuite")
 
 
-def work_through(units: Sequence[RunUnit]) -> list[RunResult]:
-    """Run every unit in this process, in order, logging progress; returns each unit's result."""
-    out = []
-    for i, unit in enumerate(units, 1):
-        spec = unit.spec
-        label = f"[{i}/{len(units)}] {spec.variant} seed={spec.config.seed} {spec.run_id}"
-        result = run_one(unit)
-        out.append(result)
-        if result.outcome == "skipped":
-            log.info("%s done, skipped", label)
-        elif result.outcome == "busy":
-            log.info("%s claimed by another process, skipped", label)
-        elif result.outcome == "failed":
-            log.error("%s FAILED: %s", label, result.reason)
+def work_through(units: Sequence[RunUnit], poll_s: float = 2.0) -> list[RunResult]:
+    """Run every unit in this process, in order, logging progress; returns each unit's result. A unit waiting for
+    a run it needs (a fine-tuning parent, the run training its weights) is tried again after the others, with the
+    needed units another process held, until it can start or fails with its parent."""
+    out: list[RunResult] = []
+    todo, n = list(units), len(units)
+    known = {u.spec.run_id for u in units}
+    while todo:
+        waiting, busy = [], []
+        for unit in todo:
+            spec = unit.spec
+            label = f"[{len(out) + 1}/{n}] {spec.variant} seed={spec.config.seed} {spec.run_id}"
+            result = run_one(unit)
+            if result.outcome == "waiting":
+                waiting.append(unit)
+                continue
+            out.append(result)
+            if result.outcome == "skipped":
+                log.info("%s done, skipped", label)
+            elif result.outcome == "busy":
+                busy.append(unit)
+                log.info("%s claimed by another process, skipped", label)
+            elif result.outcome == "failed":
+                log.error("%s FAILED: %s", label, result.reason)
+        orphans = [u for u in waiting if _needs_elsewhere(u, known)]
+        for u in orphans:  # nothing here or elsewhere will ever finish what it needs
+            out.append(RunResult(u.spec.run_id, "failed", f"needs run(s) {', '.join(u.spec.needs)}, which no process "
+                                                          f"is running and this invocation does not include"))
+            log.error("%s %s FAILED: %s", u.spec.variant, u.spec.run_id, out[-1].reason)
+        waiting = [u for u in waiting if u not in orphans]
+        if not waiting:
+            break
+        needed = {r for u in waiting for r in u.spec.needs}
+        retry = [u for u in busy if u.spec.run_id in needed]
+        out = [r for r in out if r.run_id not in {u.spec.run_id for u in retry}]
+        if len(waiting) == len(todo) or retry:  # nothing could start here: the needed runs are elsewhere
+            time.sleep(poll_s)
+        todo = retry + waiting
     return out
+
+
+def _needs_elsewhere(unit: RunUnit, known: set[str]) -> bool:
+    """A needed run outside this list that is not running anywhere (so waiting for it would never end)."""
+    for r in unit.spec.needs:
+        if r in known or records.run_state(unit.study_dir / r, r) == "done":
+            continue
+        with records.claim(unit.study_dir / r) as free:  # free: no live process holds the run
+            if free:
+                return True
+    return False
 
 
 def run_local(units: Sequence[RunUnit], workers: int = 1) -> list[RunResult]:
@@ -80,7 +116,7 @@ def wait_for(units: Sequence[RunUnit], poll_s: float = 2.0) -> list[RunResult]:
     for callers that need every run finished before they go on (a search's eval stage)."""
     todo, results = list(units), []
     while todo:
-        done = work_through(todo)
+        done = work_through(todo, poll_s)
         results += [r for r in done if r.outcome != "busy"]
         busy = {r.run_id for r in done if r.outcome == "busy"}
         todo = [u for u in todo if u.spec.run_id in busy]

@@ -67,6 +67,23 @@ def study_units(study: Study, specs: list[RunSpec], study_dir: Path, results: Pa
                     tracking=target, since=since, nproc_per_run=nproc) for spec in specs]
 
 
+def with_needs(specs: list[RunSpec], among: list[RunSpec]) -> list[RunSpec]:
+    """``specs`` preceded by every run of ``among`` they need, transitively (fine-tuning parents, the runs training
+    shared weights), parents first: what an executor must be given to finish ``specs``."""
+    by_id = {s.run_id: s for s in among}
+    out: dict[str, RunSpec] = {}
+
+    def add(spec: RunSpec) -> None:
+        for need in spec.needs:
+            if need in by_id and need not in out:
+                add(by_id[need])
+        out.setdefault(spec.run_id, spec)
+
+    for spec in specs:
+        add(spec)
+    return list(out.values())
+
+
 def nproc_problems(specs: list[RunSpec], nproc: int) -> list[str]:
     """Why runs cannot be trained on ``nproc`` ranks each (checked before anything is written)."""
     if nproc <= 1:

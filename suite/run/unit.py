@@ -32,7 +32,7 @@ from suite.tracking import Tracker, TrackingTarget, mirror_run, tracker_for
 
 log = logging.getLogger("spikesuite")
 
-Outcome = Literal["done", "skipped", "busy", "failed"]
+Outcome = Literal["done", "skipped", "busy", "waiting", "failed"]  # waiting: a run it needs is not finished
 OVERRIDE_METRICS = ("accuracy", "token_pct", "energy_exact_uj", "timesteps_mean")  # mirrored per override
 
 
@@ -81,20 +81,47 @@ def run_one(unit: RunUnit, *, callbacks: Sequence[Callable[[dict[str, float]], N
         if tracker is not None and not tracker.has_finished(spec.run_id):
             mirror_run(tracker, spec, run_dir, parent)  # MLflow mirrors the records
         return _tell(group, RunResult(spec.run_id, "skipped"))
+    blocked = _needs(unit)
+    if blocked is not None and blocked.outcome == "waiting":
+        return _tell(group, blocked)
     with records.claim(run_dir) as mine:
         if not mine:
             return _tell(group, RunResult(spec.run_id, "busy"))
         if records.run_state(run_dir, spec.run_id) == "done":  # finished while we waited
             return _tell(group, RunResult(spec.run_id, "skipped"))
+        if blocked is not None:  # a run it needs failed: so does this one, without running
+            run_dir.mkdir(parents=True, exist_ok=True)
+            records.write_config(run_dir, spec)
+            records.write_status(run_dir, "failed", reason=blocked.reason, blocked_by=list(spec.needs))
+            return _tell(group, blocked)
         status = records.read_json(run_dir / records.STATUS) or {}
         if status.get("state") == "failed" and isinstance(status.get("time"), (int, float)) \
                 and status["time"] >= unit.since:  # another process failed it during this invocation
             return _tell(group, RunResult(spec.run_id, "failed", str(status.get("reason", ""))))
-        log.info("%s seed=%d %s running%s%s", spec.variant, spec.config.seed, spec.run_id,
-                 " (resuming)" if (run_dir / CHECKPOINT).exists() else "",
+        log.info("%s seed=%d %s running%s%s%s", spec.variant, spec.config.seed, spec.run_id,
+                 " (resuming)" if (run_dir / CHECKPOINT).exists() and not spec.trained_by else "",
+                 f" (weights of {spec.trained_by})" if spec.trained_by else
+                 f" (fine-tuning {spec.parent})" if spec.parent else "",
                  f" on {unit.nproc_per_run} ranks" if unit.nproc_per_run > 1 else "")
         ok, reason = _execute(unit, tracker, parent, callbacks, group)
     return RunResult(spec.run_id, "done" if ok else "failed", reason)
+
+
+def _needs(unit: RunUnit) -> RunResult | None:
+    """None when every run ``unit`` needs (its fine-tuning parent, the run training its weights) is finished;
+    ``waiting`` while one is not; ``failed`` with the reason when one failed during this invocation (a failure
+    older than ``unit.since`` is retried by this invocation first, parents come before their children)."""
+    for need in unit.spec.needs:
+        need_dir = unit.study_dir / need
+        state = records.run_state(need_dir, need)
+        if state == "done":
+            continue
+        status = records.read_json(need_dir / records.STATUS) or {}
+        if state == "failed" and isinstance(status.get("time"), (int, float)) and status["time"] >= unit.since:
+            role = "parent run" if need == unit.spec.parent else "run training its weights"
+            return RunResult(unit.spec.run_id, "failed", f"{role} {need} failed: {status.get('reason', '')}")
+        return RunResult(unit.spec.run_id, "waiting", f"needs run {need} ({state})")
+    return None
 
 
 def _tell(group, result: RunResult) -> RunResult:
@@ -157,7 +184,8 @@ def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
         if group is not None:
             from suite.run.distributed import broadcast_object
 
-            broadcast_object(batch)  # the others train now, with this global batch
+            # the others train now, with this global batch (nothing to train: another run's weights are this one's)
+            broadcast_object(batch if spec.trained_by is None else RunResult(spec.run_id, "done"))
             told = True
             dev = group.device
         from suite.data import cached_data
@@ -173,7 +201,9 @@ def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
         while True:
             history.clear()  # a retry at half batch size starts again from epoch 0
             try:
-                if world > 1 and group is None:
+                if spec.trained_by is not None:
+                    result = _shared_fit(unit, data, dev)
+                elif world > 1 and group is None:
                     result = _fit_spawned(unit, batch, [on_epoch, *callbacks], data, dev, attempts, child)
                 else:
                     result = fit(spec.config, data, run_dir, device=dev, progress=unit.progress,
@@ -192,8 +222,9 @@ def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
         metrics.update(train_time_s=result.train_time_s, batch_size_used=float(batch))
         if world > 1:
             metrics.update(world_size=float(world), batch_size_per_rank=float(batch // world))
-        records.write_result(run_dir, spec.run_id, metrics, details, maps)
-        records.write_status(run_dir, "done", attempts=attempts, mlflow_run_id=child or "", **spread)
+        shared = {"trained_by": spec.trained_by} if spec.trained_by else {}
+        records.write_result(run_dir, spec.run_id, metrics, {**details, **shared}, maps)
+        records.write_status(run_dir, "done", attempts=attempts, mlflow_run_id=child or "", **spread, **shared)
         if tracker is not None:
             tracker.log_metrics(child, metrics, step=spec.config.train.epochs)
             tracker.log_artifacts(child, [run_dir / records.CONFIG, run_dir / records.METRICS,
@@ -216,6 +247,29 @@ def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
         tracker.set_tag(child, ERROR_TAG, reason[:4000])
         tracker.finish(child, "FAILED")
     return False, reason
+
+
+def _shared_fit(unit: RunUnit, data, device):
+    """A run whose weights another run trained (``spec.trained_by``): its checkpoint, linked beside this run (a
+    hard link where the filesystem allows, else a copy) so evaluation, ``spikesuite evaluate`` and searches find
+    it as usual. Nothing is trained: ``train_time_s`` is 0, the history is the trainer's."""
+    import os
+    import shutil
+
+    from suite.train import FitResult, load_checkpoint, make_model
+
+    src, dst = unit.study_dir / unit.spec.trained_by / CHECKPOINT, unit.run_dir / CHECKPOINT
+    tmp = dst.with_suffix(f".tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    state = load_checkpoint(dst, device)
+    model = make_model(unit.spec.config, data).to(device)
+    model.load_state_dict(state["model"])
+    return FitResult(model, state["history"], 0.0, 0)
 
 
 def _fit_spawned(unit: RunUnit, batch: int, callbacks, data, device, attempts: int, child: str | None):

@@ -1,6 +1,7 @@
 """What a trial runs. ``EvalStage``: the trained checkpoints of the chosen variant's runs (all seeds), evaluated
 with the trial's evaluation-time settings (runs not trained yet are trained first, through ``wait_for``).
-``TrainStage``: one full run per seed through ``run_one``, its epochs reported to the trial (``PruningCallback``).
+``TrainStage``: one full run per seed through ``run_one``, its epochs reported to the trial (``PruningCallback``),
+then scored like an eval-stage trial on ``search.split``.
 Torch is imported only inside the functions that evaluate."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from suite import records
 from suite.config import RunSpec, StudyError, apply_overrides, eval_updates, run_id
 from suite.names import CHECKPOINT, METRICS, STATUS
 from suite.run.local import wait_for
-from suite.run.study import study_units
+from suite.run.study import study_units, with_needs
 from suite.run.unit import RunUnit, run_one
 from suite.search.part import Part, SearchFailed, TrialFailed
 from suite.search.space import EPOCH_METRIC
@@ -37,7 +38,7 @@ class EvalStage:
         other); failed ones stop the search."""
         part = self.part
         specs = [s for runs in part.by_variant.values() for s in runs]
-        todo = [s for s in specs if records.run_state(part.sdir / s.run_id, s.run_id) != "done"]
+        todo = [s for s in with_needs(specs, part.specs) if records.run_state(part.sdir / s.run_id, s.run_id) != "done"]
         if todo:
             log.info("eval-stage search: training %d run(s) of %s first", len(todo), ", ".join(part.search.variants))
         units = study_units(part.study, todo, part.sdir, part.results, device=part.device, progress=part.progress,
@@ -74,6 +75,10 @@ class EvalStage:
                                   pick_device(self.part.device), updates)
         records.write_eval(run_dir, name, updates, res.metrics, res.details)
         return res.metrics
+
+    def forget(self, run_id: str) -> None:
+        """Drop a run's loaded weights (a train-stage trial's run is scored once)."""
+        self._states.pop(run_id, None)
 
     def _weights(self, spec: RunSpec):
         if spec.run_id not in self._states:
@@ -112,16 +117,40 @@ class PruningCallback:
 
 class TrainStage:
     """Train-stage trials: a full run per seed with the trial's settings, identified by its run id (a config
-    already finished is reused, not retrained), nested in MLflow under the trial's run."""
+    already finished is reused, not retrained), nested in MLflow under the trial's run. A variant that fine-tunes
+    (``train.init_from``) has its trials start from the study's parent runs, trained first when missing."""
 
     def __init__(self, part: Part):
         self.part = part
+        self.scorer = EvalStage(part)
+
+    def score(self, spec: RunSpec, number: int) -> dict[str, float]:
+        """A trained trial run evaluated on ``search.split`` (val by default: the recipe is chosen on validation
+        images; the run's own metrics.json keeps its test numbers), recorded as ``evals/trial<n>.json``."""
+        try:
+            return self.scorer.evaluate(spec, f"trial{number}", {}, self.part.search.split)
+        finally:
+            self.scorer.forget(spec.run_id)  # one checkpoint per trial run: do not keep them all
+
+    def ensure_parents(self, variant: str) -> None:
+        part = self.part
+        runs = part.by_variant[variant]
+        todo = [s for s in with_needs(runs, part.specs) if s not in runs
+                and records.run_state(part.sdir / s.run_id, s.run_id) != "done"]
+        if not todo:
+            return
+        log.info("train-stage search: training the %d run(s) %s fine-tunes from first", len(todo), variant)
+        units = study_units(part.study, todo, part.sdir, part.results, device=part.device, progress=part.progress)
+        failed = [f"{r.run_id}: {r.reason}" for r in wait_for(units) if r.outcome == "failed"]
+        if failed:
+            raise SearchFailed(f"the runs {variant} fine-tunes from failed to train:\n  " + "\n  ".join(failed))
 
     def run(self, trial, variant: str, params: dict[str, Any], child: str | None) -> dict[str, dict[str, float]]:
         part, study = self.part, self.part.study
         key = EPOCH_METRIC.get(part.metrics[0]) if part.search.pruner == "median" else None
         tracking = TrackingTarget(study.tracking, study.name, part.results, child)
         per_run, reused = {}, []
+        self.ensure_parents(variant)
         for i, base in enumerate(part.by_variant[variant]):
             cfg = apply_overrides(base.config, params)
             spec = RunSpec(study.name, run_id(cfg), cfg,
@@ -145,6 +174,6 @@ class TrainStage:
                 break  # trained now (or finished by another process while we waited for its lock)
             else:  # finished before this trial asked for it (by an earlier trial, or another worker)
                 reused.append(spec.run_id)
-            per_run[spec.run_id] = (records.read_json(unit.run_dir / METRICS) or {})["metrics"]
+            per_run[spec.run_id] = self.score(spec, trial.number)
         trial.set_user_attr("reused", reused)
         return per_run

@@ -25,6 +25,19 @@ def load_weights(run_dir: Path, device: torch.device | str) -> dict[str, torch.T
     return load_checkpoint(run_dir / CHECKPOINT, device)["model"]
 
 
+def load_parent_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Fine-tuning: copy into ``model`` every tensor of ``state`` (the parent run's final weights) that it also
+    has; its own new tensors (a policy's parameters the parent lacked) keep their initialisation. A tensor both
+    have with different shapes is an error naming it. Returns the names that kept their initialisation."""
+    own = model.state_dict()
+    bad = [f"{k}: {tuple(v.shape)} in {source}, {tuple(own[k].shape)} here" for k, v in state.items()
+           if k in own and v.shape != own[k].shape]
+    if bad:
+        raise ValueError("cannot start from the parent's weights, shapes differ: " + "; ".join(bad))
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return [k for k in own if k not in state]
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write then rename, so a kill mid-write never leaves a truncated checkpoint behind."""
     tmp = path.with_suffix(f".tmp{os.getpid()}")

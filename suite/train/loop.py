@@ -27,8 +27,17 @@ from tqdm.auto import tqdm
 from baselines.temporal import tet_loss
 from suite.data import DataBundle, make_loader
 from suite.models import Backbone, build_model
+from suite.models.policies.tokens import HALTING_LOSSES, loss_warmup
 from suite.names import CHECKPOINT
-from suite.train.checkpoint import get_rng, load_checkpoint, save_checkpoint, set_rng, state_digest
+from suite.train.checkpoint import (
+    get_rng,
+    load_checkpoint,
+    load_parent_weights,
+    load_weights,
+    save_checkpoint,
+    set_rng,
+    state_digest,
+)
 
 log = logging.getLogger("spikesuite")
 
@@ -155,6 +164,11 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history, start_epoch, spent = state["history"], state["epoch"], state["train_time_s"]
+    elif run.init_run is not None:  # fine-tuning starts from the parent's final weights (a resume from its own)
+        fresh = load_parent_weights(model, load_weights(run_dir.parent / run.init_run, device), run.init_run)
+        if main:
+            log.info("%s starts from run %s%s", run.variant, run.init_run,
+                     f" ({len(fresh)} tensor(s) of its own keep their initialisation)" if fresh else "")
     if dist is None:
         if state is not None:
             set_rng(state["rng"])
@@ -310,6 +324,9 @@ def _train_epoch(run, train_model: nn.Module, model: Backbone, data: DataBundle,
             target = lam * onehot + (1 - lam) * onehot[perm]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = train_model(x)
+            ramp = loss_warmup(run.tokens.halting, epoch + i / len(loader))
+            if ramp < 1:
+                out.aux.update({k: ramp * v for k, v in out.aux.items() if k in HALTING_LOSSES})
             loss = task_loss(run, out, target) + sum(out.aux.values(), torch.zeros((), device=device))
         if tc.inject_fault == "nan" and epoch >= 1:
             loss = loss * float("nan")

@@ -177,13 +177,22 @@ class TokenPolicy(nn.Module):
                         maps.permute(2, 0, 1, 3) if maps is not None else None, torch.stack(unit_h).detach())
 
 
+HALTING_LOSSES = ("ponder", "halting_prior")  # the aux losses ``loss_warmup_epochs`` ramps up
+
+
 def halting_losses(hc: HaltingConfig, rho: Tensor, size: Tensor | None, unit_h: list[Tensor]) -> dict[str, Tensor]:
     """Weighted ponder loss (units used + remainders; size-weighted with merging) and the halting prior."""
     ponder = rho.mean() if size is None else (rho * size).sum() / size.sum()
-    return {
-        "ponder": hc.ponder_weight * ponder,
-        "halting_prior": hc.prior_weight * prior_loss(torch.stack(unit_h), hc.prior_target, hc.prior_std),
-    }
+    prior = prior_loss(torch.stack(unit_h), hc.prior_target, hc.prior_std)
+    return dict(zip(HALTING_LOSSES, (hc.ponder_weight * ponder, hc.prior_weight * prior)))
+
+
+def loss_warmup(hc: HaltingConfig | None, epochs_done: float) -> float:
+    """The factor on the halting losses after ``epochs_done`` (fractional) epochs: a linear ramp from 0 to 1 over
+    ``loss_warmup_epochs`` (0: always 1)."""
+    if hc is None or hc.loss_warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, epochs_done / hc.loss_warmup_epochs)
 
 
 def readout(hc: HaltingConfig | None, z: Tensor, y: Tensor | None, size: Tensor | None
