@@ -19,7 +19,9 @@ def smoke(session: nox.Session) -> None:
 
 
 # The committed reference results (results/reference/, see results/README.md): train, search, report.
-REFERENCE_STUDIES = ("atsnn_digits", "tmask_digits", "baselines_digits", "atsnn_fashion_mnist", "backbones_digits")
+REFERENCE_STUDIES = ("atsnn_digits", "tmask_digits", "baselines_digits", "atsnn_fashion_mnist", "backbones_digits",
+                     "adaptive_fashion_mnist", "adaptive_fashion_mnist_recipe")
+PARALLEL = {"backbones_digits", "adaptive_fashion_mnist"}  # run with --workers 2 (1 thread each), as committed
 FASHION_DENSE = "37bebed778ed"  # the run id of atsnn_fashion_mnist's dense variant (spikesuite plan shows it)
 
 
@@ -30,7 +32,9 @@ def reference(session: nox.Session) -> None:
     session.install("-e", ".")
     for name in session.posargs or REFERENCE_STUDIES:
         study = f"studies/{name}.yaml"
-        session.run("spikesuite", "run", study, "--results", "results/reference", "--no-report")
+        workers = ["--workers", "2"] if name in PARALLEL else []
+        session.run("spikesuite", "run", study, "--results", "results/reference", "--no-report", *workers,
+                    env={"OMP_NUM_THREADS": "1"} if workers else None)
         if "search:" in open(study, encoding="utf-8").read():
             session.run("spikesuite", "search", study, "--results", "results/reference")
         if name == "atsnn_fashion_mnist":  # training-free ToMe on the dense checkpoint (no second dense run)

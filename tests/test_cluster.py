@@ -333,3 +333,38 @@ def test_search_workers(tmp_path, capsys):
         assert "#SBATCH --array=0-2%3\n" in script and "#SBATCH --ntasks-per-node=1\n" in script
         assert main(["status", str(study), "--results", str(results)]) == 0
         assert "search worker 2: job 12_2 RUNNING (slurm)" in capsys.readouterr().out
+
+
+FINETUNE = STUDY.replace("name: tiny", "name: ft").replace(
+    "  act: {tokens: {halting: {}}}\n",
+    "  act_ft: {tokens: {halting: {}}, train: {init_from: dense, epochs: 1}}\n"
+    "  tome: {eval: {apply: {tokens.merge: {r: 2}}}}\n")
+
+
+def test_local_jobs_wait_for_their_parents(tmp_path, capsys):
+    """Every run is submitted at once to submitit's local executor; a child's job waits until its parent's run is
+    done (no SLURM dependencies there), then fine-tunes from it."""
+    study = write(tmp_path / "ft.yaml", FINETUNE)
+    cfg = write(tmp_path / "cluster.yml", "backend: submitit\ncluster: local\npoll_s: 0.2\n")
+    results = tmp_path / "results"
+    assert main(["run", str(study), "--parallel-config", str(cfg), "--results", str(results), "--no-report"]) == 0
+    assert "ft: 3 runs: 3 run now" in capsys.readouterr().out
+    runs = {s.variant: s for s in expand(parse_study(FINETUNE))}
+    sdir = results / "ft"
+    done_at = {v: json.loads((sdir / s.run_id / "status.json").read_text())["time"] for v, s in runs.items()}
+    assert done_at["dense"] < done_at["act_ft"] and done_at["dense"] < done_at["tome"]
+    assert json.loads((sdir / runs["tome"].run_id / "status.json").read_text())["trained_by"] == runs["dense"].run_id
+
+
+def test_slurm_children_depend_on_their_parents_jobs(tmp_path, capsys):
+    study = write(tmp_path / "ft.yaml", FINETUNE)
+    cfg = write(tmp_path / "cluster.yml", f"backend: submitit\ncluster: slurm\nfolder: {tmp_path}/submitit/%j\n"
+                                          "resources: {timeout_min: 30}\n")
+    with mocked_slurm():
+        assert main(["run", str(study), "--parallel-config", str(cfg), "--results", str(tmp_path / "r"),
+                     "--no-wait"]) == 0
+        scripts = sbatch_scripts(tmp_path / "submitit")
+    parents, children = sorted(scripts)  # the parents' job first, then one array for both dependent runs
+    assert "--dependency" not in scripts[parents]
+    assert f"#SBATCH --dependency=afterany:{parents.split('_')[0]}\n" in scripts[children]
+    assert "#SBATCH --array=0-1" in scripts[children]
