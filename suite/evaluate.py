@@ -24,13 +24,23 @@ from suite.config import RunConfig, apply_overrides, eval_updates
 from suite.data import DataBundle, make_loader
 from suite.metrics import (
     energy_metrics,
+    exit_scaled,
     firing_rates,
     merge_counts,
     merge_spikes,
     ops_weighted_steps,
+    token_pct,
 )
 from suite.models import Backbone
 from suite.train import make_model
+
+COUNTING_VERSION = 2  # details.counting_version: token-units under the one rule (older: suite.records_migrate)
+COUNTING = ("token_units: (token, block, timestep) units the blocks processed, summed over blocks and steps; a "
+            "halted, dropped or merged-away token, a time-masked step and a step after an early exit are not "
+            "processed; a merged token counts once; token_pct = % of the dense model's units at reference_T steps "
+            "(dense_token_units / T x reference_T)")
+EXIT_NOTE = ("early exit: block layers (and a per-step stem) scaled by exit_step_share = mean exit step / T, the "
+             "head and a stem run once are not (details.ops: as counted over all T steps)")
 
 
 @dataclass
@@ -49,17 +59,16 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     amp = device.type == "cuda" and run.train.amp == "auto"
     loader = make_loader(ds, batch_size=run.train.eval_batch_size, shuffle=False, seed=0)
     L, T = model.depth, model.T
-    dense_units = float(model.dense_token_units)
+    per_step = float(model.depth * model.num_tokens)  # the dense model's token-units per timestep
     ops: dict = {}
     spikes: dict = {}
     similarity: dict = {}
     correct = seen = 0
     loss_sum = 0.0
-    active_sum = torch.zeros(L, T)
+    active_sum = torch.zeros(L, T, dtype=torch.float64)
     units: list[torch.Tensor] = []
     exit_steps: list[torch.Tensor] = []
     exit_correct = 0
-    exit_units: list[torch.Tensor] = []
     depth_hist = torch.zeros(L * T + 1)
     sample: dict[str, list] = {"images": [], "maps": [], "labels": [], "pred": []}
     n_maps = ec.heatmap_images if maps else 0
@@ -74,7 +83,12 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(-1) == y).sum())
         seen += x.shape[0]
-        act = out.active_tokens.float().cpu()  # [B, L, T]
+        act = processed_units(out)  # [B, L, T]
+        if run.time.exit is not None and out.step_logits is not None:
+            res = early_exit(out.step_logits.float(), run.time.exit)
+            exit_steps.append(res.exit_step.cpu())
+            exit_correct += int((res.pred == y).sum())
+            act = act * (torch.arange(T) < res.exit_step.cpu().view(-1, 1, 1))  # the steps after the exit are skipped
         active_sum += act.sum(0)
         units.append(act.sum((1, 2)))
         ops = merge_counts(ops, out.ctx.ops)
@@ -82,12 +96,6 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         similarity = merge_spikes(similarity, out.ctx.similarity)  # the same [sum, count] bookkeeping
         if out.token_depth is not None:
             depth_hist += torch.bincount(out.token_depth.long().flatten().cpu(), minlength=L * T + 1)[:L * T + 1]
-        if run.time.exit is not None and out.step_logits is not None:
-            res = early_exit(out.step_logits.float(), run.time.exit)
-            exit_steps.append(res.exit_step.cpu())
-            exit_correct += int((res.pred == y).sum())
-            steps_before = act.cumsum(2).sum(1)  # [B, T]: token-units up to and including each step
-            exit_units.append(steps_before.gather(1, (res.exit_step.cpu() - 1).view(-1, 1))[:, 0])
         if out.maps is not None:
             take = n_maps - sum(map(len, sample["images"]))
             sample["images"].append(x[:take].float().cpu().numpy())
@@ -101,13 +109,16 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         "eval_images": float(seen),
         "tokens_per_block_step": float(u.mean()) / (L * T),
         "token_units": float(u.mean()),
-        "token_pct": 100 * float(u.mean()) / dense_units,
-        "dense_token_units": dense_units,
+        "token_pct": token_pct(float(u.mean()), per_step, ec.reference_T or T),
+        "reference_T": float(ec.reference_T or T),
+        "dense_token_units": per_step * T,
     }
     details: dict[str, Any] = {
         "active_tokens_block_step": (active_sum / seen).tolist(),
         "firing_rates": firing_rates(spikes),
-        "counting": "tokens: a merged token counts once; token_units = sum over blocks and timesteps",
+        "token_units_block": (active_sum.sum(1) / seen).tolist(),
+        "counting": COUNTING,
+        "counting_version": COUNTING_VERSION,
         "layer_order": model.layer_order(),  # forward order, for tables and figures
     }
     rates = list(details["firing_rates"].values())
@@ -117,8 +128,7 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     if sims:
         details["temporal_similarity"] = sims
         m["temporal_similarity"] = float(np.mean(list(sims.values())))
-    m.update(energy_metrics(ops, seen, ec.energy))
-    details["ops"] = {k: vars(v) for k, v in ops.items()}
+    details["ops"] = {k: vars(v) for k, v in ops.items()}  # as counted: over all T steps, before any exit
     steps = model.time_policy.active_steps() if model.time_policy is not None else None
     if steps:
         details["active_steps"] = steps
@@ -132,14 +142,11 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         m["accuracy"] = 100 * exit_correct / seen
         m["exit_step_mean"] = float(es.float().mean())
         m["timesteps_mean"] = m["timesteps_weighted"] = m["exit_step_mean"]
-        eu = torch.cat(exit_units)
-        m["token_units"] = float(eu.mean())
-        m["token_pct"] = 100 * m["token_units"] / dense_units
-        # Counts were taken over all T steps; scale by each sample's share of steps (labelled approx).
-        m["energy_exact_uj"] *= m["exit_step_mean"] / T
-        m["energy_paper_uj"] *= m["exit_step_mean"] / T
         details["exit_histogram"] = torch.bincount(es, minlength=T + 1)[1:].tolist()
-        details["energy_note"] = "early exit: energy scaled by mean exit step / T"
+        details["exit_step_share"] = m["exit_step_mean"] / T
+        details["energy_note"] = EXIT_NOTE
+        ops = exit_scaled(ops, details["exit_step_share"], model.cfg.stem == "per_step")
+    m.update(energy_metrics(ops, seen, ec.energy))
     if out.unit_halting is not None:
         details["depth_histogram"] = (depth_hist / depth_hist.sum().clamp_min(1)).tolist()
     m["images_per_s"] = throughput(model, ds, device, run.train.eval_batch_size, amp)
@@ -149,6 +156,15 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         sample_maps = {k: np.concatenate(v) for k, v in sample.items()}
         sample_maps["grid"] = np.array(model.grid)
     return EvalResult(m, details, sample_maps)
+
+
+def processed_units(out) -> torch.Tensor:
+    """``[B, L, T]`` token-units a counted forward processed (``Context.block_token_units``: token policies and time
+    masks alike), on the CPU."""
+    units = out.ctx.block_token_units()
+    if units is None:
+        raise ValueError("the forward ran without count=True: no token-units were counted")
+    return units.cpu()  # float64: sums of token counts stay exact
 
 
 @torch.no_grad()

@@ -10,7 +10,10 @@ are carried side by side and named in every key:
   so a residual-stream value of 2 counts twice).
 
 Energy (Spikformer appendix, papers.md 2.8): ``E = E_MAC * MACs + E_AC * SOPs``; MACs are the analog
-first conv and the head, SOPs everything else (convs, linears, both attention products).
+first conv and the head, SOPs everything else (convs, linears, both attention products). Every total is the
+sum of its per-kind parts, early exit included (``exit_scaled``), so an energy breakdown adds up to the total.
+
+Token-units (``token_pct``): % of the dense model's token-units at a reference T (``dense_units_per_step`` x T).
 See docs/counting.md for what is and is not counted.
 """
 
@@ -18,12 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from suite.config import EnergyConfig
-from suite.models.context import LayerCounts
 from suite.names import ENERGY_KINDS
+
+if TYPE_CHECKING:  # no torch at import: the records' tables (no torch) restate token_pct with this module
+    from suite.models.context import LayerCounts
 
 _SUMMED: tuple[str, ...] = ("macs", "sops_exact", "sops_paper", "dense_flops")  # additive LayerCounts fields
 _PJ_TO_UJ = 1e-6
@@ -110,6 +116,32 @@ def breakdown_frame(ops: Mapping[str, LayerCounts], n_images: int, cfg: EnergyCo
         for name, r in ops.items()
     ]
     return pd.DataFrame(rows, columns=list(BREAKDOWN_COLUMNS))
+
+
+def exit_scaled(ops: Mapping[str, LayerCounts], share: float, stem_per_step: bool) -> dict[str, LayerCounts]:
+    """The counts of a per-sample early exit, from a forward counted over all T steps.
+
+    A layer that runs at every step (every block layer; the stem when ``model.stem`` is ``per_step``) is scaled
+    by ``share`` = mean exit step / T: the steps after a sample's exit are skipped. A layer that runs once per
+    image (the head; a stem run once) is not. Approximate: every step of a layer is taken to cost the same."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], not {share}")
+    out = {}
+    for name, rec in ops.items():
+        per_step = rec.kind in ("attention", "mlp") or (rec.kind == "stem" and stem_per_step)
+        factor = share if per_step else 1.0
+        out[name] = replace(rec, **{f: getattr(rec, f) * factor for f in _SUMMED})
+    return out
+
+
+def units_per_step(dense_token_units: float, T: int) -> float:
+    """Token-units of the dense model per timestep (blocks x tokens) from its stored count at T steps."""
+    return dense_token_units / T
+
+
+def token_pct(token_units: float, per_step: float, reference_T: int) -> float:
+    """``token_units`` as % of the dense model of the same backbone run for ``reference_T`` steps."""
+    return 100.0 * token_units / (per_step * reference_T)
 
 
 def ops_weighted_steps(active_steps: Mapping[str, float], ops: Mapping[str, LayerCounts],

@@ -15,7 +15,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,13 @@ import pandas as pd
 import yaml
 
 from suite.config import RunConfig, RunSpec
+from suite.metrics import token_pct, units_per_step
 from suite.names import CONFIG, EVALS, EVALS_TABLE, HISTORY, LOCK, MAPS, METRICS, RUNS_TABLE, STATUS
 
 __all__ = ["CONFIG", "EVALS", "EVALS_TABLE", "HISTORY", "MAPS", "METRICS", "RUNS_TABLE", "STATUS", "atomic_write_json",
-           "atomic_write_text", "claim", "collect_tables", "file_lock", "read_json", "read_specs", "run_state", "write_config",
-           "write_eval", "write_history", "write_result", "write_status"]
+           "atomic_write_text", "claim", "collect_tables", "file_lock", "is_dense", "read_json", "read_specs",
+           "reference_T", "restate_token_pct", "run_state", "write_config", "write_eval", "write_history",
+           "write_result", "write_status"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -154,8 +156,37 @@ def write_eval(run_dir: Path, name: str, updates: dict[str, Any], metrics: dict[
     return path
 
 
+def is_dense(config: RunConfig) -> bool:
+    """A run of the dense model: no token or time policy, none applied at evaluation either (a static T is dense)."""
+    applied = any(str(k).split(".")[0] in ("tokens", "time") for k in config.eval.apply)
+    return not (config.tokens.enabled or config.time.mask is not None or config.time.exit is not None or applied)
+
+
+def reference_T(specs: Iterable[RunSpec]) -> int | None:
+    """The T a study's ``token_pct`` refers to: the largest T of its dense runs (None when it has none)."""
+    return max((s.config.model.T for s in specs if is_dense(s.config)), default=None)
+
+
+def restate_token_pct(row: dict[str, Any], config: RunConfig, study_T: int | None) -> None:
+    """Set a done row's ``token_pct`` against the study's reference dense model, from its stored counts: the run's
+    ``eval.reference_T`` if set, else ``study_T``, else its own T; ``reference_T`` and ``reference_token_units``
+    name the reference. Rows without token counts are left alone."""
+    if "token_units" not in row or "dense_token_units" not in row:
+        return
+    ref = config.eval.reference_T or study_T or config.model.T
+    per_step = units_per_step(float(row["dense_token_units"]), config.model.T)
+    row["reference_T"] = float(ref)
+    row["reference_token_units"] = per_step * ref
+    row["token_pct"] = token_pct(float(row["token_units"]), per_step, ref)
+
+
 def collect_tables(study_dir: Path, specs) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per run (``runs.csv``) and one per run x evaluation override (``evals.csv``)."""
+    """One row per run (``runs.csv``) and one per run x evaluation override (``evals.csv``).
+
+    ``token_pct`` is restated against the study's reference dense model (``reference_T``), so every row of a
+    study compares with the same denominator whatever T its run used."""
+    specs = list(specs)
+    study_T = reference_T(specs)
     rows, evals = [], []
     for spec in specs:
         run_dir = study_dir / spec.run_id
@@ -163,14 +194,17 @@ def collect_tables(study_dir: Path, specs) -> tuple[pd.DataFrame, pd.DataFrame]:
         row: dict[str, Any] = {"run_id": spec.run_id, "status": state, **_axes(spec)}
         if state == "done":
             row.update(read_json(run_dir / METRICS)["metrics"])
+            restate_token_pct(row, spec.config, study_T)
         elif state == "failed":
             row["error"] = (read_json(run_dir / STATUS) or {}).get("reason", "")
         rows.append(row)
         for path in sorted((run_dir / EVALS).glob("*.json")) if (run_dir / EVALS).is_dir() else []:
             ev = read_json(path)
             if ev is not None and "metrics" in ev:
-                evals.append({"run_id": spec.run_id, **_axes(spec), "override": ev["name"],
-                              "set": json.dumps(ev["set"], sort_keys=True), **ev["metrics"]})
+                erow = {"run_id": spec.run_id, **_axes(spec), "override": ev["name"],
+                        "set": json.dumps(ev["set"], sort_keys=True), **ev["metrics"]}
+                restate_token_pct(erow, spec.config, study_T)
+                evals.append(erow)
     runs = pd.DataFrame(rows)
     evals_df = pd.DataFrame(evals)
     atomic_write_text(study_dir / RUNS_TABLE, runs.to_csv(index=False))

@@ -79,6 +79,9 @@ class EvalConfig(BaseModel):
     e_mac_pj: PicoJoules = E_MAC_PJ  # suite.names: 45 nm 32-bit float MAC (Horowitz, ISSCC 2014)
     e_ac_pj: PicoJoules = E_AC_PJ  # suite.names: 45 nm 32-bit float add (Horowitz, ISSCC 2014)
     max_batches: int | None = Field(None, ge=1)  # evaluate on a prefix of the split (quick checks)
+    # token_pct is % of the dense model of the same backbone at this T. Unset: the run's own T in metrics.json,
+    # and in a study's tables the largest T of its dense variants (suite.records.reference_T).
+    reference_T: int | None = added_field(None, ge=1, le=100_000)
 
     @property
     def energy(self) -> EnergyConfig:

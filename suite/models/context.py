@@ -1,5 +1,5 @@
 """Per-forward context: what a forward pass needs to know (time masks, which timesteps it runs)
-and what it observed (spike statistics, operation counts, active tokens).
+and what it observed (spike statistics, operation counts, processed token-units).
 
 A new ``Context`` is made by every ``Spikformer.forward`` and returned inside its output, so no
 statistic is ever read off a module by the training loop (A-ViT's ``model.module.rho_token``).
@@ -27,6 +27,15 @@ class LayerCounts:
 
 
 @dataclass
+class TokenWork:
+    """What one token-wise synaptic layer of a block (a Linear on each token) processed in a forward pass."""
+
+    block: int
+    per_token: float  # FLOPs per processed (token, step): C_in x C_out
+    processed: Tensor  # [T, B] float64: tokens this layer processed at each step of each image
+
+
+@dataclass
 class Context:
     """State of one forward pass. ``step`` selects the timesteps the current call processes
     (all of them in layer-wise execution, one at a time in time-major halting)."""
@@ -37,6 +46,8 @@ class Context:
     step: slice = field(default_factory=lambda: slice(None))
     spikes: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
     ops: dict[str, LayerCounts] = field(default_factory=dict)
+    # token-wise layer -> what it processed: the source of token-units (``block_token_units``)
+    token_work: dict[str, TokenWork] = field(default_factory=dict)
     # block name -> [sum, count] of the cosine similarity of each token's block input at consecutive timesteps
     similarity: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
     _last_input: dict[str, Tensor] = field(default_factory=dict)
@@ -102,7 +113,8 @@ class Context:
 
         A layer whose neuron's output is time-masked at a step would not run at that step, so its
         operations count only at unmasked steps; likewise only active tokens count. Convolutions and
-        attention products pass their own ``exact``/``paper``/``dense`` totals."""
+        attention products pass their own ``exact``/``paper``/``dense`` totals. A block's token-wise layers
+        (``block >= 0``, no totals passed) also record the tokens they processed: ``block_token_units``."""
         if not self.count:
             return
         with torch.no_grad():
@@ -118,12 +130,43 @@ class Context:
                 # Spikformer-family convention: SOP = firing rate x FLOPs, with the rate taken as the
                 # mean input value, so a residual-stream value of 2 counts as two spikes.
                 paper = xv.sum(dtype=torch.float64) * fan_out
+                if block >= 0:
+                    self._record_tokens(name, block, valid.expand(*x.shape[:-1], 1), cin * fan_out)
             if analog:
                 rec.macs += float(dense)
             else:
                 rec.sops_exact += float(exact)
                 rec.sops_paper += float(paper)
             rec.dense_flops += float(dense)
+
+
+    def _record_tokens(self, name: str, block: int, valid: Tensor, per_token: float) -> None:
+        """Add the tokens a token-wise layer processed at each step (``valid`` [T', B, N, 1]) of the current call."""
+        work = self.token_work.get(name)
+        if work is None:
+            zeros = torch.zeros(self.T, valid.shape[1], dtype=torch.float64, device=valid.device)
+            work = self.token_work[name] = TokenWork(block, float(per_token), zeros)
+        # a processed token counts once whatever its weight (a merged token of size s is one token)
+        work.processed[self.step] += (valid != 0).flatten(2).sum(-1, dtype=torch.float64)
+
+    def block_token_units(self) -> Tensor | None:
+        """``[B, L, T]`` token-units of each block at each step (None before any counted forward).
+
+        The one rule of docs/counting.md: a (token, block, step) unit counts when the block processes the token at
+        that step. Each block's token-wise layers say what it processed, so a halted, dropped or merged-away token
+        and a step the block's time mask drops all lower it alike. A block whose layers run at different steps
+        (``granularity: layer`` or ``type`` masks) counts each unit by the share of its per-token FLOPs that ran."""
+        if not self.token_work:
+            return None
+        by_block: dict[int, list[TokenWork]] = defaultdict(list)
+        for work in self.token_work.values():
+            by_block[work.block].append(work)
+        units = []
+        for block in sorted(by_block):
+            works = by_block[block]
+            flops = sum(w.processed * w.per_token for w in works)
+            units.append(flops / sum(w.per_token for w in works))  # [T, B]
+        return torch.stack(units).permute(2, 0, 1)
 
 
 def _valid(x: Tensor, active: Tensor | None, m: Tensor | None) -> Tensor:
