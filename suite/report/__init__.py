@@ -5,17 +5,21 @@ Reads ``results/<study>/``: ``runs.csv``, ``evals.csv`` (optional), ``study.yaml
 ``<run_id>/metrics.json`` (details: firing rates, active steps, depth and exit histograms, layer order) and
 ``<run_id>/maps.npz`` (active-token maps). Writes ``results/<study>/report/``: every figure as PNG and PDF,
 ``table.md``, ``table.tex``, ``evals.md`` (when overrides were evaluated), and the page
-``results/<study>/report.html``. Outputs carry no timestamps, so the same records give byte-identical files. A
-figure whose data is absent is skipped and the page says why.
+``results/<study>/report.html``; with ``style="paper"`` also ``report/paper/<figure>_1col.pdf`` and ``_2col.pdf``
+(3.5 and 7.16 in wide, legend outside the data) of the accuracy-vs-cost figures. Outputs carry no timestamps,
+so the same records give byte-identical files. A figure whose data is absent is skipped and the page says why.
 
 Conventions (written next to every number): seeds are summarised as mean ± sample std (ddof=1); the unit of a
 point is a *variant* (plus any non-seed matrix axis that varies within it, e.g. ``act (T=2)``); token-units
 are active tokens summed over blocks and timesteps (a merged token counts once); energy is the *exact* SOP
 convention (``energy_exact_uj``). Published numbers (``baselines/published.yaml``) come from other backbones and
-recipes: they are drawn only as hollow reference markers, only for the study's own dataset.
+recipes: they are drawn only as hollow reference markers, only for the study's own dataset and backbone family
+(Spikformer rows for a Spikformer study, SDT rows for SDT). Figures are sized for the page (at most 7.5 in wide,
+legends outside the data), fonts are embedded as TrueType (no Type 3), units are written µJ and ×.
 
-Modules: ``load`` (records -> ``StudyRecords``), ``style`` (look and number formatting), ``figures`` (one module
-per figure family), ``tables``, ``page`` (HTML), ``mlflow`` (attach the report to the study's store).
+Modules: ``load`` (records -> ``StudyRecords``), ``style`` (look, sizes, legends and number formatting),
+``figures`` (one module per figure family, ``marks`` for dodged, clipped and labelled points), ``tables``,
+``page`` (HTML), ``mlflow`` (attach the report to the study's store).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from suite.names import REPORT_DIR  # noqa: E402
 from suite.report.content import Figure, Table  # noqa: E402
-from suite.report.figures import FIGURE_PREFIXES, build_figures  # noqa: E402
+from suite.report.figures import FIGURE_PREFIXES, PAPER_DIR, build_figures, build_paper_figures  # noqa: E402
 from suite.report.figures.heatmaps import upsample_mask  # noqa: E402
 from suite.report.figures.layers import layer_key, ordered_layers  # noqa: E402
 from suite.report.figures.pareto import pareto_front  # noqa: E402
@@ -46,36 +50,47 @@ from suite.report.tables import MAIN_HEADERS, table_latex, write_tables  # noqa:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "FIGURE_PREFIXES", "MAIN_HEADERS", "Figure", "Stat", "StudyRecords", "Table", "axis_columns", "build_report",
+    "FIGURE_PREFIXES", "MAIN_HEADERS", "REPORT_STYLES", "Figure", "Stat", "StudyRecords", "Table", "axis_columns", "build_report",
     "config_labels", "config_order", "decimals", "exit_figure", "fmt_pm", "layer_key", "load_records",
     "log_to_mlflow", "mlflow_store", "nondominated", "ordered_layers", "pareto_front", "published_for",
     "published_points", "search_figure", "search_tables", "search_title", "slug", "table_latex", "upsample_mask",
 ]
 
 
+REPORT_STYLES = ("default", "paper")  # paper: also the paper-sized figures under report/paper/
+
+
 def clear_stale(out: Path) -> None:
-    """Remove figures an earlier report wrote, so a figure whose data is gone does not linger."""
-    if not out.is_dir():
-        return
-    for path in sorted(out.iterdir()):
-        if path.suffix in (".png", ".pdf") and path.stem.startswith(FIGURE_PREFIXES):
-            path.unlink()
+    """Remove figures an earlier report wrote (paper figures included), so a figure whose data is gone, or that
+    this report's style does not ask for, does not linger."""
+    for folder in (out, out / PAPER_DIR):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.suffix in (".png", ".pdf") and path.stem.startswith(FIGURE_PREFIXES):
+                path.unlink()
+    if (out / PAPER_DIR).is_dir() and not any((out / PAPER_DIR).iterdir()):
+        (out / PAPER_DIR).rmdir()
 
 
-def build_report(study_dir: Path, mlflow: bool = True) -> list[Path]:
+def build_report(study_dir: Path, mlflow: bool = True, style: str = "default") -> list[Path]:
     """Write the figures, tables and page of ``study_dir`` from its records; returns every file written (the page
-    last). With ``mlflow``, the files are also attached to the study's latest invocation run, when there is one."""
+    last). With ``mlflow``, the files are also attached to the study's latest invocation run, when there is one.
+    ``style="paper"`` also writes the accuracy-vs-cost figures one and two columns wide (``report/paper/``)."""
+    if style not in REPORT_STYLES:
+        raise ValueError(f"report style must be one of {', '.join(REPORT_STYLES)}, not {style!r}")
     rec = load_records(Path(study_dir))
     out = rec.study_dir / REPORT_DIR
     clear_stale(out)
     with plt.rc_context(STYLE):
         figures = build_figures(rec, out)
+        paper = build_paper_figures(rec, out) if style == "paper" else []
     tables, table_paths = write_tables(rec, out)
     page = write_page(rec, tables, figures)
     for fig in figures:
         if fig.skipped is not None:
             log.info("figure %s skipped: %s", fig.stem, fig.skipped)
-    artifacts = [p for f in figures for p in f.paths] + table_paths
+    artifacts = [p for f in figures for p in f.paths] + paper + table_paths
     if mlflow:
         log_to_mlflow(rec, artifacts, page)
     return artifacts + [page]

@@ -1,13 +1,23 @@
 """Attach a written report to the study's MLflow store, when one exists, after mirroring the study's finished runs
 the store lacks (mlflow is imported only inside ``suite.tracking.Tracker``, and only when logging). The records
 stay the source of truth: a tracking failure never stops the report (one warning, as for a run: the same
-``Tracker`` with its bounded calls)."""
+``Tracker`` with its bounded calls).
+
+The page logged to MLflow is a self-contained copy (``self_contained``): MLflow's artifact viewer shows an HTML
+artifact on its own, so the figures it links beside it would be broken images there. The page on disk is left as
+``suite.report.page`` wrote it."""
 
 from __future__ import annotations
 
+import base64
+import html
 import logging
+import mimetypes
+import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from suite.names import REPORT_DIR
 from suite.report.load import StudyRecords
@@ -15,6 +25,7 @@ from suite.tracking import Tracker, mirror_missing, tracking_uri
 
 log = logging.getLogger(__name__)
 SQLITE = "sqlite:///"
+IMG_SRC = re.compile(r'(<img\b[^>]*?\bsrc=")([^"]*)(")', re.IGNORECASE)  # page.py writes src="..." (escaped)
 
 
 def mlflow_store(rec: StudyRecords) -> tuple[str, str] | None:
@@ -47,5 +58,38 @@ def log_to_mlflow(rec: StudyRecords, artifacts: Sequence[Path], page: Path) -> s
     if parent is None:
         return None
     tracker.log_artifacts(parent, list(artifacts), REPORT_DIR)
-    tracker.log_artifacts(parent, [page])
+    with tempfile.TemporaryDirectory(prefix="spikesuite-report-") as tmp:
+        tracker.log_artifacts(parent, [inlined_copy(page, Path(tmp))])
     return parent if tracker.enabled else None
+
+
+def self_contained(page: Path) -> str:
+    """The HTML of ``page`` with each ``<img src>`` that names an image file beside it (in its directory or below)
+    replaced by a ``data:`` URI of that file; other sources (URLs, missing files, files outside) are left as
+    they are."""
+    base = page.parent.resolve()
+
+    def inline(m: re.Match[str]) -> str:
+        src = html.unescape(m.group(2))
+        parts = urlsplit(src)
+        if parts.scheme or parts.netloc or not parts.path:
+            return m.group(0)
+        path = (base / parts.path).resolve()
+        mime = mimetypes.guess_type(path.name)[0] or ""
+        if not path.is_relative_to(base) or not path.is_file() or not mime.startswith("image/"):
+            return m.group(0)
+        return f"{m.group(1)}data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}{m.group(3)}"
+
+    return IMG_SRC.sub(inline, page.read_text(encoding="utf-8"))
+
+
+def inlined_copy(page: Path, into: Path) -> Path:
+    """``self_contained(page)`` written as ``into/<page name>`` (what MLflow gets); the page itself when it cannot
+    be read (logging then does what it did before: the records stay complete either way)."""
+    copy = into / page.name
+    try:
+        copy.write_text(self_contained(page), encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("report page %s not inlined for MLflow (%s): logged as written", page, exc)
+        return page
+    return copy

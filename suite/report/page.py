@@ -18,8 +18,8 @@ from suite import records
 from suite.environment import version
 from suite.names import ENVIRONMENT, HTML_PAGE, STATUS
 from suite.report.content import Figure, Table
+from suite.report.figures import published_rows
 from suite.report.load import StudyRecords, fmt_value
-from suite.report.published import published_for
 from suite.report.tables import write_text
 
 
@@ -145,7 +145,7 @@ def summary(rec: StudyRecords, figures: Sequence[Figure]) -> dict[str, str]:
 def write_page(rec: StudyRecords, tables: Sequence[Table], figures: Sequence[Figure]) -> Path:
     """``report.html`` beside the records directory's ``report/``."""
     env, source = environment(rec)
-    _, pub_note = published_for(rec.dataset)
+    _, pub_note = published_rows(rec)
     failed = rec.runs[rec.runs.status == "failed"]
     notes = [pub_note] + [f"Failed run {r.run_id} ({r.variant}, seed {fmt_value(r.seed)}): {getattr(r, 'error', '')}"
                           for r in failed.itertuples()]

@@ -12,7 +12,7 @@ from pathlib import Path
 from suite.report.content import Figure
 from suite.report.figures.heatmaps import heatmap_figures
 from suite.report.figures.layers import allocation_figure, depth_figure, firing_figure
-from suite.report.figures.pareto import pareto_axes, pareto_figure
+from suite.report.figures.pareto import paper_figures, pareto_axes, pareto_figure
 from suite.report.figures.search import search_figures
 from suite.report.figures.summary import ablation_figure, energy_figure, exit_figure
 from suite.report.figures.temporal import temporal_figure
@@ -22,11 +22,34 @@ from suite.report.published import published_for
 # file stems the figures write
 FIGURE_PREFIXES = ("accuracy_vs_", "token_heatmap_", "halting_depth", "timestep_allocation", "firing_rates",
                    "temporal_similarity", "ablation", "early_exit", "energy_breakdown", "search_")
+PAPER_DIR = "paper"  # report/paper/: the paper-sized figures of style="paper"
+
+
+def study_backbones(rec: StudyRecords) -> set[str]:
+    """Every backbone the study's runs use: the model section's, the variants' overrides and a matrix axis."""
+    names = {rec.study.model.backbone} if rec.study is not None else set()
+    names |= {str(v.model["backbone"]) for v in rec.variants.values() if "backbone" in v.model}
+    for column in ("model.backbone", "backbone"):
+        if column in rec.runs:
+            names |= {str(b) for b in rec.runs[column].dropna()}
+    return names
+
+
+def published_rows(rec: StudyRecords):
+    """Published rows for the study's dataset and backbones, and the sentence saying what is drawn."""
+    return published_for(rec.dataset, study_backbones(rec) if rec.study is not None else None)
+
+
+def build_paper_figures(rec: StudyRecords, out: Path) -> list[Path]:
+    """The main comparison figures (accuracy vs each cost) one and two columns wide, under ``out/paper/``."""
+    published, _ = published_rows(rec)
+    return [p for axis in pareto_axes(rec.eval.energy.describe())
+            for p in paper_figures(rec, axis, published, out / PAPER_DIR)]
 
 
 def build_figures(rec: StudyRecords, out: Path) -> list[Figure]:
     """Every figure of the report, in page order, written under ``out`` (or skipped, with the reason)."""
-    published, note = published_for(rec.dataset)
+    published, note = published_rows(rec)
     axes = pareto_axes(rec.eval.energy.describe())
     figures = [pareto_figure(rec, axis, published, note, out) for axis in axes]
     figures += heatmap_figures(rec, out)

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.patches import Patch
 
 from suite.names import MAPS
 from suite.report.content import Figure
 from suite.report.load import StudyRecords
-from suite.report.style import save, slug
+from suite.report.style import MAX_WIDTH_IN, legend_outside, save, slug
 
 TINT, TINT_ALPHA = np.array([1.0, 0.45, 0.0]), 0.55  # active tokens: orange over the grey image
+TILE_IN = 0.8  # one tile (image or timestep) at most this wide
 HEATMAP_IMAGES, HEATMAP_RUNS = 4, 2
 
 
@@ -92,8 +94,9 @@ def heatmap_figure(rec: StudyRecords, config: str, run_id: str, out: Path, n_ima
     k, (L, T), (H, W) = min(n_images, len(images), len(maps)), maps.shape[1:3], images.shape[2:]
     ncols = min(k, 2)
     nrows = -(-k // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * (0.8 * (T + 1) + 0.5) + 0.2, nrows * (0.8 * L + 0.6) + 0.4),
-                             squeeze=False)
+    tile = min(TILE_IN, (MAX_WIDTH_IN - 0.2 - 0.5 * ncols) / (ncols * (T + 1)))  # wide T shrinks tiles, not the page
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * (tile * (T + 1) + 0.5) + 0.2,
+                                                    nrows * (tile * L + 0.6) + 0.7), squeeze=False, layout="constrained")
     for ax in axes.flat[k:]:
         ax.set_axis_off()
     for i, ax in enumerate(axes.flat[:k]):
@@ -111,11 +114,15 @@ def heatmap_figure(rec: StudyRecords, config: str, run_id: str, out: Path, n_ima
         label = f"label {int(arrays['labels'][i])}" if "labels" in arrays else f"image {i}"
         pred = f", pred {int(arrays['pred'][i])}" if "pred" in arrays else ""
         ax.set_title(label + pred, fontsize=7)
-    fig.suptitle(f"{rec.name}: {config} (run {run_id}); orange = active token", fontsize=8)
-    fig.tight_layout()
+    fig.suptitle(f"{rec.name}: {config} (run {run_id})", fontsize=8)
+    legend_outside(fig, [Patch(facecolor=overlay(np.full((1, 1), 0.5), np.ones((1, 1), bool))[0, 0],
+                               label="active: processed in that block and step"),
+                         Patch(facecolor="0.5", label="not processed: halted or merged away (the records do not "
+                                                      "tell which)")], where="below")
     caption = (f"Run {run_id}, first {k} recorded test images. Per image: rows = blocks, first column = the input in "
                f"grey, then one column per timestep; orange = token active (processed) in that block and step, plain "
-               f"= halted or merged away. Token grid {grid[0]}x{grid[1]} upsampled to the {H}x{W} image; corner "
+               f"= halted or merged away (maps.npz stores one active/inactive mask per token, so the two are drawn "
+               f"alike). Token grid {grid[0]}×{grid[1]} upsampled to the {H}×{W} image; corner "
                f"numbers = active tokens of {grid[0] * grid[1]}.")
     return Figure(stem, title, caption, tuple(save(fig, out, stem)))
 

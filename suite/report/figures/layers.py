@@ -14,10 +14,27 @@ import numpy as np
 
 from suite.report.content import Figure
 from suite.report.load import StudyRecords, fmt_value
-from suite.report.style import STD_NOTE, panels, save, stat, style
+from suite.report.style import (
+    LEGEND_ROW_IN,
+    MAX_WIDTH_IN,
+    STD_NOTE,
+    legend_outside,
+    legend_rows,
+    marker_handle,
+    panels,
+    save,
+    stat,
+    style,
+    width_for_legend_below,
+)
 
 MODULE_ORDER = ("q", "k", "v", "qk", "attn", "av", "proj", "mlp1", "mlp2")  # within a block, in forward order
 LAYER_ORDER = "layer_order"  # details key: the model's layer names in forward order
+MAX_ROWS = 3  # per-variant panels stacked in one column up to this many; more wrap into two columns
+
+
+def _columns(n: int) -> int:
+    return 1 if n <= MAX_ROWS else 2
 
 
 def layer_key(name: str) -> tuple:
@@ -65,7 +82,8 @@ def depth_figure(rec: StudyRecords, out: Path) -> Figure:
     data = rec.details_by_config("depth_histogram")
     if not data:
         return Figure(stem, title, skipped="no run recorded a depth_histogram (no halting variant)")
-    fig, axes = panels(len(data), 5.6, 1.9)
+    wrapped = len(data) > MAX_ROWS
+    fig, axes = panels(len(data), 3.7 if wrapped else 5.6, 1.7 if wrapped else 1.9, most_columns=_columns(len(data)))
     for ax, (config, hists) in zip(axes, data.items()):
         arr = stack(hists)
         if arr is None:
@@ -75,13 +93,15 @@ def depth_figure(rec: StudyRecords, out: Path) -> Figure:
         mean, std = arr.mean(0), arr.std(0, ddof=1) if len(arr) > 1 else None
         color, _ = style(rec, config)
         ax.bar(units, mean, yerr=std, color=color, alpha=0.85, capsize=2, width=0.8)
-        ax.set_title(f"{config} (n={len(arr)}): mean {float((units * mean).sum()):.2f} of {units[-1]} units")
-        ax.set_ylabel("fraction of tokens")
+        # two title lines when the panels are side by side: one line would run into the neighbour's title
+        ax.set_title(f"{config} (n={len(arr)}):{chr(10) if wrapped else ' '}mean "
+                     f"{float((units * mean).sum()):.2f} of {units[-1]} units", fontsize=7)
         ax.set_xticks(units)
-    axes[-1].set_xlabel("units processed per token (blocks x timesteps; the last bar = all units)")
-    fig.tight_layout()
+    fig.supxlabel("units processed per token (blocks × timesteps; the last bar = all units)", fontsize=8)
+    fig.supylabel("fraction of tokens", fontsize=8)
+    fig.suptitle(f"{rec.name}: halting depth per token", fontsize=9)
     caption = (f"details.depth_histogram of each halting run: fraction of tokens per number of processed units "
-               f"(0..L*T), {STD_NOTE}.")
+               f"(0..L×T), {STD_NOTE}.")
     return Figure(stem, title, caption, tuple(save(fig, out, stem)))
 
 
@@ -92,7 +112,9 @@ def allocation_figure(rec: StudyRecords, out: Path) -> Figure:
     if not data:
         return Figure(stem, title, skipped="no run recorded active_steps (no timestep-mask variant)")
     layers = ordered_layers((d for runs in data.values() for d in runs), recorded_layer_order(rec.details.values()))
-    fig, axes = panels(len(data), max(5.6, 0.2 * len(layers) + 1.5), 2.0)
+    wrapped = len(data) > MAX_ROWS
+    width = max(3.7, 0.12 * len(layers) + 1.0) if wrapped else max(5.6, 0.2 * len(layers) + 1.5)
+    fig, axes = panels(len(data), width, 2.2, most_columns=_columns(len(data)))
     for ax, (config, steps) in zip(axes, data.items()):
         arr = np.array([[s.get(layer, np.nan) for layer in layers] for s in steps], dtype=np.float64)
         mean = np.nanmean(arr, 0)
@@ -103,11 +125,11 @@ def allocation_figure(rec: StudyRecords, out: Path) -> Figure:
         T = stat(rec.done[rec.done.config == config]["T"]).mean if "T" in rec.done else math.nan
         if math.isfinite(T):
             ax.axhline(T, color="0.3", ls="--", lw=0.8)
-        ax.set_title(f"{config} (n={len(arr)}): mean {float(np.nanmean(mean)):.2f} active steps"
-                     + (f" (dashed: T = {fmt_value(T)})" if math.isfinite(T) else ""))
-        ax.set_ylabel("active timesteps")
-        ax.set_xticks(x, layers, rotation=90)
-    fig.tight_layout()
+        ax.set_title(f"{config} (n={len(arr)}):{chr(10) if wrapped else ' '}mean {float(np.nanmean(mean)):.2f} "
+                     "active steps" + (f" (dashed: T = {fmt_value(T)})" if math.isfinite(T) else ""), fontsize=7)
+        ax.set_xticks(x, layers, rotation=90, fontsize=6 if wrapped else 7)
+    fig.supylabel("active timesteps", fontsize=8)
+    fig.suptitle(f"{rec.name}: timesteps kept per LIF module", fontsize=9)
     caption = (f"details.active_steps: timesteps each LIF module keeps after its trained mask, {STD_NOTE}. "
                "Dashed: T (all steps).")
     return Figure(stem, title, caption, tuple(save(fig, out, stem)))
@@ -120,17 +142,22 @@ def firing_figure(rec: StudyRecords, out: Path) -> Figure:
     if not data:
         return Figure(stem, title, skipped="no run recorded firing_rates")
     layers = ordered_layers((d for runs in data.values() for d in runs), recorded_layer_order(rec.details.values()))
-    fig, ax = plt.subplots(figsize=(max(5.6, 0.22 * len(layers) + 1.5), 3.4))
+    handles = []
+    for config, rates in data.items():
+        color, marker = style(rec, config)
+        handles.append(marker_handle(color, marker, f"{config} (n={len(rates)})", ms=3.5, line=True))
+    width = width_for_legend_below(min(MAX_WIDTH_IN, max(5.6, 0.22 * len(layers) + 1.5)), handles)
+    height = 3.4 + LEGEND_ROW_IN * legend_rows(handles, width)
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
     x = np.arange(len(layers))
     for config, rates in data.items():
         arr = np.array([[r.get(layer, np.nan) for layer in layers] for r in rates], dtype=np.float64)
         color, marker = style(rec, config)
-        ax.plot(x, np.nanmean(arr, 0), marker=marker, ms=3.5, lw=1, color=color, label=f"{config} (n={len(arr)})")
+        ax.plot(x, np.nanmean(arr, 0), marker=marker, ms=3.5, lw=1, color=color)
     ax.set_xticks(x, layers, rotation=90)
     ax.set_ylabel("firing rate (spikes / processed element)")
     ax.set_title(f"{rec.name}: firing rate per LIF layer")
-    ax.legend(frameon=False)
-    fig.tight_layout()
+    legend_outside(fig, handles, where="below")  # under the layer names: it never covers a line
     caption = ("details.firing_rates on the test data (spikes over processed entries only), mean over seeds; "
                "layers in forward order.")
     return Figure(stem, title, caption, tuple(save(fig, out, stem)))

@@ -4,7 +4,6 @@ evaluation with T > 1; ``suite.models.context.Context.observe_block_input``)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -13,7 +12,17 @@ import numpy as np
 from suite.report.content import Figure
 from suite.report.figures.layers import ordered_layers
 from suite.report.load import StudyRecords
-from suite.report.style import STD_NOTE, save, style
+from suite.report.style import (
+    LEGEND_ROW_IN,
+    MAX_WIDTH_IN,
+    STD_NOTE,
+    legend_outside,
+    legend_rows,
+    marker_handle,
+    save,
+    style,
+    width_for_legend_below,
+)
 
 KEY = "temporal_similarity"  # details key: block name -> mean cosine similarity of consecutive timesteps
 
@@ -29,13 +38,13 @@ def temporal_figure(rec: StudyRecords, out: Path) -> Figure | None:
         return None
     blocks = ordered_layers(d for runs in data.values() for d in runs)
     x = np.arange(len(blocks))
-    ncols = 1 if len(data) <= 4 else 2
-    legend_h = 0.2 + 0.15 * math.ceil(len(data) / ncols)  # inches under the axes for the legend
-    height = 3.0 + legend_h
-    fig, ax = plt.subplots(figsize=(max(5.6, 0.6 * len(blocks) + 3.0, 4.2 * ncols), height))
+    handles = [marker_handle(*style(rec, config), f"{config} (n={len(sims)})", ms=4, line=True)
+               for config, sims in data.items()]
+    width = width_for_legend_below(min(MAX_WIDTH_IN, max(5.6, 0.6 * len(blocks) + 3.0)), handles)
+    fig, ax = plt.subplots(figsize=(width, 3.0 + LEGEND_ROW_IN * legend_rows(handles, width)), layout="constrained")
     # a small offset per variant keeps error bars apart where variants agree
-    width = min(0.4, 0.05 * len(data))
-    offsets = np.linspace(-width / 2, width / 2, len(data)) if len(data) > 1 else np.zeros(1)
+    spread = min(0.4, 0.05 * len(data))
+    offsets = np.linspace(-spread / 2, spread / 2, len(data)) if len(data) > 1 else np.zeros(1)
     lows = [0.0]
     for off, (config, sims) in zip(offsets, data.items()):
         arr = np.array([[s.get(b, np.nan) for b in blocks] for s in sims], dtype=np.float64)
@@ -51,9 +60,7 @@ def temporal_figure(rec: StudyRecords, out: Path) -> Figure | None:
     ax.set_ylabel("cosine similarity, step t vs t+1")
     ax.set_ylim(min(lows) - 0.05 if min(lows) < 0 else 0.0, 1.02)
     ax.set_title(f"{rec.name}: temporal similarity of block inputs")
-    handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, frameon=False, loc="lower center", ncols=ncols)
-    fig.tight_layout(rect=(0.0, legend_h / height, 1.0, 1.0))
+    legend_outside(fig, handles, where="below")
     caption = ("details.temporal_similarity: for each block, the cosine similarity of every token's input vector at "
                "consecutive timesteps (t, t+1), averaged over token pairs and the evaluated images; token pairs that "
                "are all zero at both steps have no direction and are left out; halted tokens count. STAS's "
