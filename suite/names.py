@@ -38,6 +38,7 @@ RUN_TAG = "spikesuite.run_id"
 STUDY_TAG = "spikesuite.study"
 KIND_TAG = "spikesuite.kind"  # invocation | run | trial
 INVOCATION = "invocation"
+INVOCATION_TAG = "spikesuite.invocation"  # a run's invocation (not nested under it: the runs table lists runs flat)
 HOST_TAG, PID_TAG = "spikesuite.host", "spikesuite.pid"  # of an invocation: found dead, it is closed as KILLED
 SEARCH_TAG = "spikesuite.search"
 ERROR_TAG = "spikesuite.error"  # why a run or trial failed

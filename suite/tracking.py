@@ -1,4 +1,4 @@
-"""MLflow mirror of the records: experiment = study, a parent run per invocation, a child run per
+"""MLflow mirror of the records: experiment = study, a parent run per invocation, a (linked, not nested) run per
 run id. The records stay the source of truth; a finished run already mirrored is never logged twice,
 and a run killed mid-way has its MLflow run closed as KILLED and its replacement tagged with it (as is a killed
 invocation's parent run, at the next invocation on the same host).
@@ -8,19 +8,27 @@ refused, a corrupt or locked sqlite file, a timeout) gives one warning naming it
 of the invocation: training and records go on. Every call is bounded in seconds (``bounded``: MLflow's HTTP client
 otherwise retries for minutes). What the store missed is filled from the records by the next ``spikesuite run``
 (``run_one`` mirrors a done run that has no FINISHED child) or ``spikesuite report`` (``mirror_missing``), each run
-once: ``mirror_run`` holds the run's claim, so a run another process is still finishing is left to it."""
+once: ``mirror_run`` holds the run's claim, so a run another process is still finishing is left to it.
+
+What MLflow shows (``suite.mlflow_view``): the experiment tagged as model development with the study's description,
+runs named ``<variant>-s<seed>`` plus their matrix axes, per-epoch rows stepped by epoch, final metrics as summary
+values (step 0) under names that say their split (``test_accuracy``; the records keep ``accuracy``), params without
+the settings that do not apply, per-variant means on the invocation's run. A live run (``log_epoch``,
+``log_result``, ``override_metrics``) and ``mirror_run`` log through the same functions, so they log the same
+names."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,9 +36,24 @@ from urllib.parse import urlsplit, urlunsplit
 
 from suite import records
 from suite.config import RunSpec, TrackingConfig
+from suite.mlflow_view import (
+    DESCRIPTION_TAG,
+    EXPERIMENT_KIND_TAG,
+    MODEL_DEVELOPMENT,
+    epoch_metrics,
+    metric_key,
+    override_metrics,
+    parent_name,
+    run_name,
+    run_params,
+    summary_metrics,
+    variant_means,
+)
 from suite.names import (
+    EVALS,
     HOST_TAG,
     INVOCATION,
+    INVOCATION_TAG,
     KIND_TAG,
     MLFLOW_ARTIFACTS,
     MLFLOW_DB,
@@ -52,6 +75,9 @@ CLIENT_LIMITS = {
     "PGCONNECT_TIMEOUT": "10",
 }
 DB_ENGINE_ATTEMPTS = 1  # MLflow retries creating a database engine 10 times over ~100 s: once is enough here
+# With an http(s) store MLflow prints "View run ... at: <url>" on stdout for every run it closes: one line per run
+# of a study between our own lines. Unless the user set it, it is off around our calls.
+CLIENT_QUIET = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 DISABLED = ("tracking disabled for this invocation: MLflow store {store} {what} ({reason}); the records are "
             "complete; the next `spikesuite run` or `spikesuite report` mirrors the missing runs")
 
@@ -93,9 +119,10 @@ def bounded() -> Iterator[None]:
     """MLflow client calls inside are bounded in seconds: ``CLIENT_LIMITS`` for the environment variables the user
     did not set (restored after), one attempt at creating a database engine, no log lines about the failure
     (the caller warns once)."""
-    added = [k for k in CLIENT_LIMITS if k not in os.environ]
+    env = {**CLIENT_LIMITS, **CLIENT_QUIET}
+    added = [k for k in env if k not in os.environ]
     for k in added:
-        os.environ[k] = CLIENT_LIMITS[k]
+        os.environ[k] = env[k]
     quiet = [(logging.getLogger(name), _DropNotes(prefixes)) for name, prefixes in _DropNotes.NOTES.items()]
     for logger, note in quiet:
         logger.addFilter(note)
@@ -114,6 +141,24 @@ def bounded() -> Iterator[None]:
             os.environ.pop(k, None)
 
 
+_QUIETED = False
+
+
+def quiet_mlflow_warnings() -> None:
+    """Silence the deprecation warnings MLflow's own code raises and we cannot act on (once per process).
+    Precise: only these messages, only from MLflow's modules; anything else still shows.
+
+    MLflow 3.17's sqlite/SQL store configures its ORM mappers with SQLAlchemy's deprecated ``noload`` loader
+    (an ``SADeprecationWarning`` printed at every store opening under ``-W default``, ``PYTHONWARNINGS`` or
+    ``python -X dev``)."""
+    global _QUIETED
+    if _QUIETED:
+        return
+    _QUIETED = True
+    warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated",
+                            category=DeprecationWarning, module=r"mlflow\.")
+
+
 def _root_cause(exc: BaseException) -> str:
     """The innermost exception of the chain, on one line: ``ConnectionRefusedError: [Errno 111] ...``."""
     seen = {id(exc)}
@@ -129,17 +174,6 @@ def _root_cause(exc: BaseException) -> str:
 # the same command; the next ``tracker_for`` begins a new invocation, which tries every store again.
 _FAILED: dict[str, str] = {}
 _ENDED = True
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = json.dumps(v) if isinstance(v, list) else str(v)
-    return out
 
 
 def git_commit() -> str:
@@ -183,6 +217,8 @@ class Tracker:
         self.enabled = cfg.enabled
         self.study = study
         self.experiment_id: str | None = None
+        self.experiment_tags: dict[str, str] = {}
+        self._kinds: dict[str, str] = {}
         self.off = ""
         if not self.enabled:
             return
@@ -191,6 +227,7 @@ class Tracker:
             self.enabled, self.off = False, off or _FAILED[self.uri]
             return
         name = cfg.experiment or study
+        quiet_mlflow_warnings()
         try:
             if not self.uri.startswith(("http:", "https:", "databricks")):
                 import mlflow.store.db.utils  # noqa: F401 - a database store: loaded first, so ``bounded`` applies
@@ -208,18 +245,35 @@ class Tracker:
             self.client = MlflowClient(self.uri)
             exp = self.client.get_experiment_by_name(name)
             if exp is not None:
-                self.experiment_id = exp.experiment_id
+                self.experiment_id, self.experiment_tags = exp.experiment_id, dict(exp.tags)
             elif create:
                 artifacts = (results / MLFLOW_ARTIFACTS / name).resolve().as_uri() \
                     if self.uri.startswith("sqlite") else None
+                kind = {EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT}
                 try:
-                    self.experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
+                    self.experiment_id = self.client.create_experiment(name, artifact_location=artifacts, tags=kind)
+                    self.experiment_tags = kind
                 except Exception:
                     # another machine created it meanwhile (the lock is per results directory)
                     exp = self.client.get_experiment_by_name(name)
                     if exp is None:
                         raise
-                    self.experiment_id = exp.experiment_id
+                    self.experiment_id, self.experiment_tags = exp.experiment_id, dict(exp.tags)
+            if create and self.experiment_id is not None:
+                # an experiment created before the suite tagged its kind opens in MLflow's GenAI view: tag it now
+                self._tag_experiment(EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+
+    def _tag_experiment(self, key: str, value: str) -> None:
+        if self.experiment_tags.get(key) != value:
+            self.client.set_experiment_tag(self.experiment_id, key, value)
+            self.experiment_tags[key] = value
+
+    @_guarded()
+    def describe(self, description: str) -> None:
+        """The study's ``description`` as the experiment's description in the MLflow UI (an empty one leaves
+        whatever the experiment had)."""
+        if description.strip() and self.experiment_id is not None:
+            self._tag_experiment(DESCRIPTION_TAG, description.strip())
 
     def _fail(self, exc: BaseException, what: str) -> None:
         self.enabled, self.off = False, _root_cause(exc)
@@ -231,9 +285,9 @@ class Tracker:
     @_guarded()
     def start_parent(self, tags: dict[str, str]) -> str | None:
         self.close_dead_parents()
-        return self.create_run(f"{self.study} invocation", {KIND_TAG: INVOCATION, STUDY_TAG: self.study,
-                                                            HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()),
-                                                            **tags})
+        return self.create_run(parent_name(self.study, tags, time.time()), {
+            KIND_TAG: INVOCATION, STUDY_TAG: self.study, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()),
+            **tags})
 
     @_guarded()
     def close_dead_parents(self) -> None:
@@ -253,11 +307,12 @@ class Tracker:
         return runs[0].info.run_id if runs else None
 
     @_guarded()
-    def create_run(self, run_name: str, tags: dict[str, str], params: dict[str, str] | None = None) -> str | None:
-        """A new run in the experiment with ``tags`` and ``params``; its id (None with tracking off)."""
+    def create_run(self, name: str, tags: dict[str, str], params: dict[str, str] | None = None) -> str | None:
+        """A new run named ``name`` in the experiment with ``tags`` and ``params``; its id (None with tracking
+        off)."""
         from mlflow.entities import Param
 
-        rid = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
+        rid = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
         items = [Param(k[:250], v[:6000]) for k, v in (params or {}).items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(rid, params=items[i:i + 100])
@@ -293,6 +348,12 @@ class Tracker:
         return frozenset(r.data.tags.get(RUN_TAG, "") for r in self._search(
             f"tags.`{KIND_TAG}` = 'run' and attributes.status = 'FINISHED'"))
 
+    def _kind(self, mlflow_run_id: str) -> str:
+        """The ``spikesuite.kind`` tag of a run of this store (cached: a study asks once per run)."""
+        if mlflow_run_id not in self._kinds:
+            self._kinds[mlflow_run_id] = self.client.get_run(mlflow_run_id).data.tags.get(KIND_TAG, "")
+        return self._kinds[mlflow_run_id]
+
     @_guarded()
     def start_child(self, spec: RunSpec, parent: str | None) -> str | None:
         """A child run for ``spec``; earlier unfinished ones are closed as KILLED and linked."""
@@ -301,26 +362,44 @@ class Tracker:
             self.client.set_terminated(rid, "KILLED")
         tags = {RUN_TAG: spec.run_id, STUDY_TAG: spec.study, KIND_TAG: "run", "variant": spec.variant,
                 "seed": str(spec.config.seed), "git_commit": git_commit()}
-        if parent:
-            tags["mlflow.parentRunId"] = parent
+        if parent and self._kind(parent) == INVOCATION:
+            # linked, not nested: MLflow collapses nested runs under their parent's row, and the runs table
+            # should list the variant runs themselves for comparing them
+            tags[INVOCATION_TAG] = parent
+        elif parent:
+            tags["mlflow.parentRunId"] = parent  # a train-stage trial's runs stay nested under the trial
         if stale:
             tags[REPLACES_TAG] = ",".join(stale)
-        return self.create_run(f"{spec.variant}-s{spec.config.seed}-{spec.run_id}", tags,
-                               flatten(spec.config.model_dump(mode="json")))
+        return self.create_run(run_name(spec), tags, run_params(spec.config))
 
     @_guarded()
-    def log_metrics(self, mlflow_run_id: str | None, metrics: dict[str, float], step: int = 0) -> None:
+    def log_metrics(self, mlflow_run_id: str | None, metrics: Mapping[str, Any], step: int = 0) -> None:
+        """Numbers of ``metrics`` (NaN and non-numbers left out) at ``step``; step 0 is a summary value, which
+        MLflow's chart view draws as bar and scatter charts (a metric at step >= 1 gets a line chart)."""
         if not mlflow_run_id:
             return
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(_key(k), float(v), now, step) for k, v in metrics.items()
+        items = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and v == v]
         for i in range(0, len(items), 500):
             self.client.log_batch(mlflow_run_id, metrics=items[i:i + 500])
+
+    @_guarded()
+    def log_epoch(self, mlflow_run_id: str | None, row: Mapping[str, Any]) -> None:
+        """One history row (an epoch) of a run, stepped by its epoch, under the MLflow names."""
+        self.log_metrics(mlflow_run_id, epoch_metrics(row), step=int(row.get("epoch", 0)))
+
+    @_guarded()
+    def log_result(self, mlflow_run_id: str | None, metrics: Mapping[str, Any], split: str) -> None:
+        """A run's final metrics (evaluated on ``split``) as summary values, under the MLflow names."""
+        self.log_metrics(mlflow_run_id, summary_metrics(metrics, split))
+
+    @_guarded()
+    def log_variant_means(self, mlflow_run_id: str | None, runs: Any, specs: Sequence[RunSpec]) -> None:
+        """Per-variant means of the study's runs table (``runs.csv``) on an invocation's run (``variant_means``)."""
+        self.log_metrics(mlflow_run_id, variant_means(runs, specs))
 
     @_guarded()
     def log_artifacts(self, mlflow_run_id: str | None, paths: list[Path], artifact_path: str | None = None) -> None:
@@ -349,10 +428,6 @@ def process_alive(pid: int) -> bool:
 def _init_lock_path(uri: str, results: Path) -> Path:
     """Where processes serialise store creation: next to a sqlite store, else in the results directory."""
     return Path(uri[len("sqlite:///"):] + ".lock") if uri.startswith("sqlite:///") else results / ".mlflow.lock"
-
-
-def _key(k: str) -> str:
-    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in k)
 
 
 @dataclass(frozen=True)
@@ -416,9 +491,12 @@ def mirror_run(tracker: Tracker, spec: RunSpec, run_dir: Path, parent: str | Non
             import pandas as pd
 
             for row in pd.read_csv(hist).to_dict("records"):
-                tracker.log_metrics(child, row, step=int(row.get("epoch", 0)))
-        metrics = (records.read_json(run_dir / records.METRICS) or {}).get("metrics", {})
-        tracker.log_metrics(child, metrics, step=spec.config.train.epochs)
+                tracker.log_epoch(child, row)
+        split = spec.config.eval.split
+        for ov in spec.config.eval.overrides:  # as run_one logs them while it evaluates
+            ev = records.read_json(run_dir / EVALS / f"{ov.name}.json") or {}
+            tracker.log_metrics(child, override_metrics(ov.name, ev.get("metrics", {}), split))
+        tracker.log_result(child, (records.read_json(run_dir / records.METRICS) or {}).get("metrics", {}), split)
         tracker.log_artifacts(child, [run_dir / records.CONFIG, run_dir / records.METRICS, hist])
         tracker.finish(child, "FINISHED")
         return tracker.enabled

@@ -78,11 +78,12 @@ def test_mlflow_children_and_resume(finished):
     exp = client.get_experiment_by_name("tiny")
     children = client.search_runs([exp.experiment_id], "tags.`spikesuite.kind` = 'run'")
     assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
-    parent_ids = {c.data.tags["mlflow.parentRunId"] for c in children}
+    parent_ids = {c.data.tags["spikesuite.invocation"] for c in children}  # linked, listed flat (not nested)
+    assert not any("mlflow.parentRunId" in c.data.tags for c in children)
     parents = client.search_runs([exp.experiment_id], "tags.`spikesuite.kind` = 'invocation'")
     assert parent_ids <= {p.info.run_id for p in parents}
     one = children[0]
-    assert one.data.params["model.depth"] == "1" and "accuracy" in one.data.metrics
+    assert one.data.params["model.depth"] == "1" and "test_accuracy" in one.data.metrics
     assert len(client.get_metric_history(one.info.run_id, "train_loss")) == 2  # per-epoch metrics
     # a second invocation skips every run and adds no child run
     before = {p.name: p.stat().st_mtime_ns for p in (results / "tiny").rglob("metrics.json")}

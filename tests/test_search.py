@@ -210,7 +210,9 @@ def test_train_stage_trials_are_runs_and_repeats_reuse_them(tmp_path):
     matrix_run = expand(parse_study(text))[0].run_id
     for t in trials:
         rid = run_of[t.number]
-        assert runs.loc[rid, "status"] == "done" and runs.loc[rid, "accuracy"] == pytest.approx(t.value)
+        assert runs.loc[rid, "status"] == "done"
+        scored = records.read_json(sdir / rid / "evals" / f"trial{t.number}.json")  # on validation, not test
+        assert scored["set"]["eval.split"] == "val" and scored["metrics"]["accuracy"] == pytest.approx(t.value)
         cfg = (sdir / rid / records.CONFIG).read_text()
         assert f"ponder_weight: {t.params['tokens.halting.ponder_weight']}" in cfg
         assert json.loads((sdir / rid / records.STATUS).read_text())["attempts"] == 1  # trained once

@@ -283,6 +283,7 @@ def test_two_processes_on_one_study_log_every_run_once(tmp_path, server):
              for _ in range(2)]
     outs = [finish(p) for p in procs]
     assert not any(warnings_in(o) for o in outs)
+    assert not any("View run" in o for o in outs)  # MLflow's per-run URL lines (http stores) stay off stdout
     assert_records_complete(results, "pair", ids)
     assert finished_children(server.client(), "pair") == {rid: 1 for rid in ids}
     exp = server.client().get_experiment_by_name("pair")
@@ -328,6 +329,12 @@ def test_server_killed_mid_study_loses_nothing(tmp_path, server, monkeypatch, ca
     killed = {r.info.run_id for r in runs if r.info.status == "KILLED"}
     replaced = {rid for r in runs for rid in r.data.tags.get("spikesuite.replaces", "").split(",") if rid}
     assert killed == replaced
+    # the children mirrored from the records log what the live ones logged (tests/test_mlflow_view.py compares
+    # them value by value): the same names, summary values under their MLflow names
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len({frozenset(r.data.metrics) for r in finished}) == 1
+    assert {"test_accuracy", "val_accuracy", "train_accuracy"} <= set(finished[0].data.metrics)
+    assert sorted(r.info.run_name for r in finished) == ["dense-s0", "dense-s1", "dense-s2"]
     # the dead invocation's parent run was closed as KILLED by the next invocation (its process is gone)
     parents = client.search_runs([exp.experiment_id], "tags.`spikesuite.kind` = 'invocation'")
     assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"]

@@ -277,6 +277,7 @@ def submit_study(study: Study, cluster: ClusterConfig, results: Path, *, source:
     tracker = parent = None
     if wait and study.tracking.enabled and (pending or run.held):
         tracker = tracker_for(TrackingTarget(study.tracking, study.name, results))
+        tracker.describe(study.description)
         parent = tracker.start_parent({"source": source, "runs": str(len(specs)), "executor": f"submitit/{name}"})
     commit, dirty = git_commit(), _git_dirty()
     if pending and dirty:
@@ -323,6 +324,7 @@ def submit_study(study: Study, cluster: ClusterConfig, results: Path, *, source:
             tables = records.collect_tables(sdir, specs)[0]
             tracker.log_metrics(parent, {"runs_done": float((tables.status == "done").sum()),
                                          "runs_failed": float((tables.status == "failed").sum())})
+            tracker.log_variant_means(parent, tables, specs)
             tracker.log_artifacts(parent, [sdir / records.RUNS_TABLE, sdir / STUDY_FILE])
             tracker.finish(parent, "FAILED" if run.summary is None or run.summary.failed else "FINISHED")
         close_trackers()

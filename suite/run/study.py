@@ -39,20 +39,13 @@ def study_dir_for(results: Path, name: str) -> Path:
 
 
 def preflight(study: Study, source: str) -> list[RunSpec]:
-    """Everything that can be checked before writing anything: expansion and dataset availability."""
-    from suite.data import check_available
+    """Everything that can be checked before writing anything: expansion and dataset availability (every missing
+    dataset is named, with where it was looked for and how to get it)."""
+    from suite.data import missing_datasets  # path checks only: no torch
 
     specs = expand(study, source)
-    seen = set()
-    for spec in specs:
-        key = spec.config.dataset.model_dump_json()
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            check_available(spec.config.dataset)
-        except FileNotFoundError as exc:
-            raise StudyError(source, [f"dataset: {exc}"]) from None
+    if problems := missing_datasets(spec.config.dataset for spec in specs):
+        raise StudyError(source, [f"dataset: {p}" for p in problems])
     return specs
 
 
@@ -93,11 +86,17 @@ def nproc_problems(specs: list[RunSpec], nproc: int) -> list[str]:
     return [f"variants.{s.variant}: {p}" for s in specs for p in batch_problems(s.config.train.batch_size, nproc)]
 
 
-def plan_study(study: Study, results: Path, *, source: str = "<study>") -> tuple[Path, list[tuple[RunSpec, str]]]:
-    """A dry run: the study's directory and each run with its state in the records (nothing is written)."""
-    specs = preflight(study, source)
+def plan_study(study: Study, results: Path, *,
+               source: str = "<study>") -> tuple[Path, list[tuple[RunSpec, str]], list[str]]:
+    """A dry run: the study's directory, each run with its state in the records, and one message per dataset
+    missing on this machine (nothing is written). Missing data does not stop a plan: the runs, their ids and
+    states do not depend on it, and the message says how to get it; ``run_study`` refuses instead."""
+    from suite.data import missing_datasets  # path checks only: a plan imports no torch
+
+    specs = expand(study, source)
     sdir = study_dir_for(results, study.name)
-    return sdir, [(spec, records.run_state(sdir / spec.run_id, spec.run_id)) for spec in specs]
+    planned = [(spec, records.run_state(sdir / spec.run_id, spec.run_id)) for spec in specs]
+    return sdir, planned, missing_datasets(spec.config.dataset for spec in specs)
 
 
 def reevaluate(study: Study, run_id: str, updates: dict[str, Any], results: Path, *, name: str | None = None,
@@ -145,6 +144,8 @@ def run_study(study: Study, results: Path, *, source: str = "<study>", workers: 
     dev = device or study.execution.device
     write_environment(sdir, dev)
     tracker = tracker_for(TrackingTarget(study.tracking, study.name, results)) if study.tracking.enabled else None
+    if tracker is not None:
+        tracker.describe(study.description)
     parent = tracker.start_parent({"source": source, "runs": str(len(specs))}) if tracker is not None else None
     summary = StudySummary(sdir)
     show = study.execution.progress if progress is None else progress
@@ -164,6 +165,7 @@ def run_study(study: Study, results: Path, *, source: str = "<study>", workers: 
         if tracker is not None:
             tracker.log_metrics(parent, {"runs_done": float((runs.status == "done").sum()),
                                          "runs_failed": float((runs.status == "failed").sum())})
+            tracker.log_variant_means(parent, runs, specs)  # <variant>.test_accuracy, ... from the runs table
             tracker.log_artifacts(parent, [sdir / records.RUNS_TABLE, sdir / STUDY_FILE])
             tracker.finish(parent, "FAILED" if summary.failed else "FINISHED")
         close_trackers()

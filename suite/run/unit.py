@@ -28,12 +28,11 @@ from typing import Literal
 from suite import records
 from suite.config import RunSpec, eval_updates
 from suite.names import CHECKPOINT, ERROR_TAG
-from suite.tracking import Tracker, TrackingTarget, mirror_run, tracker_for
+from suite.tracking import Tracker, TrackingTarget, mirror_run, override_metrics, tracker_for
 
 log = logging.getLogger("spikesuite")
 
 Outcome = Literal["done", "skipped", "busy", "waiting", "failed"]  # waiting: a run it needs is not finished
-OVERRIDE_METRICS = ("accuracy", "token_pct", "energy_exact_uj", "timesteps_mean")  # mirrored per override
 
 
 @dataclass(frozen=True)
@@ -196,7 +195,8 @@ def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
         def on_epoch(row: dict[str, float]) -> None:
             history.append(row)
             records.write_history(run_dir, history)
-            log_metrics(child, row, step=int(row["epoch"]))
+            if tracker is not None:
+                tracker.log_epoch(child, row)  # stepped by epoch, under the MLflow names
 
         while True:
             history.clear()  # a retry at half batch size starts again from epoch 0
@@ -226,7 +226,7 @@ def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
         records.write_result(run_dir, spec.run_id, metrics, {**details, **shared}, maps)
         records.write_status(run_dir, "done", attempts=attempts, mlflow_run_id=child or "", **spread, **shared)
         if tracker is not None:
-            tracker.log_metrics(child, metrics, step=spec.config.train.epochs)
+            tracker.log_result(child, metrics, spec.config.eval.split)  # summary values, no step
             tracker.log_artifacts(child, [run_dir / records.CONFIG, run_dir / records.METRICS,
                                           run_dir / records.HISTORY])
             tracker.finish(child, "FINISHED")
@@ -304,5 +304,5 @@ def _evaluate_all(spec: RunSpec, model, data, device, run_dir: Path, log_metrics
     for ov in spec.config.eval.overrides:
         res = evaluate_checkpoint(spec.config, state, data, device, ov.set)
         records.write_eval(run_dir, ov.name, eval_updates(spec.config, ov.set), res.metrics, res.details)
-        log_metrics(child, {f"override.{ov.name}.{k}": v for k, v in res.metrics.items() if k in OVERRIDE_METRICS})
+        log_metrics(child, override_metrics(ov.name, res.metrics, spec.config.eval.split))
     return dict(ev.metrics), dict(ev.details), ev.maps

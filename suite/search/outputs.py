@@ -145,7 +145,8 @@ def write_outputs(part: Part, ostudy, evaluate: Evaluate | None = None) -> tuple
     if evaluate is not None:
         evaluate_front(part, ostudy, pareto, evaluate)
     paths = [out / TRIALS_TABLE, out / PARETO_TABLE,
-             *search_figure(trials, part.metrics, part.directions, search_title(part.name), out, "pareto")]
+             *search_figure(trials, part.metrics, part.directions, search_title(part.name), out, "pareto",
+                           split=part.search.split)]
     seen = {s.run_id for s in part.specs}
     specs = part.specs + [s for s in trial_specs(part) if s.run_id not in seen]
     records.collect_tables(part.sdir, specs)
