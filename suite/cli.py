@@ -1,18 +1,26 @@
-"""``spikesuite`` / ``python -m suite``: run, plan, evaluate, report, ui (and search, worker, status, cancel, bench).
+"""``spikesuite`` / ``python -m suite``: declarative benchmarks of spiking vision transformers.
+
+``run`` trains and evaluates every run of a study (YAML), ``plan`` lists them first, ``report`` regenerates
+figures, tables and ``report.html`` from the records, ``ui`` browses the runs in MLflow; ``evaluate``, ``search``,
+``worker``, ``status``, ``cancel`` and ``bench`` cover re-evaluation, Optuna searches, clusters and timing.
 
 Exit codes: 0 success, 1 some runs failed, 2 bad input (nothing written)."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
-import subprocess
+import re
+import shlex
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 
-from suite.config import Study, StudyError, load_study
+from suite.config import Study, StudyError, TrackingConfig, load_study
 
 log = logging.getLogger("spikesuite")
 
@@ -21,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("mlflow", "alembic", "optuna", "urllib3", "git"):
+    # fontTools logs every table it subsets while matplotlib writes a PDF (dozens of lines per figure) at INFO
+    for noisy in ("mlflow", "alembic", "optuna", "urllib3", "git", "fontTools"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
@@ -36,82 +45,148 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="spikesuite", description=__doc__)
-    sub = p.add_subparsers(required=True, metavar="COMMAND")
+# Docstrings are written for Sphinx; help text is read in a terminal, where ``x`` and :func:`x` are noise.
+_RST = ((re.compile(r":[\w:.-]+:`~?([^`<]+?)(?:\s*<[^>]*>)?`"), r"\1"),  # :role:`target` and :role:`text <t>`
+        (re.compile(r"``([^`]+)``"), r"\1"),
+        (re.compile(r"`([^`]+)`_{0,2}"), r"\1"))
 
-    def cmd(name: str, func, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
+
+def plain(text: str | None) -> str:
+    """``text`` without reStructuredText markup, dedented and with each paragraph re-wrapped for a terminal."""
+    text = inspect.cleandoc(text or "")
+    for pattern, repl in _RST:
+        text = pattern.sub(repl, text)
+    paragraphs = [" ".join(p.split()) for p in text.split("\n\n")]
+    width = min(88, shutil.get_terminal_size().columns - 2)  # argparse wraps its own help at the same width
+    return "\n\n".join(textwrap.fill(p, width=width) for p in paragraphs if p)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default where it is a value (a None default means 'from the study' and a flag is off
+    unless given: their help says so); keeps the paragraphs of a description (``plain`` wraps them)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def version() -> str:
+    """The installed distribution's version; the package's ``__version__`` when it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("spikesuite")
+    except metadata.PackageNotFoundError:
+        import suite
+
+        return str(getattr(suite, "__version__", "unknown"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spikesuite", description=plain(__doc__), formatter_class=_HelpFormatter,
+                                epilog="spikesuite COMMAND -h shows a command's options.")
+    p.add_argument("--version", action="version", version=f"spikesuite {version()}",
+                   help="print the installed version and exit")
+    sub = p.add_subparsers(required=True, metavar="COMMAND", title="commands")
+
+    def cmd(name: str, func, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=plain(description or help), formatter_class=_HelpFormatter)
         sp.set_defaults(func=func)
-        sp.add_argument("--results", type=Path, default=Path("results"), help="records directory (default results/)")
+        sp.add_argument("--results", type=Path, default=Path("results"),
+                        help="records directory: one folder per study, and the MLflow store (mlflow.db)")
         return sp
 
-    r = cmd("run", _run, "train and evaluate every run of a study (finished runs are skipped)")
-    r.add_argument("study", type=Path)
+    def study_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("study", type=Path, help="the study file (YAML), e.g. studies/smoke.yaml")
+
+    r = cmd("run", _run, "train and evaluate every run of a study (finished runs are skipped)",
+            "Train and evaluate every run of a study; finished runs are skipped, so the same command resumes. "
+            "Ends with the report (report.html) and the command that browses the runs in MLflow.")
+    study_arg(r)
     r.add_argument("--workers", type=int, default=None, help="processes sharing the study (default: execution.workers)")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: execution.device)")
-    r.add_argument("--no-progress", action="store_true")
-    r.add_argument("--no-report", action="store_true")
+    r.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars (off anyway when stderr "
+                   "is not a terminal)")
+    r.add_argument("--no-report", action="store_true", help="skip the figures, tables and report.html at the end "
+                   "(spikesuite report writes them later)")
+    r.add_argument("--verbose", action="store_true", help="list every file the report writes")
     r.add_argument("--parallel-config", type=Path, default=None, metavar="CLUSTER_YML",
                    help="run through the cluster file's backend (local pool or submitit job arrays; docs/cluster.md)")
     r.add_argument("--no-wait", action="store_true",
                    help="with --parallel-config: submit and return (watch with spikesuite status STUDY)")
     r.add_argument("--nproc-per-run", type=int, default=None, metavar="N",
-                   help="torch.distributed ranks per run (overrides resources.nproc_per_run)")
+                   help="torch.distributed ranks per run (default: resources.nproc_per_run)")
 
     st = cmd("status", _status, "each run's state from the records, with the job holding it and that job's state")
-    st.add_argument("study", type=Path)
+    study_arg(st)
 
     ca = cmd("cancel", _cancel, "cancel the study's pending and running jobs (runs and search workers)")
-    ca.add_argument("study", type=Path)
+    study_arg(ca)
 
-    pl = cmd("plan", _plan, "dry run: list the expanded runs, their ids and status")
-    pl.add_argument("study", type=Path)
+    pl = cmd("plan", _plan, "dry run: list the expanded runs, their ids and status",
+             "Dry run: list the expanded runs, their ids and their state in the records; writes nothing and imports "
+             "no torch. A dataset missing on this machine gives a warning saying how to get it (run refuses).")
+    study_arg(pl)
 
     e = cmd("evaluate", _evaluate, "re-evaluate a trained run with evaluation-time settings changed")
-    e.add_argument("study", type=Path)
-    e.add_argument("run_id")
+    study_arg(e)
+    e.add_argument("run_id", help="the run to evaluate (an id from spikesuite plan)")
     e.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="e.g. tokens.halting.beta_offset=-2 (value parsed as YAML)")
-    e.add_argument("--name", default=None, help="name of the recorded evaluation (default from --set)")
+                   help="an evaluation-time setting, e.g. tokens.halting.beta_offset=-2 (value parsed as YAML; "
+                   "repeatable; default: none, the run's own settings)")
+    e.add_argument("--name", default=None, help="name of the recorded evaluation (default: made from --set)")
 
-    rep = cmd("report", _report, "figures and tables from a study's records")
-    rep.add_argument("target", help="a study file or a results/<study> directory")
+    rep = cmd("report", _report, "figures, tables and report.html from a study's records")
+    rep.add_argument("target", help="a study file (its records under --results) or a records directory "
+                     "results/<study>")
+    rep.add_argument("--style", choices=("default", "paper"), default="default",
+                     help="figure style; paper also writes the accuracy-vs-cost figures one and two columns wide "
+                     "(report/paper/)")
+    rep.add_argument("--verbose", action="store_true", help="list every file written")
 
     searches = (
         ("search", _search, "Optuna search over the study's search: block (resumes; n_trials is the study's total)",
-         "sqlite:///PATH (default results/<study>/optuna.db), journal:PATH, postgresql://...",
+         "sqlite:///PATH, journal:PATH, postgresql://... (default: search.storage, else "
+         "results/<study>/optuna.db)",
          "total trials the study should hold (default: search.n_trials)"),
         ("worker", _worker, "one of several processes running a search together on a shared storage",
-         "journal:PATH (one machine) or postgresql://... (several); default search.storage",
+         "journal:PATH (one machine) or postgresql://... (several) (default: search.storage)",
          "total trials for all workers together (default: search.n_trials)"),
     )
     for name, func, help_text, storage_help, trials_help in searches:
         se = cmd(name, func, help_text)
-        se.add_argument("study", type=Path)
+        study_arg(se)
         se.add_argument("--storage", default=None, metavar="URL", help=storage_help)
         se.add_argument("--n-trials", type=int, default=None, help=trials_help)
         se.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: execution.device)")
-        se.add_argument("--no-progress", action="store_true")
+        se.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name == "search":
             se.add_argument("--parallel-config", type=Path, default=None, metavar="CLUSTER_YML",
                             help="submit --workers search workers through the cluster file's backend")
             se.add_argument("--workers", type=int, default=None, metavar="N",
-                            help="with --parallel-config: workers to submit (default 1)")
+                            help="with --parallel-config: workers to submit (default: 1)")
             se.add_argument("--no-wait", action="store_true", help="with --parallel-config: submit and return")
 
-    u = cmd("ui", _ui, "start the MLflow UI over the suite's tracking store")
-    u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    u.add_argument("--port", type=int, default=5000)
-    u.add_argument("--uri", default=None, help="tracking URI (default: sqlite store under --results)")
+    u = cmd("ui", _ui, "browse the runs: the MLflow UI over the suite's tracking store",
+            "Start the MLflow UI over the suite's tracking store (the sqlite store under --results unless "
+            "MLFLOW_TRACKING_URI or --uri names another); Ctrl-C or SIGTERM stops it and all its processes.")
+    u.add_argument("--host", default="127.0.0.1", help="bind address; 127.0.0.1 serves this machine only, "
+                   "0.0.0.0 every network")
+    u.add_argument("--port", type=int, default=5000, help="port to serve on")
+    u.add_argument("--workers", type=int, default=1, metavar="N", help="server worker processes (one serves a "
+                   "browser; each more costs start-up time and memory)")
+    u.add_argument("--uri", default=None, help="tracking URI (default: MLFLOW_TRACKING_URI, else the sqlite store "
+                   "under --results)")
 
     b = sub.add_parser("bench", help="wall-clock ratios: training step vs spikingjelly, compacted inference, "
-                       "study end to end", description=_bench.__doc__)
+                       "study end to end", description=plain(_bench.__doc__), formatter_class=_HelpFormatter)
     b.set_defaults(func=_bench)
-    b.add_argument("--out", type=Path, default=Path("results/bench"), help="output directory (default results/bench)")
+    b.add_argument("--out", type=Path, default=Path("results/bench"), help="output directory")
     b.add_argument("--quick", action="store_true", help="tiny shapes and a tiny study (checks that it runs)")
-    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu (default) or cuda (bf16 autocast)")
-    b.add_argument("--parts", default="1,2,3", help="comma-separated subset of 1,2,3 (default all)")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda runs under bf16 autocast")
+    b.add_argument("--parts", default="1,2,3", help="comma-separated subset of 1,2,3")
     b.add_argument("--no-profile", action="store_true", help="do not profile the cases whose target is missed")
     return p
 
@@ -150,8 +225,9 @@ def _run(args) -> int:
 
 
 def _finish_run(args, study: Study, summary) -> int:
+    page = None
     if not args.no_report:
-        _report_dir(summary.study_dir)
+        page = _report_dir(summary.study_dir, verbose=args.verbose)
     n = len(summary.done) + len(summary.skipped) + len(summary.failed) + len(summary.busy)
     print(f"{study.name}: {n} runs: {len(summary.done)} run now, {len(summary.skipped)} already done, "
           f"{len(summary.busy)} run by another process, {len(summary.failed)} failed "
@@ -160,8 +236,28 @@ def _finish_run(args, study: Study, summary) -> int:
         print("failed runs (rerun the same command to retry them):", file=sys.stderr)
         for rid, reason in summary.failed.items():
             print(f"  {rid}: {reason}", file=sys.stderr)
-        return 1
-    return 0
+    print(closing_line(page, summary.study_dir, ui_command(args.results, study.tracking)))
+    return 1 if summary.failed else 0
+
+
+def ui_command(results: Path, tracking: TrackingConfig | None) -> str | None:
+    """The command that browses a study's runs: ``spikesuite ui`` over the store the runs were mirrored to (None
+    when the study turns tracking off)."""
+    from suite.tracking import redact
+
+    if tracking is not None and not tracking.enabled:
+        return None
+    # MLFLOW_TRACKING_URI wins over the study's uri when runs are mirrored, and `spikesuite ui` reads it too.
+    if tracking is not None and tracking.uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        return f"spikesuite ui --uri {shlex.quote(redact(tracking.uri))}"
+    return f"spikesuite ui --results {shlex.quote(str(results))}"
+
+
+def closing_line(page: Path | None, study_dir: Path, ui: str | None) -> str:
+    """The last thing ``run`` and ``report`` say: where the report is and how to browse the runs."""
+    report = f"report: {page}" if page is not None else \
+        f"no report written (write it with: spikesuite report {shlex.quote(str(study_dir))})"
+    return report + (f"; browse the runs: {ui}" if ui else "")
 
 
 def _run_cluster(args, study: Study, cluster) -> int:
@@ -211,10 +307,10 @@ def _cancel(args) -> int:
 
 
 def _plan(args) -> int:
-    from suite.run import plan_study
+    from suite.run.study import plan_study  # the records and the path checks only: no torch, no mlflow
 
     study = _load(args.study)
-    sdir, planned = plan_study(study, args.results, source=str(args.study))
+    sdir, planned, missing = plan_study(study, args.results, source=str(args.study))
     print(f"{study.name}: {len(planned)} runs -> {sdir}")
     print(f"{'run id':<13} {'status':<8} {'variant':<16} {'starts from':<25} axes")
     for spec, state in planned:
@@ -222,6 +318,8 @@ def _plan(args) -> int:
         start = f"weights of {spec.trained_by}" if spec.trained_by else f"fine-tunes {spec.parent}" if spec.parent \
             else "scratch"
         print(f"{spec.run_id:<13} {state:<8} {spec.variant:<16} {start:<25} {json.dumps(axes)}")
+    for message in missing:
+        print(f"warning: dataset: {message}\n(spikesuite run refuses to start until it is there)", file=sys.stderr)
     return 0
 
 
@@ -244,28 +342,43 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _report_dir(study_dir: Path) -> list[Path]:
+def _report_dir(study_dir: Path, *, verbose: bool = False, style: str = "default") -> Path | None:
+    """Write the study's report; returns the page (report.html). ``style`` reaches the report writer only when it
+    takes one (checked by signature, so this works with writers from before and after styles existed)."""
     from suite.report import build_report
 
-    paths = build_report(study_dir)
-    for p in paths:
-        print(f"wrote {p}")
-    return paths
+    kwargs = {}
+    if "style" in inspect.signature(build_report).parameters:
+        kwargs["style"] = style
+    elif style != "default":
+        print(f"warning: this report writer has no styles; --style {style} ignored", file=sys.stderr)
+    paths = build_report(study_dir, **kwargs)
+    if verbose:
+        for p in paths:
+            print(f"wrote {p}")
+    return paths[-1] if paths else None  # the page is written last
 
 
 def _report(args) -> int:
     target = Path(args.target)
+    study: Study | None = None
     if target.is_dir():
-        study_dir = target
-    else:
-        from suite.run import study_dir_for
+        study_dir, results = target, target.parent
+    elif target.exists() or target.suffix in (".yaml", ".yml"):
+        from suite.run.study import study_dir_for
 
-        study_dir = study_dir_for(args.results, _load(target).name)
+        study = _load(target)
+        study_dir, results = study_dir_for(args.results, study.name), args.results
+    else:
+        print(f"error: {target}: the records directory does not exist (report takes a results/<study> directory "
+              "or a study file)", file=sys.stderr)
+        return 2
     try:
-        _report_dir(study_dir)
+        page = _report_dir(study_dir, verbose=args.verbose, style=args.style)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print(closing_line(page, study_dir, ui_command(results, study.tracking if study is not None else None)))
     return 0
 
 
@@ -333,17 +446,22 @@ def _submit_search(args, study: Study) -> int:
 
 
 def _ui(args) -> int:
-    from suite.config import TrackingConfig
-    from suite.tracking import tracking_uri
+    from suite.names import MLFLOW_DB
+    from suite.tracking import redact, tracking_uri
+    from suite.ui import port_problem, serve, server_command, server_env
 
     uri = args.uri or tracking_uri(TrackingConfig(), args.results)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port)]
-    if uri.startswith("sqlite"):
-        cmd += ["--default-artifact-root", (args.results / "mlartifacts").resolve().as_uri()]
-    print(f"MLflow UI on http://{args.host}:{args.port}  (store: {uri}; Ctrl-C to stop)", flush=True)
-    env = dict(os.environ)
-    return subprocess.call(cmd, env=env)
+    # A sqlite store keeps its artifacts beside it (the runs log theirs there too); a server store has its own.
+    root = args.results / "mlartifacts" if uri.startswith("sqlite") else None
+    if args.workers < 1:
+        raise StudyError("--workers", [f"must be >= 1 (got {args.workers})"])
+    if problem := port_problem(args.host, args.port):
+        raise StudyError("--port", [problem])
+    print(f"MLflow UI on http://{args.host}:{args.port}  (store: {redact(uri)}; Ctrl-C to stop)", flush=True)
+    if uri == f"sqlite:///{(args.results / MLFLOW_DB).resolve()}" and not (args.results / MLFLOW_DB).exists():
+        print(f"no runs yet under {args.results} (the store is created empty)", flush=True)
+    cmd = server_command(uri, host=args.host, port=args.port, workers=args.workers, artifact_root=root)
+    return serve(cmd, server_env(os.environ), host=args.host, port=args.port)
 
 
 def _bench(args) -> int:

@@ -19,35 +19,45 @@ Layout: ``registry.py`` is the one dispatcher over dataset names (:func:`load_da
 :func:`check_available` go through it); ``base.py`` holds what every source shares (datasets, the bundle,
 splitting, transforms); ``loader.py`` builds seeded DataLoaders; each other module is one source.
 
+Importing this package imports no torch: :func:`check_available` (and :func:`missing_datasets`) check paths
+only, and the source modules, the dataset classes and :func:`make_loader` are imported on first use (a lookup
+by dataset name, or an attribute of this package such as ``suite.data.DataBundle``).  ``spikesuite plan`` relies
+on it.
+
 Adding a dataset is one new module here that calls :func:`register_source` once with a
-:class:`DataSource` (its names, a ``check`` that only tests paths, and a ``load``), plus one import of it
-below, since registration happens on import.  Its name must also be added to ``DatasetName`` in
-``suite/config/data.py``, which validates configs without importing torch; importing this package fails
-loudly if the two lists disagree.
+:class:`DataSource` (its names, a ``check`` that only tests paths, and a ``load``), plus its name in
+``registry.SOURCE_MODULES`` (registration happens on import) and, to keep checking torch-free, a path check
+in ``registry._AVAILABILITY``.  Its name must also be added to ``DatasetName`` in ``suite/config/data.py``,
+which validates configs without importing torch; the first lookup fails loudly if the two lists disagree.
 """
 
-from typing import get_args
+import importlib
+from typing import Any
 
-from suite.config.data import DatasetName
-
-# Importing a source registers it, so every source is imported here: `import suite.data` is then enough
-# for load_data to know every name.  ImageFileDataset, TensorImageDataset and the default roots are the
-# former single module's public names, still importable from suite.data.
-from suite.data import cifar, digits, fashion_mnist, synthetic, tinyimagenet  # noqa: F401
-from suite.data.base import DataBundle, ImageFileDataset, TensorImageDataset  # noqa: F401
-from suite.data.cifar import CIFAR_DEFAULT_ROOT  # noqa: F401
-from suite.data.fashion_mnist import FASHION_MNIST_DEFAULT_ROOT, FASHION_MNIST_DOWNLOAD_ROOT  # noqa: F401
-from suite.data.loader import make_loader
 from suite.data.registry import (
+    SOURCE_MODULES,
     DatasetNotFoundError,
     DataSource,
     cached_data,
     check_available,
     get_source,
     load_data,
+    missing_datasets,
     names,
     register_source,
 )
+
+# The former single module's public names, still importable from suite.data, each from the module that
+# defines it; imported on first access (PEP 562) because every one of them imports torch.
+_LAZY = {
+    "DataBundle": "suite.data.base",
+    "ImageFileDataset": "suite.data.base",
+    "TensorImageDataset": "suite.data.base",
+    "make_loader": "suite.data.loader",
+    "CIFAR_DEFAULT_ROOT": "suite.data.cifar",
+    "FASHION_MNIST_DEFAULT_ROOT": "suite.data.fashion_mnist",
+    "FASHION_MNIST_DOWNLOAD_ROOT": "suite.data.fashion_mnist",
+}
 
 __all__ = [
     "DataBundle",
@@ -58,14 +68,19 @@ __all__ = [
     "get_source",
     "load_data",
     "make_loader",
+    "missing_datasets",
     "names",
     "register_source",
 ]
 
-# The config's Literal rejects unknown names before any loader runs, so a source registered without a
-# matching DatasetName entry (or the reverse) would be unreachable or fail only at load time.
-if set(names()) != set(get_args(DatasetName)):
-    raise RuntimeError(
-        f"registered datasets {sorted(names())} differ from DatasetName {sorted(get_args(DatasetName))} "
-        "in suite/config/data.py; add the name to both"
-    )
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in SOURCE_MODULES or name in ("base", "loader"):
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *SOURCE_MODULES, "base", "loader"})
