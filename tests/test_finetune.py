@@ -18,7 +18,6 @@ from suite.models.policies.tokens import loss_warmup
 from suite.names import CHECKPOINT, HISTORY
 from suite.run import run_study
 from suite.train import load_weights
-
 from tests.test_robustness import Proc, status
 
 BASE = {
@@ -190,7 +189,7 @@ def test_kill_9_during_a_child_resumes_it(tmp_path: Path):
     runs = {s.variant: s for s in expand(parse_study(path.read_text()))}
     child = tmp_path / "res" / "ft" / runs["act_ft"].run_id
     p = Proc(path, tmp_path / "res", tmp_path / "first")
-    p.wait_until(lambda: len(history_rows(child)) >= 2, "the child's second epoch")
+    p.wait_until(lambda: len(history_rows(child)) >= 2, "the child's second epoch", timeout=600)  # a loaded CI box
     p.kill()
     assert records.run_state(child, runs["act_ft"].run_id) == "running"
     again = Proc(path, tmp_path / "res", tmp_path / "second")
