@@ -166,7 +166,7 @@ def store(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
     env.pop("MLFLOW_TRACKING_URI", None)
     p = subprocess.run([sys.executable, "-m", "suite", "run", str(root / "view.yaml"), "--results",
-                        str(root / "results"), "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+                        str(root / "results"), "--no-progress"], env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{root / 'results' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("view")

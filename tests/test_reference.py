@@ -16,7 +16,8 @@ import yaml
 from suite import report
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
-STUDIES = ("atsnn_digits", "tmask_digits", "baselines_digits", "atsnn_fashion_mnist", "backbones_digits")
+STUDIES = ("atsnn_digits", "tmask_digits", "baselines_digits", "atsnn_fashion_mnist", "backbones_digits",
+           "adaptive_fashion_mnist", "adaptive_fashion_mnist_recipe")
 
 
 def same_figure(a: Path, b: Path) -> bool:
