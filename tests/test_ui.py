@@ -5,7 +5,6 @@ study's runs in MLflow's training view."""
 from __future__ import annotations
 
 import html
-import os
 import re
 import shutil
 import signal
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.test_robustness import _env  # one environment for every subprocess the tests start
 
 TINY = """
 name: uitiny
@@ -38,12 +39,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
 
 
 class UI:
