@@ -85,7 +85,7 @@ def expand(study: Study, source: str = "<study>") -> list[RunSpec]:
     combos += include
     if not combos:
         raise StudyError(source, ["matrix: expands to no runs (check exclude and the axis lists)"])
-    variant_depths(study, source)  # an unknown init_from or a cycle, before the per-run problems
+    depths = variant_depths(study, source)  # an unknown init_from or a cycle, before the per-run problems
     resolved: list[RunSpec] = []
     problems: list[str] = []
     for combo in combos:
@@ -95,7 +95,7 @@ def expand(study: Study, source: str = "<study>") -> list[RunSpec]:
     if problems:
         raise StudyError(source, list(dict.fromkeys(problems)))  # one line per problem, not per run
     runs: dict[str, RunSpec] = {}
-    for spec in link_parents(study, resolved, source):
+    for spec in link_parents(study, resolved, depths, source):
         runs.setdefault(spec.run_id, spec)  # the first of equal ids wins
     return share_training(list(runs.values()))
 

@@ -56,10 +56,10 @@ def variant_depths(study: Study, source: str = "<study>") -> dict[str, int]:
     return depths
 
 
-def link_parents(study: Study, specs: list[RunSpec], source: str = "<study>") -> list[RunSpec]:
+def link_parents(study: Study, specs: list[RunSpec], depths: dict[str, int], source: str = "<study>"
+                 ) -> list[RunSpec]:
     """``specs`` with every ``train.init_from`` resolved to its parent's run id (new run ids), ordered so that a
-    parent comes before its children (stable otherwise)."""
-    depths = variant_depths(study, source)
+    parent comes before its children (stable otherwise); ``depths`` is ``variant_depths(study)``."""
     ordered = sorted(specs, key=lambda s: depths[s.variant])
     by_variant: dict[str, list[RunSpec]] = {}
     out, problems = [], []

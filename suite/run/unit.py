@@ -94,8 +94,7 @@ def run_one(unit: RunUnit, *, callbacks: Sequence[Callable[[dict[str, float]], N
             records.write_status(run_dir, "failed", reason=blocked.reason, blocked_by=list(spec.needs))
             return _tell(group, blocked)
         status = records.read_json(run_dir / records.STATUS) or {}
-        if status.get("state") == "failed" and isinstance(status.get("time"), (int, float)) \
-                and status["time"] >= unit.since:  # another process failed it during this invocation
+        if _failed_since(status, unit.since):  # another process failed it during this invocation
             return _tell(group, RunResult(spec.run_id, "failed", str(status.get("reason", ""))))
         log.info("%s seed=%d %s running%s%s%s", spec.variant, spec.config.seed, spec.run_id,
                  " (resuming)" if (run_dir / CHECKPOINT).exists() and not spec.trained_by else "",
@@ -104,6 +103,11 @@ def run_one(unit: RunUnit, *, callbacks: Sequence[Callable[[dict[str, float]], N
                  f" on {unit.nproc_per_run} ranks" if unit.nproc_per_run > 1 else "")
         ok, reason = _execute(unit, tracker, parent, callbacks, group)
     return RunResult(spec.run_id, "done" if ok else "failed", reason)
+
+
+def _failed_since(status: dict, since: float) -> bool:
+    """A run's status says it failed at or after ``since`` (during this invocation, in this or another process)."""
+    return status.get("state") == "failed" and isinstance(status.get("time"), (int, float)) and status["time"] >= since
 
 
 def _needs(unit: RunUnit) -> RunResult | None:
@@ -116,7 +120,7 @@ def _needs(unit: RunUnit) -> RunResult | None:
         if state == "done":
             continue
         status = records.read_json(need_dir / records.STATUS) or {}
-        if state == "failed" and isinstance(status.get("time"), (int, float)) and status["time"] >= unit.since:
+        if _failed_since(status, unit.since):
             role = "parent run" if need == unit.spec.parent else "run training its weights"
             return RunResult(unit.spec.run_id, "failed", f"{role} {need} failed: {status.get('reason', '')}")
         return RunResult(unit.spec.run_id, "waiting", f"needs run {need} ({state})")

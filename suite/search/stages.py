@@ -7,6 +7,7 @@ Torch is imported only inside the functions that evaluate."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -21,6 +22,20 @@ from suite.search.space import EPOCH_METRIC
 from suite.tracking import TrackingTarget
 
 log = logging.getLogger("spikesuite")
+
+
+def train_first(part: Part, specs: list[RunSpec], what: str, *, parent: str | None = None,
+                since: float = math.inf) -> dict[str, str]:
+    """Train the runs of ``specs`` not finished yet and the runs they need, by the executor of ``spikesuite run``
+    (``wait_for``: claimed by lock, concurrent workers share the work and wait for each other); ``what`` is logged
+    with their count. Returns the reasons of those that failed, by run id."""
+    todo = [s for s in with_needs(specs, part.specs) if records.run_state(part.sdir / s.run_id, s.run_id) != "done"]
+    if not todo:
+        return {}
+    log.info(what, len(todo))
+    units = study_units(part.study, todo, part.sdir, part.results, device=part.device, progress=part.progress,
+                        parent=parent, since=since)
+    return {r.run_id: r.reason for r in wait_for(units) if r.outcome == "failed"}
 
 
 class EvalStage:
@@ -38,12 +53,8 @@ class EvalStage:
         other); failed ones stop the search."""
         part = self.part
         specs = [s for runs in part.by_variant.values() for s in runs]
-        todo = [s for s in with_needs(specs, part.specs) if records.run_state(part.sdir / s.run_id, s.run_id) != "done"]
-        if todo:
-            log.info("eval-stage search: training %d run(s) of %s first", len(todo), ", ".join(part.search.variants))
-        units = study_units(part.study, todo, part.sdir, part.results, device=part.device, progress=part.progress,
-                            parent=self.parent, since=self.since)
-        failed = {r.run_id: r.reason for r in wait_for(units) if r.outcome == "failed"}
+        failed = train_first(part, specs, f"eval-stage search: training %d run(s) of {', '.join(part.search.variants)}"
+                             " first", parent=self.parent, since=self.since)
         failed.update({s.run_id: (records.read_json(part.sdir / s.run_id / STATUS) or {}).get("reason", "")
                        for s in specs if records.run_state(part.sdir / s.run_id, s.run_id) == "failed"})
         if failed:
@@ -135,15 +146,12 @@ class TrainStage:
     def ensure_parents(self, variant: str) -> None:
         part = self.part
         runs = part.by_variant[variant]
-        todo = [s for s in with_needs(runs, part.specs) if s not in runs
-                and records.run_state(part.sdir / s.run_id, s.run_id) != "done"]
-        if not todo:
-            return
-        log.info("train-stage search: training the %d run(s) %s fine-tunes from first", len(todo), variant)
-        units = study_units(part.study, todo, part.sdir, part.results, device=part.device, progress=part.progress)
-        failed = [f"{r.run_id}: {r.reason}" for r in wait_for(units) if r.outcome == "failed"]
+        parents = [s for s in with_needs(runs, part.specs) if s not in runs]
+        failed = train_first(part, parents, f"train-stage search: training the %d run(s) {variant} fine-tunes from "
+                                            "first")
         if failed:
-            raise SearchFailed(f"the runs {variant} fine-tunes from failed to train:\n  " + "\n  ".join(failed))
+            raise SearchFailed(f"the runs {variant} fine-tunes from failed to train:\n  " + "\n  ".join(
+                f"{rid}: {why}" for rid, why in failed.items()))
 
     def run(self, trial, variant: str, params: dict[str, Any], child: str | None) -> dict[str, dict[str, float]]:
         part, study = self.part, self.part.study
