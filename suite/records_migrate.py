@@ -184,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("studies", nargs="+", type=Path, help="study record directories (results/<study>)")
     parser.add_argument("--dry-run", action="store_true", help="report what would change, write nothing")
     args = parser.parse_args(argv)
+    # every directory checked before any is rewritten: a typo in the third name must not leave two migrated
+    if missing := [f"{d}: not a study's records directory (no {STUDY_FILE})" for d in args.studies
+                   if not (d / STUDY_FILE).is_file()]:
+        print("\n".join(missing), file=sys.stderr)
+        return 2
     bad = 0
     for study_dir in args.studies:
         out = migrate_study(study_dir, dry_run=args.dry_run)

@@ -226,3 +226,15 @@ def test_migrating_a_recounted_study_changes_nothing(tmp_path) -> None:
     runs = pd.read_csv(dst / "runs.csv").set_index("variant")
     assert runs.loc["static_t2", "token_pct"] == 50.0 and runs.loc["tmask_init0.1", "token_pct"] < 100
     assert not math.isnan(runs.loc["dense", "reference_T"])
+
+
+def test_migration_refuses_a_directory_without_study_records_and_writes_nothing(tmp_path, capsys) -> None:
+    from suite.records_migrate import main
+
+    good = tmp_path / "atsnn_fashion_mnist"
+    shutil.copytree(REFERENCE / "atsnn_fashion_mnist", good, ignore=shutil.ignore_patterns("report", "report.html",
+                                                                                            "maps.npz", "search"))
+    before = {p: p.read_bytes() for p in good.rglob("*") if p.is_file()}
+    assert main([str(good), str(tmp_path / "typo")]) == 2
+    assert f"{tmp_path / 'typo'}: not a study's records directory (no study.yaml)" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in good.rglob("*") if p.is_file()} == before  # the good one untouched too
