@@ -50,6 +50,9 @@ class Context:
     token_work: dict[str, TokenWork] = field(default_factory=dict)
     # block name -> [sum, count] of the cosine similarity of each token's block input at consecutive timesteps
     similarity: dict[str, list[float]] = field(default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
+    # a token or time policy's own work (halting scores and heads, merge matching, selector MLP, exit confidence),
+    # kept apart from ``ops`` so that each energy convention decides whether it counts (``Context.overhead``)
+    policy_ops: dict[str, LayerCounts] = field(default_factory=dict)
     _last_input: dict[str, Tensor] = field(default_factory=dict)
 
     def observe_block_input(self, block: str, x: Tensor) -> None:
@@ -139,6 +142,17 @@ class Context:
                 rec.sops_paper += float(paper)
             rec.dense_flops += float(dense)
 
+
+    def overhead(self, name: str, *, block: int, macs: float = 0.0, acs: float = 0.0) -> None:
+        """Count a policy's own work over the batch: ``macs`` multiply-accumulates on real values, ``acs``
+        accumulates (binary operands). Recorded under ``policy_ops[name]`` (kind ``policy``), never in ``ops``."""
+        if not self.count:
+            return
+        rec = self.policy_ops.setdefault(name, LayerCounts(kind="policy", block=block))
+        rec.macs += float(macs)
+        rec.sops_exact += float(acs)
+        rec.sops_paper += float(acs)
+        rec.dense_flops += float(macs + acs)
 
     def _record_tokens(self, name: str, block: int, valid: Tensor, per_token: float) -> None:
         """Add the tokens a token-wise layer processed at each step (``valid`` [T', B, N, 1]) of the current call."""
