@@ -87,9 +87,9 @@ def build_report(study_dir: Path, mlflow: bool = True, style: str = "default") -
         paper = build_paper_figures(rec, out) if style == "paper" else []
     tables, table_paths = write_tables(rec, out)
     page = write_page(rec, tables, figures)
-    for fig in figures:
+    for fig in figures:  # a figure that does not apply to this study is not news: --verbose shows it
         if fig.skipped is not None:
-            log.info("figure %s skipped: %s", fig.stem, fig.skipped)
+            log.debug("figure %s skipped: %s", fig.stem, fig.skipped)
     artifacts = [p for f in figures for p in f.paths] + paper + table_paths
     if mlflow:
         log_to_mlflow(rec, artifacts, page)
