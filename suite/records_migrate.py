@@ -117,7 +117,7 @@ def recount(doc: dict[str, Any], config: RunConfig, label: str, out: Outcome) ->
         share = float(m["exit_step_mean"]) / T
         ops = {k: LayerCounts(**v) for k, v in d["ops"].items()}
         for key, value in energy_metrics(exit_scaled(ops, share, model.stem == "per_step"), int(n),
-                                         config.eval.energy).items():
+                                         config.eval.costs).items():
             _set(m, key, value, log)
         d["exit_step_share"], d["energy_note"] = share, EXIT_NOTE
         if config.tokens.enabled:

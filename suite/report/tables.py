@@ -53,7 +53,7 @@ def table_notes(rec: StudyRecords) -> tuple[str, ...]:
         "Token-units: active tokens per image summed over blocks and timesteps (a merged token counts once); "
         "in brackets the mean % of the dense count (token_pct).",
         "Timesteps: mean active timesteps over modules (timesteps_mean; mean exit step for early exit).",
-        f"Energy: E_MAC × MACs + E_AC × SOPs, exact SOP convention (energy_exact_uj), {rec.eval.energy.describe()}, "
+        f"Energy: E_MAC × MACs + E_AC × SOPs, exact SOP convention (energy_exact_uj), {rec.eval.costs.describe()}, "
         f"{ENERGY_UNIT} per image.",
         "Images/s: wall-clock throughput of the evaluation machine, mean over seeds (apart from the counts).",
     ]

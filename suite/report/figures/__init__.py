@@ -43,14 +43,14 @@ def published_rows(rec: StudyRecords):
 def build_paper_figures(rec: StudyRecords, out: Path) -> list[Path]:
     """The main comparison figures (accuracy vs each cost) one and two columns wide, under ``out/paper/``."""
     published, _ = published_rows(rec)
-    return [p for axis in pareto_axes(rec.eval.energy.describe())
+    return [p for axis in pareto_axes(rec.eval.costs.describe())
             for p in paper_figures(rec, axis, published, out / PAPER_DIR)]
 
 
 def build_figures(rec: StudyRecords, out: Path) -> list[Figure]:
     """Every figure of the report, in page order, written under ``out`` (or skipped, with the reason)."""
     published, note = published_rows(rec)
-    axes = pareto_axes(rec.eval.energy.describe())
+    axes = pareto_axes(rec.eval.costs.describe())
     figures = [pareto_figure(rec, axis, published, note, out) for axis in axes]
     figures += heatmap_figures(rec, out)
     figures += [depth_figure(rec, out), allocation_figure(rec, out), firing_figure(rec, out)]
