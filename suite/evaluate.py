@@ -22,6 +22,7 @@ from spikingjelly.activation_based import functional
 from baselines.temporal import early_exit
 from suite.config import RunConfig, apply_overrides, eval_updates
 from suite.data import DataBundle, make_loader
+from suite.energy import Counts, convention_metrics, neurobench_metrics
 from suite.metrics import (
     energy_metrics,
     exit_scaled,
@@ -31,7 +32,6 @@ from suite.metrics import (
     ops_weighted_steps,
     token_pct,
 )
-from suite.energy import Counts, convention_metrics, neurobench_metrics
 from suite.models import Backbone
 from suite.models.policies import overhead
 from suite.train import make_model

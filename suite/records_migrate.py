@@ -52,6 +52,8 @@ class Outcome:
     changed: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     rerun: list[str] = field(default_factory=list)  # records with a quantity the stored counts cannot give
     mismatched: list[str] = field(default_factory=list)  # checked records whose token-units disagree with counts
+    # a column the stored counts cannot give ("energy_<name>_uj (needs ...)") -> the records lacking it
+    rerun_columns: dict[str, list[str]] = field(default_factory=dict)
 
 
 def token_wise_flops(model: ModelConfig) -> dict[str, tuple[int, float]]:
@@ -142,6 +144,94 @@ def recount(doc: dict[str, Any], config: RunConfig, label: str, out: Outcome) ->
     return True
 
 
+# Layers whose input holds values outside {-1, 0, 1} by construction (records counted before ``sops_nonbinary``):
+# Spikformer's q, k, v and mlp1 read the integer residual stream and (Q K^T) V reads the scaled coincidence map;
+# an integrated stem's stem.1 reads the time-averaged map. Every SDT linear reads spikes (docs/counting.md).
+# tests/test_energy.py checks this table against the flags a counted forward measures, on both backbones.
+NONBINARY_BY_STRUCTURE: dict[str, tuple[str, ...]] = {"spikformer": ("q", "k", "v", "mlp1", "av"), "sdt": ()}
+
+
+def nonbinary_layer(name: str, model: ModelConfig) -> bool:
+    """Whether layer ``name`` reads non-spike values by the backbone's structure (``NONBINARY_BY_STRUCTURE``)."""
+    if name == "stem.1" and model.stem == "integrate":
+        return True
+    return name.startswith("block") and name.split(".", 1)[1] in NONBINARY_BY_STRUCTURE[model.backbone]
+
+
+def derived_policy_ops(config: RunConfig, m: Mapping[str, Any], d: Mapping[str, Any], n: float
+                       ) -> dict[str, dict[str, Any]] | None:
+    """A policy's own work recounted from a record's stored per-block token counts, with the functions the live
+    count uses (``suite.models.policies.overhead``); None when the record cannot give it (a merge: which tokens were
+    eligible per image was not stored; a time mask: its groups need the model)."""
+    from suite.models.policies import overhead  # torch: only when recounting
+
+    tokens, time, model = config.tokens, config.time, config.model
+    if tokens.merge is not None or time.mask is not None:
+        return None
+    out: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, block: int, macs: float, acs: float) -> None:
+        out[name] = {"kind": "policy", "block": block, "macs": macs, "sops_exact": acs, "sops_paper": acs,
+                     "dense_flops": macs + acs}
+
+    if tokens.halting is not None:
+        steps = d["active_tokens_block_step"]  # [L][T] per image
+        for block, row in enumerate(steps):
+            if tokens.halting.mode == "1d":
+                add(f"policy.halting.block{block}", block, *overhead.halting(row[0] * n, model.T))
+            else:
+                add(f"policy.halting.block{block}", block, *overhead.halting(sum(row) * n))
+    if tokens.select is not None:  # every token is alive before the selector (no merge)
+        tokens_per_image = float(m["dense_token_units"]) / (model.depth * model.T)
+        hidden = max(1, int(model.dim * tokens.select.hidden))
+        add("policy.selector", tokens.select.at_block,
+            *overhead.selector(tokens_per_image * n, model.dim, hidden, model.T))
+    if time.exit is not None:
+        classes = round(float(d["ops"]["head"]["dense_flops"]) / n / model.dim)
+        add("policy.exit_test", -1, *overhead.exit_test(float(m["exit_step_mean"]) * n, classes, model.dim))
+    return out
+
+
+def recount_energy(doc: dict[str, Any], config: RunConfig, label: str, out: Outcome) -> bool:
+    """Add every energy convention (``suite.energy``) and NeuroBench's operation names to a record from its stored
+    counts; what they cannot give stays NaN and is named in ``out.rerun``. Idempotent: values equal to the stored ones
+    are left as they are, and the derived inputs are kept (``details.energy_derived`` says which were derived)."""
+    from suite.energy import Counts, convention_metrics, missing_inputs, neurobench_metrics
+
+    m, d = doc["metrics"], doc["details"]
+    config = apply_overrides(config, config.eval.apply) if config.eval.apply else config
+    n = float(m["eval_images"])
+    derived: list[str] = []
+    if any("sops_nonbinary" not in rec for rec in d["ops"].values()):
+        for name, rec in d["ops"].items():
+            rec["sops_nonbinary"] = float(rec["sops_exact"]) if nonbinary_layer(name, config.model) else 0.0
+        derived.append("ops[*].sops_nonbinary: from the backbone's structure (records_migrate.NONBINARY_BY_STRUCTURE)")
+    if "policy_ops" not in d and (policy := derived_policy_ops(config, m, d, n)) is not None:
+        d["policy_ops"] = policy
+        derived.append("policy_ops: from the stored per-block token counts (suite.models.policies.overhead)")
+    if derived:
+        d["energy_derived"] = d.get("energy_derived", []) + derived
+    counts = Counts(d["ops"], n, config.model.T, config.model.stem, bool(d.get("static_input", True)),
+                    d.get("exit_step_share"), d.get("active_steps"), d.get("policy_ops"), d.get("neuron_updates"))
+    log: dict[str, tuple[float, float]] = {}
+    for key, value in convention_metrics(counts, config.eval.costs).items():
+        if math.isnan(value):
+            m.pop(key, None)
+            continue
+        _set(m, key, value, log)
+    if all("weights" in rec for rec in d["ops"].values()):  # NeuroBench's names need the layers' weights
+        for key, value in neurobench_metrics(d["ops"], n).items():
+            _set(m, key, value, log)
+    from suite.config import CONVENTIONS
+
+    for name, conv in CONVENTIONS.items():
+        if lacks := missing_inputs(conv, counts):
+            out.rerun_columns.setdefault(f"energy_{name}_uj (needs {', '.join(lacks)})", []).append(label)
+    if log:
+        out.changed.setdefault(label, {}).update(log)
+    return bool(log) or bool(derived)
+
+
 def study_specs(study_dir: Path) -> list[RunSpec]:
     """The study's runs in the order its tables list them (``expand`` of study.yaml), then any other run recorded
     there (a search's trial runs)."""
@@ -161,7 +251,9 @@ def migrate_study(study_dir: Path, *, dry_run: bool = False) -> Outcome:
             continue
         path = run_dir / METRICS
         doc = records.read_json(path)
-        if recount(doc, spec.config, f"{spec.run_id} ({spec.variant})", out) and not dry_run:
+        label = f"{spec.run_id} ({spec.variant})"
+        changed = recount(doc, spec.config, label, out)
+        if (recount_energy(doc, spec.config, label, out) or changed) and not dry_run:
             records.atomic_write_json(path, doc)
         for ev_path in sorted((run_dir / EVALS).glob("*.json")) if (run_dir / EVALS).is_dir() else []:
             ev = records.read_json(ev_path)
@@ -172,7 +264,8 @@ def migrate_study(study_dir: Path, *, dry_run: bool = False) -> Outcome:
             except ValueError:
                 config = spec.config
             label = f"{spec.run_id} ({spec.variant}) {ev_path.stem}"
-            if recount(ev, config, label, out) and not dry_run:
+            changed = recount(ev, config, label, out)
+            if (recount_energy(ev, config, label, out) or changed) and not dry_run:
                 records.atomic_write_json(ev_path, ev)
     if not dry_run:
         records.collect_tables(study_dir, specs)
@@ -199,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {label}: " + ", ".join(f"{k} {a:.6g} -> {b:.6g}" for k, (a, b) in sorted(moved.items())))
         for line in out.rerun:
             print(f"  needs a rerun for {line}")
+        for column, labels in out.rerun_columns.items():
+            print(f"  needs a rerun for {column}: {len(labels)} record(s)")
         for line in out.mismatched:
             print(f"  MISMATCH {line}")
         bad += len(out.mismatched)

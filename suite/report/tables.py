@@ -13,6 +13,7 @@ import pandas as pd
 
 from suite import records
 from suite.report.content import Table
+from suite.report.energy import sensitivity_table
 from suite.report.load import StudyRecords, fmt_value, off_split_note, parsed_setting
 from suite.report.style import ENERGY_UNIT, STD_NOTE, Stat, decimals, fmt_pm, slug, stat
 
@@ -180,6 +181,12 @@ def write_tables(rec: StudyRecords, out: Path) -> tuple[list[Table], list[Path]]
     paths = [write_text(out / "table.md", table_markdown(table)),
              write_text(out / "table.tex", table_latex(table, f"tab:{slug(rec.name)}-results", LATEX_DROP))]
     tables = [table]
+    sensitivity = sensitivity_table(rec)
+    if sensitivity is not None:
+        paths.append(write_text(out / "energy_sensitivity.md", table_markdown(sensitivity)))
+        tables.append(sensitivity)
+    elif (out / "energy_sensitivity.md").exists():
+        (out / "energy_sensitivity.md").unlink()
     ev = evals_table(rec)
     if ev is not None:
         paths.append(write_text(out / "evals.md", table_markdown(ev)))

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from baselines.tokens import RandomDrop, TokenSelector
 from suite.config import HaltingConfig, MergeConfig, TokenConfig
 from suite.models.context import Context
-from suite.models.policies.halting import block_units, halting_score, prior_loss, unit_step
 from suite.models.policies import overhead
+from suite.models.policies.halting import block_units, halting_score, prior_loss, unit_step
 from suite.models.policies.merge import MergePlan, bipartite_soft_matching, parse_r, size_weighted_mean
 
 
