@@ -156,11 +156,7 @@ def neurobench_metrics(ops: Mapping[str, Mapping[str, Any]], n_images: float) ->
     of calls whose input held a value outside {-1, 0, 1} are ``Effective_MACs``, the others ``Effective_ACs``."""
     acs = macs = 0.0
     for rec in ops.values():
-        if _f(rec, "weights") == 0:
-            continue
-        if _f(rec, "macs") > 0:
-            macs += _f(rec, "synops")
-        else:
-            macs += _f(rec, "sops_nonbinary")
-            acs += _f(rec, "synops") - _f(rec, "sops_nonbinary")
+        if _f(rec, "weights") > 0:
+            macs += _f(rec, "synops_nonbinary")
+            acs += _f(rec, "synops") - _f(rec, "synops_nonbinary")
     return {"Effective_ACs": acs / n_images, "Effective_MACs": macs / n_images}

@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # no torch at import: the records' tables (no torch) restate 
     from suite.models.context import LayerCounts
 
 # additive LayerCounts fields (the others are a layer's static sizes, the same in every batch)
-SUMMED: tuple[str, ...] = ("macs", "sops_exact", "sops_paper", "dense_flops", "sops_nonbinary", "synops", "inputs_nz",
+SUMMED: tuple[str, ...] = ("macs", "sops_exact", "sops_paper", "dense_flops", "sops_nonbinary", "synops", "synops_nonbinary",
+                           "inputs_nz",
                            "outputs", "out_spikes", "out_elements")
 _TOTALS: tuple[str, ...] = ("macs", "sops_exact", "sops_paper", "dense_flops")  # the per-image totals of metrics.json
 _PJ_TO_UJ = 1e-6

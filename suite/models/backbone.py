@@ -177,7 +177,7 @@ class Backbone(nn.Module):
                 shape = LayerShape(inputs_nz=nz, outputs=float(pooled.shape[0] * cout), weights=cin * cout,
                                    biases=cout, fan_out=cout, in_size=cin, out_size=cout, synops=nz * cout)
                 ctx.synapse("head", kind="head", block=-1, x=pooled, fan_out=0, active=None, group=None,
-                            analog=True, exact=d, paper=d, dense=d, memory=shape, nonbinary=True)
+                            analog=True, exact=d, paper=d, dense=d, memory=shape)
         return self.head(pooled)
 
     def readout(self, run, ctx: Context) -> tuple[Tensor, Tensor | None]:

@@ -27,6 +27,7 @@ class LayerCounts:
     # --- for the energy conventions (suite.energy) and NeuroBench's names; absent from records counted before them
     sops_nonbinary: float = 0.0  # the exact SOPs of calls whose input held a value outside {-1, 0, 1}
     synops: float = 0.0  # NeuroBench's effective synaptic operations: non-zero inputs x their connections (analog too)
+    synops_nonbinary: float = 0.0  # those of calls whose input held a value outside {-1, 0, 1}: NeuroBench's MACs
     inputs_nz: float = 0.0  # non-zero input values read (Lemaire's theta_in)
     outputs: float = 0.0  # output values the layer computed (processed output positions x channels)
     out_spikes: float = 0.0  # spikes of the layer's own LIF (fired after it, under its name): Lemaire's theta_out
@@ -193,6 +194,8 @@ class Context:
             rec.dense_flops += float(dense)
             if memory is not None:
                 memory.add_to(rec)
+                if nonbinary:
+                    rec.synops_nonbinary += memory.synops
 
 
     def _fired_after(self, name: str, spikes: float, elements: float) -> None:

@@ -37,7 +37,7 @@ def count_conv3x3(ctx: Context, name: str, x: Tensor, cout: int, group: str | No
     if analog:
         d = torch.tensor(dense, dtype=torch.float64)
         ctx.synapse(name, kind="stem", block=-1, x=x, fan_out=cout, active=None, group=group,
-                    analog=True, exact=d, paper=d, dense=d, memory=memory, nonbinary=True)
+                    analog=True, exact=d, paper=d, dense=d, memory=memory)
         return
     # rate over the active steps only (as for linears), times dense FLOPs over the active steps
     paper = xs.sum(dtype=torch.float64) / (float(steps.sum()) * B * cin * H * W) * per_step_dense * B \

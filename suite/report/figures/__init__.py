@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from suite.report.content import Figure
+from suite.report.energy import sensitivity_figure
 from suite.report.figures.heatmaps import heatmap_figures
 from suite.report.figures.layers import allocation_figure, depth_figure, firing_figure
 from suite.report.figures.pareto import paper_figures, pareto_axes, pareto_figure
 from suite.report.figures.search import search_figures
 from suite.report.figures.summary import ablation_figure, energy_figure, exit_figure
 from suite.report.figures.temporal import temporal_figure
-from suite.report.energy import sensitivity_figure
 from suite.report.load import StudyRecords
 from suite.report.published import published_for
 
