@@ -144,18 +144,25 @@ def recount(doc: dict[str, Any], config: RunConfig, label: str, out: Outcome) ->
     return True
 
 
-# Layers whose input holds values outside {-1, 0, 1} by construction (records counted before ``sops_nonbinary``):
-# Spikformer's q, k, v and mlp1 read the integer residual stream and (Q K^T) V reads the scaled coincidence map;
-# an integrated stem's stem.1 reads the time-averaged map. Every SDT linear reads spikes (docs/counting.md).
-# tests/test_energy.py checks this table against the flags a counted forward measures, on both backbones.
-NONBINARY_BY_STRUCTURE: dict[str, tuple[str, ...]] = {"spikformer": ("q", "k", "v", "mlp1", "av"), "sdt": ()}
+# Products whose operand holds values outside {-1, 0, 1} by construction (records counted before
+# ``sops_nonbinary``): Spikformer's (Q K^T) V reads the scaled coincidence map. An integrated stem's stem.1 reads
+# the time-averaged map. tests/test_energy.py checks this rule against the flags a counted forward measures.
+NONBINARY_BY_STRUCTURE: dict[str, tuple[str, ...]] = {"spikformer": ("av",), "sdt": ()}
+TOKEN_WISE = ("q", "k", "v", "proj", "mlp1", "mlp2")
 
 
-def nonbinary_layer(name: str, model: ModelConfig) -> bool:
-    """Whether layer ``name`` reads non-spike values by the backbone's structure (``NONBINARY_BY_STRUCTURE``)."""
+def nonbinary_layer(name: str, model: ModelConfig, rec: Mapping[str, Any]) -> bool:
+    """Whether layer ``name`` read non-spike values, from its stored counts: a token-wise linear did exactly when its
+    paper SOPs (sum of input values x fan-out) differ from its exact ones (non-zero inputs x fan-out), since its
+    inputs are non-negative counts of spikes; a product or conv by the backbone's structure (``NONBINARY_BY_STRUCTURE``)."""
     if name == "stem.1" and model.stem == "integrate":
         return True
-    return name.startswith("block") and name.split(".", 1)[1] in NONBINARY_BY_STRUCTURE[model.backbone]
+    if not name.startswith("block"):
+        return False
+    layer = name.split(".", 1)[1]
+    if layer in TOKEN_WISE:
+        return not math.isclose(float(rec["sops_paper"]), float(rec["sops_exact"]), rel_tol=1e-12)
+    return layer in NONBINARY_BY_STRUCTURE[model.backbone]
 
 
 def derived_policy_ops(config: RunConfig, m: Mapping[str, Any], d: Mapping[str, Any], n: float
@@ -204,8 +211,9 @@ def recount_energy(doc: dict[str, Any], config: RunConfig, label: str, out: Outc
     derived: list[str] = []
     if any("sops_nonbinary" not in rec for rec in d["ops"].values()):
         for name, rec in d["ops"].items():
-            rec["sops_nonbinary"] = float(rec["sops_exact"]) if nonbinary_layer(name, config.model) else 0.0
-        derived.append("ops[*].sops_nonbinary: from the backbone's structure (records_migrate.NONBINARY_BY_STRUCTURE)")
+            rec["sops_nonbinary"] = float(rec["sops_exact"]) if nonbinary_layer(name, config.model, rec) else 0.0
+        derived.append("ops[*].sops_nonbinary: linears by paper != exact SOPs, products and convs by structure "
+                       "(records_migrate.nonbinary_layer)")
     if "policy_ops" not in d and (policy := derived_policy_ops(config, m, d, n)) is not None:
         d["policy_ops"] = policy
         derived.append("policy_ops: from the stored per-block token counts (suite.models.policies.overhead)")
