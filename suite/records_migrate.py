@@ -15,6 +15,10 @@ energies summed to the full-T energy. Both are recomputed here from what every r
 - ``token_pct`` against ``reference_T`` (the run's ``eval.reference_T``, else its own T) in ``metrics.json``; then
   ``runs.csv`` / ``evals.csv`` again (``records.collect_tables``: against the study's reference T).
 
+Every energy convention (``suite.energy``) the stored counts allow is added as ``energy_<convention>_uj``
+(``recount_energy``); the ones they do not allow are named as needing a rerun (docs/counting.md, "Recounting
+committed records").
+
 Every record without a time mask or an exit is checked instead: its stored token-units must equal the ones its
 counts give. Idempotent: a recounted record carries ``counting_version`` and is left as it is.
 

@@ -14,6 +14,7 @@ import torch
 import yaml
 from helpers import BACKBONES, forward, images
 from spikingjelly.activation_based import functional, neuron
+from test_study import BASE  # a one-variant-pair study without energy settings
 from torch import nn
 
 from suite.config import (
@@ -356,16 +357,6 @@ def test_neurobench_synaptic_operations_and_activation_sparsity_agree(backbone: 
 
 
 # ------------------------------------------------------------------------------------------ bad input
-
-BASE = """
-name: t
-dataset: {name: synthetic}
-model: {depth: 1, dim: 16, heads: 2, T: 2}
-train: {epochs: 1, batch_size: 16, warmup_epochs: 0}
-variants:
-  dense: {}
-"""
-
 
 @pytest.mark.parametrize("extra, key", [
     ("report: {energy_convention: joules}", "report.energy_convention"),

@@ -176,21 +176,16 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def write_tables(rec: StudyRecords, out: Path) -> tuple[list[Table], list[Path]]:
-    """``table.md``, ``table.tex`` and (when overrides were evaluated) ``evals.md``; a stale ``evals.md`` goes."""
+    """``table.md``, ``table.tex``, ``energy_sensitivity.md`` (when a variant has a dense reference) and ``evals.md``
+    (when overrides were evaluated); a stale optional table goes."""
     table = main_table(rec)
     paths = [write_text(out / "table.md", table_markdown(table)),
              write_text(out / "table.tex", table_latex(table, f"tab:{slug(rec.name)}-results", LATEX_DROP))]
     tables = [table]
-    sensitivity = sensitivity_table(rec)
-    if sensitivity is not None:
-        paths.append(write_text(out / "energy_sensitivity.md", table_markdown(sensitivity)))
-        tables.append(sensitivity)
-    elif (out / "energy_sensitivity.md").exists():
-        (out / "energy_sensitivity.md").unlink()
-    ev = evals_table(rec)
-    if ev is not None:
-        paths.append(write_text(out / "evals.md", table_markdown(ev)))
-        tables.append(ev)
-    elif (out / "evals.md").exists():
-        (out / "evals.md").unlink()
+    for name, optional in (("energy_sensitivity.md", sensitivity_table(rec)), ("evals.md", evals_table(rec))):
+        if optional is not None:
+            paths.append(write_text(out / name, table_markdown(optional)))
+            tables.append(optional)
+        elif (out / name).exists():
+            (out / name).unlink()
     return tables, paths
