@@ -165,9 +165,11 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         details["energy_note"] = EXIT_NOTE
         ops = exit_scaled(ops, details["exit_step_share"], model.cfg.stem == "per_step")
     m.update(energy_metrics(ops, seen, ec.costs))
-    m.update(convention_metrics(Counts(
+    conventions = convention_metrics(Counts(
         details["ops"], seen, T, model.cfg.stem, static_input, details.get("exit_step_share"),
-        details.get("active_steps"), details["policy_ops"], details["neuron_updates"]), ec.costs))
+        details.get("active_steps"), details["policy_ops"], details["neuron_updates"]), ec.costs)
+    # exact and paper stay as energy_metrics gives them (with their per-kind parts); the registry recomputes them
+    m.update({k: v for k, v in conventions.items() if k not in m})
     if out.unit_halting is not None:
         details["depth_histogram"] = (depth_hist / depth_hist.sum().clamp_min(1)).tolist()
     m["images_per_s"] = throughput(model, ds, device, run.train.eval_batch_size, amp)

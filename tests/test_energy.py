@@ -252,6 +252,10 @@ def test_every_convention_is_recorded_per_run_with_neurobench_names(backbone: st
     m = res.metrics
     for name in CONVENTIONS:
         assert math.isfinite(m[energy_column(name)]) and m[energy_column(name)] > 0
+    counts = Counts(res.details["ops"], m["eval_images"], 3, policy_ops=res.details["policy_ops"],
+                    neuron_updates=res.details["neuron_updates"])
+    for name in ("exact", "paper"):  # the registry gives the two columns energy_metrics always gave
+        assert convention_uj(name, counts, COSTS) == pytest.approx(m[energy_column(name)], rel=1e-12)
     assert m["energy_lemaire2022_uj"] > m["energy_nonbinary_mac_uj"]  # memory accesses cost more than compute
     assert m["energy_first_conv_once_uj"] < m["energy_exact_uj"]  # static images: the first conv once
     for key in ("Effective_ACs", "Effective_MACs", "ActivationSparsity", "Footprint", "ConnectionSparsity"):
