@@ -173,12 +173,15 @@ def derived_policy_ops(config: RunConfig, m: Mapping[str, Any], d: Mapping[str, 
                        ) -> dict[str, dict[str, Any]] | None:
     """A policy's own work recounted from a record's stored per-block token counts, with the functions the live
     count uses (``suite.models.policies.overhead``); None when the record cannot give it (a merge: which tokens were
-    eligible per image was not stored; a time mask: its groups need the model)."""
+    eligible per image was not stored)."""
     from suite.models.policies import overhead  # torch: only when recounting
 
+    from suite.models import sdt_lif_layers, spikformer_lif_layers
+    from suite.models.policies.timemask import group_of
+
     tokens, time, model = config.tokens, config.time, config.model
-    if tokens.merge is not None or time.mask is not None:
-        return None
+    if tokens.merge is not None or (tokens.halting is not None and "active_tokens_block_step" not in d):
+        return None  # halting under a time mask: its per-step counts were not stored (recount above)
     out: dict[str, dict[str, Any]] = {}
 
     def add(name: str, block: int, macs: float, acs: float) -> None:
@@ -197,9 +200,15 @@ def derived_policy_ops(config: RunConfig, m: Mapping[str, Any], d: Mapping[str, 
         hidden = max(1, int(model.dim * tokens.select.hidden))
         add("policy.selector", tokens.select.at_block,
             *overhead.selector(tokens_per_image * n, model.dim, hidden, model.T))
+    if time.mask is not None:  # the mask's groups, from the backbone's layer metadata (as TimeMask builds them)
+        layers = (sdt_lif_layers if model.backbone == "sdt" else spikformer_lif_layers)(
+            model.depth, timed_stem=model.stem == "per_step")
+        groups = {group_of(layer, time.mask.granularity) for layer in layers if layer.timed}
+        add("policy.time_gates", -1, *overhead.time_gates(len(groups), model.T, int(n)))
     if time.exit is not None:
         classes = round(float(d["ops"]["head"]["dense_flops"]) / n / model.dim)
-        add("policy.exit_test", -1, *overhead.exit_test(float(m["exit_step_mean"]) * n, classes, model.dim))
+        steps = round(float(m["exit_step_mean"]) * n)  # a sum of integer exit steps, stored as a float32 mean
+        add("policy.exit_test", -1, *overhead.exit_test(steps, classes, model.dim))
     return out
 
 

@@ -389,3 +389,43 @@ def test_energy_settings_at_their_defaults_keep_run_ids() -> None:
     assert spelled[0].run_id == plain  # report-time settings and defaults never enter a run id
     narrow = expand(parse_study(BASE + "eval: {energy: {weight_bits: 8}}\n"))
     assert narrow[0].run_id != plain  # a width changes what the run records
+
+
+# ------------------------------------------------------------------------- recounting committed records
+
+STRIPPED = ("sops_nonbinary", "synops", "synops_nonbinary", "inputs_nz", "outputs", "out_spikes", "out_elements",
+            "weights", "biases", "fan_out", "in_size", "out_size")
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("variant", [
+    {"tokens": {"halting": {"beta": 8.0}}},
+    {"tokens": {"halting": {"beta": 8.0, "mode": "1d"}}},
+    {"tokens": {"select": {"keep_ratio": 0.5}}},
+    {"time": {"mask": {"granularity": "block"}}},
+    {"time": {"exit": {"threshold": 0.3}}},
+], ids=["act", "act_1d", "selector", "tmask", "exit"])
+def test_a_record_counted_before_the_conventions_recounts_to_the_live_values(backbone: str, variant: dict) -> None:
+    """Strip what an old record lacks, recount it: policy overhead and the non-binary split equal the live count."""
+    from suite.records_migrate import Outcome, recount_energy
+
+    cfg = _run(model={"backbone": backbone}, **variant)
+    res = evaluate(_model(backbone, cfg.tokens, cfg.time), cfg, _data(), torch.device("cpu"), maps=False)
+    details = {**res.details, "ops": {k: {f: v for f, v in rec.items() if f not in STRIPPED}
+                                      for k, rec in res.details["ops"].items()}}
+    del details["policy_ops"], details["neuron_updates"]
+    keep = ("energy_exact_uj", "energy_paper_uj", "eval_images", "dense_token_units", "exit_step_mean")
+    doc = {"metrics": {k: v for k, v in res.metrics.items() if k in keep}, "details": details}
+    out = Outcome()
+    assert recount_energy(doc, cfg, "old", out)
+    live = {k: (r["macs"], r["sops_exact"]) for k, r in res.details["policy_ops"].items()}
+    derived = {k: (r["macs"], r["sops_exact"]) for k, r in doc["details"]["policy_ops"].items()}
+    assert derived.keys() == live.keys()
+    for name in live:
+        assert derived[name] == pytest.approx(live[name], rel=1e-9), name
+    for name in ("first_conv_once", "nonbinary_mac", "policy_overhead"):
+        col = energy_column(name)
+        assert doc["metrics"][col] == pytest.approx(res.metrics[col], rel=1e-9), name
+    assert any("energy_lemaire2022_uj" in column for column in out.rerun_columns)  # named, not guessed
+    before = {k: v for k, v in doc["metrics"].items()}
+    assert not recount_energy(doc, cfg, "old", Outcome()) and doc["metrics"] == before  # idempotent
