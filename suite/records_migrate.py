@@ -174,9 +174,8 @@ def derived_policy_ops(config: RunConfig, m: Mapping[str, Any], d: Mapping[str, 
     """A policy's own work recounted from a record's stored per-block token counts, with the functions the live
     count uses (``suite.models.policies.overhead``); None when the record cannot give it (a merge: which tokens were
     eligible per image was not stored)."""
-    from suite.models.policies import overhead  # torch: only when recounting
-
     from suite.models import sdt_lif_layers, spikformer_lif_layers
+    from suite.models.policies import overhead  # torch: only when recounting
     from suite.models.policies.timemask import group_of
 
     tokens, time, model = config.tokens, config.time, config.model
