@@ -12,7 +12,9 @@ so the same records give byte-identical files. A figure whose data is absent is 
 Conventions (written next to every number): seeds are summarised as mean ± sample std (ddof=1); the unit of a
 point is a *variant* (plus any non-seed matrix axis that varies within it, e.g. ``act (T=2)``); token-units
 are active tokens summed over blocks and timesteps (a merged token counts once); energy is the *exact* SOP
-convention (``energy_exact_uj``). Published numbers (``baselines/published.yaml``) come from other backbones and
+convention (``energy_exact_uj``), except the accuracy-vs-energy axis, which shows the study's primary convention
+(``report.energy_convention``); ``energy_sensitivity`` (figure and table) shows each variant's energy relative to
+its dense reference under every convention, with one generated sentence on whether a conclusion changes. Published numbers (``baselines/published.yaml``) come from other backbones and
 recipes: they are drawn only as hollow reference markers, only for the study's own dataset and backbone family
 (Spikformer rows for a Spikformer study, SDT rows for SDT). Figures are sized for the page (at most 7.5 in wide,
 legends outside the data), fonts are embedded as TrueType (no Type 3), units are written µJ and ×.

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from suite.config import TimeConfig, TokenConfig
+from suite.config import TimeConfig, TokenConfig, energy_column
+from suite.names import PRIMARY_ENERGY_CONVENTION
 from suite.report.content import Figure
 from suite.report.figures.marks import dodge, mark_clipped, place_labels
 from suite.report.load import StudyRecords, off_split_note
@@ -54,8 +55,9 @@ class ParetoAxis:
     published_in_range: bool  # published values on the same scale as ours: they widen the axis (else: edge marks)
 
 
-def pareto_axes(energy: str) -> tuple[ParetoAxis, ...]:
-    """The three cost axes; ``energy`` names the energy per operation in its label (``EnergyConfig.describe()``).
+def pareto_axes(energy: str, convention: str = PRIMARY_ENERGY_CONVENTION) -> tuple[ParetoAxis, ...]:
+    """The three cost axes; ``energy`` names the energy per operation in its label (``EnergyConfig.describe()``), and
+    the energy axis shows the study's primary ``convention`` (``report.energy_convention``).
     Published energies come from models hundreds of times larger: they would squash every point of ours into one
     corner, so the energy axis keeps our range and counts them at its edge."""
     return (
@@ -65,7 +67,9 @@ def pareto_axes(energy: str) -> tuple[ParetoAxis, ...]:
         ParetoAxis("timesteps_mean", "accuracy_vs_timesteps", "Accuracy vs timesteps",
                    "mean active timesteps (mean over modules; mean exit step for early exit)",
                    "mean active timesteps", True),
-        ParetoAxis("energy_exact_uj", "accuracy_vs_energy", "Accuracy vs energy",
+        ParetoAxis(energy_column(convention), "accuracy_vs_energy", "Accuracy vs energy",
+                   f"energy per image ({ENERGY_UNIT}, {convention} convention, {energy})"
+                   if convention != PRIMARY_ENERGY_CONVENTION else
                    f"energy per image ({ENERGY_UNIT}, exact SOP convention, {energy})",
                    f"energy per image ({ENERGY_UNIT})", False),
     )
