@@ -14,7 +14,7 @@ import torch
 import yaml
 from helpers import BACKBONES, forward, images
 from spikingjelly.activation_based import functional, neuron
-from test_study import BASE  # a one-variant-pair study without energy settings
+from study_texts import BASE  # a one-variant-pair study without energy settings
 from torch import nn
 
 from suite.config import (
