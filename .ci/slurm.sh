@@ -53,13 +53,14 @@ install_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-configure() {
-  local node cpus mem
+configure() {  # writes slurm.conf and slurmdbd.conf; a running cluster rereads a changed slurm.conf
+  local node cpus mem before
   node=$(slurmd -C | head -n1)
   cpus=$(sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' <<<"$node")
   mem=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node")
   [ -n "$cpus" ] && [ -n "$mem" ] || die "slurmd -C gave no CPUs/RealMemory: $node"
   mkdir -p "$ETC" "$LOGS" "$RUN" "$STATE" "$SPOOL"
+  before=$(cat "$ETC/slurm.conf" 2>/dev/null || true)
   # The node is called localhost whatever the host name is (slurmd -N localhost); slurmd -C's values, so the
   # node is never drained for claiming more than it has.
   cat >"$ETC/slurm.conf" <<EOF
@@ -69,6 +70,8 @@ SlurmctldHost=localhost
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# a requeued job may start again once its credential expired (default 120 s): 10 s keeps the requeue tests short
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -106,6 +109,11 @@ StoragePass=$DB_PASS
 StorageLoc=slurm_acct_db
 EOF
   chmod 600 "$ETC/slurmdbd.conf"  # slurmdbd refuses a readable file (it holds the password)
+  if [ "$before" != "$(cat "$ETC/slurm.conf")" ] && running slurmctld; then
+    log "slurm.conf changed: restarting slurmctld and slurmd"
+    stop slurmd
+    stop slurmctld
+  fi
 }
 
 start_munge() {
