@@ -111,6 +111,12 @@ def sacct(job_ids: list[str], fields: str = "JobID,JobName,Partition,State,ExitC
     return [dict(zip(keys, line.split("|"))) for line in out.splitlines() if line]
 
 
+def state(job: str) -> str:
+    """The job's state in sacct ("" while sacct does not list it yet, just after sbatch)."""
+    lines = sacct([job], "JobID,State")
+    return lines[0]["State"] if lines else ""
+
+
 def until(what: str, check: Callable[[], object], timeout_s: float = 180, every: float = 0.2):
     deadline = time.time() + timeout_s
     while not (value := check()):
@@ -127,7 +133,7 @@ def job_of(results: Path, study: str, run_id: str) -> str:
     return json.loads((results / study / run_id / JOB_FILE).read_text())["job_id"]
 
 
-def test_a_study_is_job_arrays_split_at_max_array_size_and_status_reads_sacct(tmp_path, capsys):
+def test_a_study_is_job_arrays_split_at_max_array_size_and_status_reads_sacct(tmp_path, capsys, mlflow_server):
     study = write(tmp_path / "arr.yaml", MATRIX)
     results = tmp_path / "results"
     assert main(["run", str(study), "--parallel-config", str(cluster_file(tmp_path, "max_array_size: 2\n")),
@@ -236,11 +242,11 @@ def test_cancel_uses_scancel(tmp_path, capsys):
     rid, = (s.run_id for s in expand(parse_study(text)))
     job = job_of(results, "long", rid)
     try:
-        until("the job to run", lambda: sacct([job])[0]["State"] == "RUNNING")
+        until("the job to run", lambda: state(job) == "RUNNING")
         capsys.readouterr()
         assert main(["cancel", str(study), "--results", str(results)]) == 0
         assert f"cancelled job {job} (run {rid}, was RUNNING)" in capsys.readouterr().out
-        until("sacct to say CANCELLED", lambda: sacct([job])[0]["State"].startswith("CANCELLED"), timeout_s=60)
+        until("sacct to say CANCELLED", lambda: state(job).startswith("CANCELLED"), timeout_s=60)
         assert main(["status", str(study), "--results", str(results)]) == 0
         assert f"{job:<14} CANCELLED" in capsys.readouterr().out
     finally:
@@ -266,43 +272,67 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mlflow_tracking_from_jobs_to_a_server_on_postgresql(tmp_path, postgres_url, capsys):
-    from mlflow import MlflowClient
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """An ``mlflow server`` on a throwaway PostgreSQL (tests/conftest.py), started when the module's first test
+    asks for it: its start-up (a minute or two of migrations on a busy machine) overlaps the jobs of the tests
+    before the one that uses it. Yields (URI, a function that waits until it answers)."""
+    import urllib.request
+
+    from conftest import _postgres_bindir, postgres_database
 
     from suite.ui import server_env
 
+    if _postgres_bindir() is None:
+        yield None  # its test skips; the others do not need it
+        return
+    tmp = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres_url,
-                               "--default-artifact-root", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"], env=server_env(os.environ),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        uri = f"http://127.0.0.1:{port}"
-        import urllib.request
+    uri = f"http://127.0.0.1:{port}"
+    with postgres_database("mlflow") as url, open(tmp / "server.log", "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", url,
+                                   "--default-artifact-root", (tmp / "artifacts").as_uri(), "--host", "127.0.0.1",
+                                   "--port", str(port), "--workers", "1"], env=server_env(os.environ),
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
         def healthy() -> bool:
+            assert server.poll() is None, (tmp / "server.log").read_text()[-3000:]
             try:
                 return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
             except OSError:
                 return False
 
-        until("the MLflow server", healthy, timeout_s=120)
-        text = MATRIX.replace("name: arr", "name: tracked").replace("tracking: {enabled: false}",
-                                                                    f"tracking: {{uri: '{uri}'}}") \
-            .replace("seed: [0, 1, 2]", "seed: [0, 1]")
-        study = write(tmp_path / "tracked.yaml", text)
-        results = tmp_path / "results"
-        assert main(["run", str(study), "--parallel-config", str(cluster_file(tmp_path)), "--results", str(results),
-                     "--no-report"]) == 0
-        client = MlflowClient(uri)
-        exp = client.get_experiment_by_name("tracked")
-        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'run'")
-        specs = expand(parse_study(text))
-        assert sorted(r.data.tags[RUN_TAG] for r in runs) == sorted(s.run_id for s in specs)
-        assert {r.info.status for r in runs} == {"FINISHED"} and all("accuracy" in r.data.metrics for r in runs)
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        try:
+            yield uri, lambda: until("the MLflow server", healthy, timeout_s=400, every=1)
+        finally:
+            os.killpg(server.pid, 15)
+            server.wait(timeout=60)
+
+
+def test_mlflow_tracking_from_jobs_to_a_server_on_postgresql(tmp_path, mlflow_server, capsys):
+    from mlflow import MlflowClient
+
+    if mlflow_server is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    uri, wait = mlflow_server
+    wait()
+    text = MATRIX.replace("name: arr", "name: tracked").replace("tracking: {enabled: false}",
+                                                                f"tracking: {{uri: '{uri}'}}") \
+        .replace("seed: [0, 1, 2]", "seed: [0]")
+    study = write(tmp_path / "tracked.yaml", text)
+    results = tmp_path / "results"
+    assert main(["run", str(study), "--parallel-config", str(cluster_file(tmp_path)), "--results", str(results),
+                 "--no-report"]) == 0
+    assert "tracking disabled" not in capsys.readouterr().err
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tracked")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'run'")
+    spec, = expand(parse_study(text))
+    assert [r.data.tags[RUN_TAG] for r in runs] == [spec.run_id]
+    assert runs[0].info.status == "FINISHED" and "accuracy" in runs[0].data.metrics
+    job = job_of(results, "tracked", spec.run_id)
+    log = next((tmp_path / "submitit" / job).glob(f"{job}_0_log.err")).read_text()
+    assert "tracking disabled" not in log  # the job itself reached the server
 
 
 def test_a_partition_that_does_not_exist_is_refused_before_anything_is_submitted(tmp_path, capsys):
