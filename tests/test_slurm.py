@@ -222,6 +222,9 @@ def test_a_requeued_and_a_signalled_job_resume_to_the_records_of_an_uninterrupte
         again = submit_study(load_study(study), load_cluster(cfg), results, out=lines.append)
         assert not again.submitted and again.summary is not None and not again.summary.failed
     assert status()["state"] == "done" and status()["attempts"] == 3
+    attempts = subprocess.run(["sacct", "-D", "-X", "-n", "--parsable2", "-o", "State", "-j", job], check=True,
+                              capture_output=True, text=True, timeout=30).stdout.split()
+    assert attempts == ["REQUEUED", "REQUEUED", "COMPLETED"]  # sacct -D: every attempt of the job
     log = next((tmp_path / "submitit" / job.split("_")[0]).glob(f"{job}_0_log.err")).read_text()
     assert log.count("running (resuming)") == 2  # both later attempts loaded the epoch checkpoint
     assert "Requeued job" in log or "requeued" in log
