@@ -93,12 +93,15 @@ def resolve_backend(choice: str, device: torch.device) -> str:
 
 
 def use_backend(choice: str, device: torch.device) -> str:
-    """Make spikingjelly's LIF run ``choice`` (resolved) on ``device`` from now on in this process; returns it."""
+    """Make spikingjelly's LIF run ``choice`` on ``device`` from now on in this process; returns the backend it
+    resolves to (for auto, the fastest available: what spikingjelly's own auto picks)."""
     name = resolve_backend(choice, device)
     if torch.device(device).type == "cuda":
         sel = _selection()
-        if sel._requested != SJ_NAMES[name]:
-            sel._requested = SJ_NAMES[name]
+        # auto stays spikingjelly's own auto (same order; it may still fall back where a kernel refuses a shape)
+        wanted = "auto" if choice == "auto" else SJ_NAMES[name]
+        if sel._requested != wanted:
+            sel._requested = wanted
             sel._selections.clear()  # spikingjelly caches its choice per device
             sel._compiled_selections.clear()
     return name
