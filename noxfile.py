@@ -1,4 +1,7 @@
-"""nox sessions: tests, the smoke study, the reference results, lint. Sessions reuse their venvs (torch is 5.5 GB)."""
+"""nox sessions: tests, the smoke study, the reference results, lint, a real SLURM, the GPU acceptance run. Sessions
+reuse their venvs (torch is 5.5 GB)."""
+
+import os
 
 import nox
 
@@ -10,6 +13,26 @@ nox.options.sessions = ["lint", "tests"]
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session(python="3.11")
+def slurm(session: nox.Session) -> None:
+    """Bring up a single-node SLURM on this machine (.ci/slurm.sh up: installs and starts slurmctld, slurmd,
+    slurmdbd, MariaDB and munge; root, or sudo) and run the tests against it. `.ci/slurm.sh down` stops it."""
+    session.install("-e", ".[test]")
+    up = [".ci/slurm.sh", "up"] if os.geteuid() == 0 else ["sudo", ".ci/slurm.sh", "up"]
+    session.run(*up, external=True)
+    session.run("pytest", "-q", "tests/test_slurm.py", "tests/test_doctor.py", *session.posargs,
+                env={"OMP_NUM_THREADS": "1"})
+
+
+@nox.session(python="3.11")
+def gpu(session: nox.Session) -> None:
+    """The GPU acceptance run (at most about 10 minutes on one GPU): doctor, bench --device cuda, one epoch of
+    Spikformer-4-384 and SDT-2-512 on CIFAR-shaped data, compacted == masked, bf16 vs fp32 spike counts, DDP over
+    NCCL; writes results/bench/cuda/<hardware>/. Refuses without CUDA (exit 2)."""
+    session.install("-e", ".")
+    session.run("python", "-m", "suite.bench.acceptance", "--out", "results/bench/cuda", *session.posargs)
 
 
 @nox.session(python="3.11")

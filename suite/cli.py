@@ -2,7 +2,8 @@
 
 ``run`` trains and evaluates every run of a study (YAML), ``plan`` lists them first, ``report`` regenerates
 figures, tables and ``report.html`` from the records, ``ui`` browses the runs in MLflow; ``evaluate``, ``search``,
-``worker``, ``status``, ``cancel`` and ``bench`` cover re-evaluation, Optuna searches, clusters and timing.
+``worker``, ``status``, ``cancel`` and ``bench`` cover re-evaluation, Optuna searches, clusters and timing;
+``doctor`` checks what a machine offers a study.
 
 Exit codes: 0 success, 1 some runs failed, 2 bad input (nothing written)."""
 
@@ -184,6 +185,16 @@ def _parser() -> argparse.ArgumentParser:
                    "browser; each more costs start-up time and memory)")
     u.add_argument("--uri", default=None, help="tracking URI (default: MLFLOW_TRACKING_URI, else the sqlite store "
                    "under --results)")
+
+    doc = cmd("doctor", _doctor, "what this machine offers a study, and what would make one fail (exit 1)",
+              "Versions, devices and their bf16/fp16 autocast, the spikingjelly kernel each backbone's LIF layers run "
+              "on, gloo/NCCL, dataset roots, the MLflow store and Optuna storage, SLURM commands; given a study (and "
+              "a cluster file) its own settings too. Exit 1 when something would make a study fail; each problem "
+              "says what to do. Reads only.")
+    doc.add_argument("study", type=Path, nargs="?", default=None, help="a study file to check as well (optional)")
+    doc.add_argument("--parallel-config", type=Path, default=None, metavar="CLUSTER_YML",
+                     help="a cluster file to check as well (SLURM commands, partition, time limit)")
+    doc.add_argument("--device", default="auto", help="the device the study would run on: auto, cpu, cuda ...")
 
     b = sub.add_parser("bench", help="wall-clock ratios: training step vs spikingjelly, compacted inference, "
                        "study end to end", description=plain(_bench.__doc__), formatter_class=_HelpFormatter)
@@ -467,6 +478,17 @@ def _ui(args) -> int:
         print(f"no runs yet under {args.results} (the store is created empty)", flush=True)
     cmd = server_command(uri, host=args.host, port=args.port, workers=args.workers, artifact_root=root)
     return serve(cmd, server_env(os.environ), host=args.host, port=args.port)
+
+
+def _doctor(args) -> int:
+    from suite.doctor import render, run_doctor
+    from suite.run.cluster_file import load_cluster
+
+    study = _load(args.study) if args.study is not None else None
+    cluster = load_cluster(args.parallel_config) if args.parallel_config is not None else None
+    checks = run_doctor(args.results, study=study, cluster=cluster, device=args.device)
+    print(render(checks))
+    return 1 if any(c.problem for c in checks) else 0
 
 
 def _bench(args) -> int:

@@ -242,7 +242,9 @@ resources: {{timeout_min: 30, mem_gb: 8}}
     ("backend: submitit\nresources: {nproc_per_run: 3}\n", "train.batch_size 32 is not divisible by nproc_per_run 3"),
     ("backend: local\nresources: {nproc_per_run: 3}\n", "train.batch_size 32 is not divisible by nproc_per_run 3"),
 ])
-def test_bad_cluster_file_exits_2_naming_the_key_and_writes_nothing(tmp_path, capsys, text, key):
+def test_bad_cluster_file_exits_2_naming_the_key_and_writes_nothing(tmp_path, capsys, monkeypatch, text, key):
+    # no SLURM commands, even where .ci/slurm.sh installed them: "cluster:" unset means local here, as expected
+    monkeypatch.setenv("PATH", str(tmp_path))
     study = write(tmp_path / "tiny.yaml", STUDY)
     cfg = write(tmp_path / "cluster.yml", text)
     results = tmp_path / "results"

@@ -23,6 +23,9 @@ class NeuronConfig(BaseModel):
     detach_reset: bool = True  # Spikformer: detach_reset=True
     surrogate: Literal["sigmoid", "atan"] = "sigmoid"  # spikingjelly default surrogate.Sigmoid
     alpha: float = Field(4.0, gt=0)  # surrogate.Sigmoid(alpha=4.0) default
+    # The kernel spikingjelly runs the LIF layers on (suite.models.neurons): auto is the fastest available on the
+    # device; cupy is spikingjelly 2.0's compiled CUDA kernels (successor of 1.x's CuPy backend); triton; torch.
+    backend: Literal["auto", "torch", "cupy", "triton"] = added_field("auto")
 
 
 class ModelConfig(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from suite.config.energy import MemoryConfig
 from suite.config.fields import added_field
@@ -31,7 +31,8 @@ class TrainConfig(BaseModel):
     tet_lambda: float = Field(1e-3, ge=0, le=1)  # SEENN train_snn.py default
     mixup: float = Field(0.0, ge=0)  # Beta(alpha, alpha) mixup alpha; cifar10.yml uses 0.5; 0 = off
     mixup_off_epoch: int | None = Field(None, ge=0)  # cifar10.yml: 200
-    amp: Literal["auto", "off"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # auto: bf16 autocast on CUDA, fp32 on CPU; bf16 on any device that has it; fp16 (CUDA) with a GradScaler
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     grad_clip: float | None = Field(None, gt=0)
     num_workers: int = Field(0, ge=0, le=64)  # data loader workers
     compile: bool = False  # torch.compile the model for training
@@ -39,6 +40,12 @@ class TrainConfig(BaseModel):
     # Fine-tuning: start from the final weights of this variant's run with the same seed (and matrix point), then
     # train for this section's own epochs and schedule. The parent's run id enters the run id (RunConfig.init_run).
     init_from: str | None = added_field(None, pattern=NAME_PATTERN)
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare ``off`` as false: ``amp: off`` means off."""
+        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _lr(self) -> TrainConfig:

@@ -38,6 +38,7 @@ from suite.run.cluster_file import (
 )
 from suite.run.study import (
     StudySummary,
+    device_setting_problems,
     nproc_problems,
     preflight,
     study_dir_for,
@@ -252,6 +253,8 @@ def submit_study(study: Study, cluster: ClusterConfig, results: Path, *, source:
     specs = preflight(study, source)
     if problems := nproc_problems(specs, res.nproc_per_run):
         raise StudyError(source, sorted(set(problems)))
+    if name != "slurm" and (problems := device_setting_problems(specs, device or study.execution.device)):
+        raise StudyError(source, problems)  # jobs run here (on SLURM the node's device is known inside the job)
     sdir = study_dir_for(results, study.name)
     results = results.resolve()
     run = ClusterRun(sdir, name)

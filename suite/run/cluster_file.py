@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,35 @@ def resource_problems(cluster: ClusterConfig, res: ResourcesConfig) -> list[str]
     if name == "slurm" and res.timeout_min is None:
         problems.append("resources.timeout_min: required on SLURM (or slurm_time: \"D-HH:MM:SS\"): submitit's "
                         "default is 5 minutes")
+    if name == "slurm" and (problem := partition_problem(cluster.passthrough().get("slurm_partition"))):
+        problems.append(problem)
     return problems
+
+
+def slurm_partitions() -> list[str] | None:
+    """The partitions ``sinfo`` lists (None: no sinfo, or it did not answer, so nothing can be said)."""
+    if shutil.which("sinfo") is None:
+        return None
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sorted(set(out.stdout.split())) if out.returncode == 0 else None
+
+
+def partition_problem(partition: Any) -> str | None:
+    """Why ``slurm_partition`` would be refused by sbatch, checked with ``sinfo`` before anything is submitted
+    (a comma-separated list: each one). None when every partition exists or sinfo cannot tell."""
+    if not isinstance(partition, str) or not partition:
+        return None
+    known = slurm_partitions()
+    if known is None:
+        return None
+    missing = [p for p in partition.split(",") if p.strip() not in known]
+    if not missing:
+        return None
+    return (f"slurm_partition: no partition {', '.join(repr(p) for p in missing)} on this cluster (sinfo lists "
+            f"{', '.join(known) or 'none'})")
 
 
 def executor_parameters(cluster: ClusterConfig, res: ResourcesConfig, name: str) -> dict[str, Any]:

@@ -77,6 +77,25 @@ def with_needs(specs: list[RunSpec], among: list[RunSpec]) -> list[RunSpec]:
     return list(out.values())
 
 
+def device_setting_problems(specs: list[RunSpec], device: str) -> list[str]:
+    """The runs' ``model.neuron.backend`` and ``train.amp`` settings that ``device`` cannot run (imports torch)."""
+    from suite.models.neurons import resolve_backend
+    from suite.train import pick_device
+    from suite.train.precision import amp_problem
+
+    dev = pick_device(device)
+    problems: dict[str, list[str]] = {}
+    for spec in specs:
+        cfg = spec.config
+        try:
+            resolve_backend(cfg.model.neuron.backend, dev)
+        except ValueError as exc:
+            problems.setdefault(str(exc), []).append(spec.variant)
+        if problem := amp_problem(cfg.train.amp, dev):
+            problems.setdefault(problem, []).append(spec.variant)
+    return [f"{p} (variants: {', '.join(sorted(set(v)))})" for p, v in sorted(problems.items())]
+
+
 def nproc_problems(specs: list[RunSpec], nproc: int) -> list[str]:
     """Why runs cannot be trained on ``nproc`` ranks each (checked before anything is written)."""
     if nproc <= 1:
@@ -138,10 +157,12 @@ def run_study(study: Study, results: Path, *, source: str = "<study>", workers: 
     specs = preflight(study, source)
     if problems := nproc_problems(specs, nproc_per_run or study.resources.nproc_per_run):
         raise StudyError(source, sorted(set(problems)))
+    dev = device or study.execution.device
+    if problems := device_setting_problems(specs, dev):
+        raise StudyError(source, problems)
     sdir = study_dir_for(results, study.name)
     sdir.mkdir(parents=True, exist_ok=True)
     write_study_file(sdir, study)
-    dev = device or study.execution.device
     write_environment(sdir, dev)
     tracker = tracker_for(TrackingTarget(study.tracking, study.name, results)) if study.tracking.enabled else None
     if tracker is not None:

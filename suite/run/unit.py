@@ -199,7 +199,8 @@ def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
             metrics.update(world_size=float(world), batch_size_per_rank=float(batch // world))
         shared = {"trained_by": spec.trained_by} if spec.trained_by else {}
         records.write_result(run_dir, spec.run_id, metrics, {**details, **shared, "dataset": dataset}, maps)
-        records.write_status(run_dir, "done", attempts=attempts, mlflow_run_id=child or "", **spread, **shared)
+        records.write_status(run_dir, "done", attempts=attempts, mlflow_run_id=child or "", **spread, **shared,
+                             **_how_it_ran(spec.config, dev))
         if tracker is not None:
             tracker.log_result(child, metrics, spec.config.eval.split)  # summary values, no step
             tracker.log_artifacts(child, [run_dir / records.CONFIG, run_dir / records.METRICS,
@@ -245,6 +246,14 @@ def _shared_fit(unit: RunUnit, data, device):
     model = make_model(unit.spec.config, data).to(device)
     model.load_state_dict(state["model"])
     return FitResult(model, state["history"], 0.0, 0)
+
+
+def _how_it_ran(config, device) -> dict[str, str]:
+    """The kernel spikingjelly's LIF layers ran on and the training precision (recorded in status.json)."""
+    from suite.models.neurons import backend_in_use
+    from suite.train.precision import AMP_NAMES, amp_dtype
+
+    return {"neuron_backend": backend_in_use(device), "amp": AMP_NAMES[amp_dtype(config.train.amp, device)]}
 
 
 def _fit_spawned(unit: RunUnit, batch: int, callbacks, data, device, attempts: int, child: str | None):

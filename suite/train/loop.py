@@ -1,4 +1,4 @@
-"""Fit one run: AdamW + warmup/cosine, label smoothing, optional mixup/TET, bf16 autocast on CUDA,
+"""Fit one run: AdamW + warmup/cosine, label smoothing, optional mixup/TET, autocast per ``train.amp``,
 ``reset_net`` after every step, a resumable checkpoint after every epoch.
 
 ``fit(..., distributed=True)`` trains the run on every rank of the initialised default process group (DDP; the
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from baselines.temporal import tet_loss
 from suite.data import DataBundle, make_loader
 from suite.models import Backbone, build_model
+from suite.models.neurons import use_backend
 from suite.models.policies.tokens import HALTING_LOSSES, loss_warmup
 from suite.names import CHECKPOINT
 from suite.train.checkpoint import (
@@ -38,6 +39,7 @@ from suite.train.checkpoint import (
     set_rng,
     state_digest,
 )
+from suite.train.precision import amp_dtype, autocast, grad_scaler
 
 log = logging.getLogger("spikesuite")
 
@@ -147,6 +149,7 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
     dist = _Ranks() if distributed else None
     main = dist is None or dist.rank == 0
     seed_everything(run.seed)
+    use_backend(run.model.neuron.backend, device)  # before the first forward: spikingjelly caches its choice
     model = make_model(run, data).to(device)
     bs = batch_size or tc.batch_size
     local_bs = per_rank_batch(bs, dist.world) if dist else bs
@@ -154,7 +157,8 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
     world = dist.world if dist else 1
     loader_len = math.ceil(math.ceil(len(data.train) / world) / local_bs)  # = ceil(n / bs) on one rank
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(run, loader_len))
-    amp = device.type == "cuda" and tc.amp == "auto"
+    amp = amp_dtype(tc.amp, device)
+    scaler = grad_scaler(amp, device)
     history: list[dict[str, float]] = []
     start_epoch, spent = 0, 0.0
     ckpt_path = run_dir / CHECKPOINT
@@ -164,6 +168,8 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history, start_epoch, spent = state["history"], state["epoch"], state["train_time_s"]
+        if "scaler" in state:  # fp16 loss scale (absent from checkpoints written without one)
+            scaler.load_state_dict(state["scaler"])
     elif run.init_run is not None:  # fine-tuning starts from the parent's final weights (a resume from its own)
         fresh = load_parent_weights(model, load_weights(run_dir.parent / run.init_run, device), run.init_run)
         if main:
@@ -183,7 +189,7 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
     train_model = torch.compile(train_model) if tc.compile else train_model
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.perf_counter()
-        row = _train_epoch(run, train_model, model, data, opt, sched, epoch, device, amp, local_bs,
+        row = _train_epoch(run, train_model, model, data, (opt, sched, scaler), epoch, device, amp, local_bs,
                            progress and main, dist)
         if dist is not None:
             dist.broadcast_buffers(model)  # BN running statistics: rank 0's, so every rank holds the checkpoint's
@@ -198,6 +204,8 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
                 history.append(row)
                 ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "history": history, "epoch": epoch + 1, "train_time_s": spent, "rng": get_rng()}
+                if scaler.is_enabled():
+                    ckpt["scaler"] = scaler.state_dict()
                 if dist is not None:
                     ckpt.update(world_size=dist.world, rng_ranks=rngs)
                 save_checkpoint(ckpt_path, ckpt)
@@ -294,11 +302,13 @@ def _check_identical(dist: _Ranks, model: nn.Module, epoch: int) -> None:
                     epoch + 1, digests)
 
 
-def _train_epoch(run, train_model: nn.Module, model: Backbone, data: DataBundle, opt, sched, epoch: int,
-                 device: torch.device, amp: bool, bs: int, progress: bool,
+def _train_epoch(run, train_model: nn.Module, model: Backbone, data: DataBundle, optim: tuple, epoch: int,
+                 device: torch.device, amp: torch.dtype | None, bs: int, progress: bool,
                  dist: _Ranks | None = None) -> dict[str, float]:
-    """One epoch; ``bs`` is this rank's batch. With ``dist``, the row's sums are taken over every rank."""
+    """One epoch; ``optim`` is (optimizer, scheduler, grad scaler); ``bs`` is this rank's batch. With ``dist``, the
+    row's sums are taken over every rank."""
     tc = run.train
+    opt, sched, scaler = optim
     model.train()
     seed = run.seed * 100_003 + epoch
     if dist is None:
@@ -322,7 +332,7 @@ def _train_epoch(run, train_model: nn.Module, model: Backbone, data: DataBundle,
             x = lam * x + (1 - lam) * x[perm]
             onehot = F.one_hot(y, data.num_classes).float()
             target = lam * onehot + (1 - lam) * onehot[perm]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast(amp, device):
             out = train_model(x)
             ramp = loss_warmup(run.tokens.halting, epoch + i / len(loader))
             if ramp < 1:
@@ -333,10 +343,12 @@ def _train_epoch(run, train_model: nn.Module, model: Backbone, data: DataBundle,
         if tc.inject_fault == "error" and epoch >= 1:
             raise InjectedFault("train.inject_fault: error (a deliberate failure for the robustness tests)")
         opt.zero_grad(set_to_none=True)
-        loss.backward()  # under DDP: gradients averaged over the ranks here
+        scaler.scale(loss).backward()  # under DDP: gradients averaged over the ranks here (scaled: fp16 only)
         if tc.grad_clip is not None:
+            scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
+        scaler.step(opt)  # skipped where fp16 gradients overflowed; the scale then shrinks
+        scaler.update()
         sched.step()
         functional.reset_net(model)  # neurons are stateful: every batch starts from rest (on every rank)
         with torch.no_grad():
@@ -372,7 +384,8 @@ def _guard(loss_sum: torch.Tensor, dist: _Ranks | None = None) -> None:
 
 
 @torch.no_grad()
-def _validate(model: Backbone, data: DataBundle, device: torch.device, amp: bool, bs: int) -> dict[str, float]:
+def _validate(model: Backbone, data: DataBundle, device: torch.device, amp: torch.dtype | None,
+              bs: int) -> dict[str, float]:
     if data.val is None or len(data.val) == 0:
         return {}
     model.eval()
@@ -380,7 +393,7 @@ def _validate(model: Backbone, data: DataBundle, device: torch.device, amp: bool
     units = torch.zeros((), device=device)
     for x, y in make_loader(data.val, batch_size=bs, shuffle=False, seed=0):
         x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast(amp, device):
             out = model(x)
         functional.reset_net(model)
         correct += int((out.logits.argmax(-1) == y).sum())
