@@ -2,7 +2,8 @@
 
 Files per run: ``config.yaml`` (resolved config), ``status.json`` (running | done | failed, with the
 reason and traceback), ``metrics.json``, ``history.csv``, ``checkpoint.pt``, ``maps.npz`` and
-``evals/<override>.json``. Every file is written to a temporary name and renamed, so a kill leaves
+``evals/<override>.json``. ``status.json`` also says what code wrote it (``git_commit``, ``git_dirty``,
+``spikesuite_version``; null outside a git checkout). Every file is written to a temporary name and renamed, so a kill leaves
 either the old file or the new one. A record that does not parse is treated as missing: the run is
 redone, never silently read.
 """
@@ -24,6 +25,7 @@ import pandas as pd
 import yaml
 
 from suite.config import RunConfig, RunSpec
+from suite.environment import code_version
 from suite.metrics import token_pct, units_per_step
 from suite.names import CONFIG, EVALS, EVALS_TABLE, HISTORY, LOCK, MAPS, METRICS, RUNS_TABLE, STATUS
 
@@ -87,7 +89,8 @@ def read_specs(study_dir: Path) -> list[RunSpec]:
 
 def write_status(run_dir: Path, state: str, **extra: Any) -> None:
     prev = read_json(run_dir / STATUS) or {}
-    doc = {"state": state, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), **extra}
+    doc = {"state": state, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), **code_version(),
+           **extra}
     if "attempts" in prev:
         doc.setdefault("attempts", prev["attempts"])
     atomic_write_json(run_dir / STATUS, doc)
