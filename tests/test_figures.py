@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 
 from suite import report
 from suite.report.figures import layers, pareto, search, summary
-from suite.report.figures.marks import dodge, mark_clipped
+from suite.report.figures.marks import mark_clipped
 from suite.report.published import backbone_matches
 from suite.report.style import (
     COLUMN_IN,
@@ -87,7 +87,8 @@ def write_study(root: Path, name: str, variants: dict[str, dict], dataset: str =
             for override, dacc, dunits in (evals or {}).get(variant, []):
                 ev.append({"run_id": rid, "variant": variant, "seed": seed, "T": T, "override": override,
                            "set": json.dumps({"tokens.halting.beta_offset": -1}), "accuracy": row["accuracy"] + dacc,
-                           "token_units": row["token_units"] + dunits, "timesteps_mean": steps,
+                           "token_units": row["token_units"] + dunits,
+                           "token_pct": 100 * (row["token_units"] + dunits) / DENSE_UNITS, "timesteps_mean": steps,
                            "energy_exact_uj": row["energy_exact_uj"]})
     pd.DataFrame(rows).to_csv(sdir / "runs.csv", index=False)
     if ev:
@@ -176,12 +177,13 @@ def test_legends_show_markers_not_errorbar_caps(big, tmp_path, monkeypatch):
     seen = capture(monkeypatch, pareto)
     axis = pareto.pareto_axes(rec.eval.energy.describe())[0]
     pareto.pareto_figure(rec, axis, None, "", tmp_path)
-    (legend,) = seen[0].legends
-    handles = legend.legend_handles
+    legends = [ax.get_legend() for ax in seen[0].axes if ax.get_legend() is not None]
+    assert len(legends) == len(seen[0].axes) > 1  # 13 variants: panels by family, each with its own legend
+    handles = [h for legend in legends for h in legend.legend_handles]
     assert not any(isinstance(h, ErrorbarContainer) for h in handles)
     variants = [h for h in handles if h.get_label().endswith("(n=2)")]
-    assert len(variants) == 13 and all(isinstance(h, Line2D) and h.get_marker() not in (None, "None", "")
-                                       for h in variants)
+    assert {h.get_label() for h in variants} == {f"{c} (n=2)" for c in rec.order}
+    assert all(isinstance(h, Line2D) and h.get_marker() not in (None, "None", "") for h in variants)
     assert all(h.get_linestyle() == "None" for h in variants)  # the marker alone, as drawn
 
 
@@ -211,22 +213,19 @@ def test_mark_clipped_counts_each_edge():
     assert n == 4 and texts == ["▲1", "▶1", "▼2"]
 
 
-def test_points_sharing_an_x_are_dodged_and_dense_is_on_top(big, tmp_path, monkeypatch):
-    assert dodge([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
-    spread = dodge([4.0, 4.0, 4.0, 1.0])
-    assert spread[3] == 1.0 and spread[0] < spread[1] < spread[2] and spread[1] == pytest.approx(4.0)
+def test_points_sit_at_their_true_x_and_dense_is_on_top(big, tmp_path, monkeypatch):
+    """No dodging: a point that moved sideways would claim a cost it does not have (every variant here is at T = 4)."""
     rec = report.load_records(big)
     seen = capture(monkeypatch, pareto)
-    axis = pareto.pareto_axes(rec.eval.energy.describe())[1]  # every variant at T = 4
+    axis = pareto.pareto_axes(rec.eval.energy.describe())[1]
     fig = pareto.pareto_figure(rec, axis, None, "", tmp_path)
-    ax = seen[0].axes[0]
-    points = [(c.lines[0].get_xdata()[0], c.lines[0].get_zorder(), c.lines[0].get_markeredgecolor())
-              for c in ax.containers if isinstance(c, ErrorbarContainer)]
-    xs = [p[0] for p in points]
-    assert len(set(xs)) == len(xs) == 13  # nine (here 13) variants at x = 4 no longer sit on one another
-    dense_z = points[0][1]  # dense is the study's first variant
-    assert dense_z > max(p[1] for p in points[1:]) and points[0][2] == "black"
-    assert "spread slightly sideways" in fig.caption
+    for ax in seen[0].axes:
+        points = [(c.lines[0].get_xdata()[0], c.lines[0].get_zorder(), c.lines[0].get_markeredgecolor())
+                  for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert points and {p[0] for p in points} == {float(T)}
+        dense_z = points[0][1]  # dense is the study's first variant, the reference of every panel
+        assert dense_z > max(p[1] for p in points[1:]) and points[0][2] == "black"
+    assert "spread" not in fig.caption and "true x" in fig.caption
 
 
 # ----------------------------------------------------------------------------------------------- 3. search
@@ -430,7 +429,7 @@ def test_published_energies_outside_our_range_are_counted_at_the_edge(tmp_path):
         fig, ax = plt.subplots(layout="constrained")
         drawn = pareto.draw_pareto(ax, rec, axis, published)
     assert drawn.published_out == 2 and ax.get_xlim()[1] < 100  # our µJ range kept, 7700 µJ counted at the edge
-    assert any(t.get_text() in ("▶2", "▲2") for t in ax.texts)
+    assert sum(int(t.get_text()[1:]) for t in ax.texts if t.get_text()[:1] in ("▶", "▲")) == 2
     plt.close(fig)
 
 

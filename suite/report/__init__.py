@@ -18,7 +18,7 @@ recipes: they are drawn only as hollow reference markers, only for the study's o
 legends outside the data), fonts are embedded as TrueType (no Type 3), units are written µJ and ×.
 
 Modules: ``load`` (records -> ``StudyRecords``), ``style`` (look, sizes, legends and number formatting),
-``figures`` (one module per figure family, ``marks`` for dodged, clipped and labelled points), ``tables``,
+``figures`` (one module per figure family, ``marks`` for clipped and labelled points, ``facets`` for panels by family), ``tables``,
 ``page`` (HTML), ``mlflow`` (attach the report to the study's store).
 """
 
