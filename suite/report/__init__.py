@@ -38,9 +38,16 @@ from suite.report.figures import FIGURE_PREFIXES, PAPER_DIR, build_figures, buil
 from suite.report.figures.heatmaps import upsample_mask  # noqa: E402
 from suite.report.figures.layers import layer_key, ordered_layers  # noqa: E402
 from suite.report.figures.pareto import pareto_front  # noqa: E402
-from suite.report.figures.search import nondominated, search_figure, search_tables, search_title  # noqa: E402
+from suite.report.figures.search import nondominated, search_figure, search_title  # noqa: E402
 from suite.report.figures.summary import exit_figure  # noqa: E402
-from suite.report.load import StudyRecords, axis_columns, config_labels, config_order, load_records  # noqa: E402
+from suite.report.load import (  # noqa: E402
+    StudyRecords,
+    axis_columns,
+    config_labels,
+    config_order,
+    load_records,
+    search_tables,
+)
 from suite.report.mlflow import log_to_mlflow, mlflow_store  # noqa: E402
 from suite.report.page import write_page  # noqa: E402
 from suite.report.published import published_for, published_points  # noqa: E402

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from suite import records
 from suite.config import EvalConfig, SearchConfig, Study, TrackingConfig, VariantConfig, format_errors
-from suite.names import CONFIG, EVALS_TABLE, METRICS, RUNS_TABLE, STUDY_FILE
+from suite.names import CONFIG, EVALS_TABLE, METRICS, RUNS_TABLE, SEARCH_DIR, STUDY_FILE, TRIALS_TABLE
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +241,47 @@ def load_records(study_dir: Path) -> StudyRecords:
     details, models = load_details(study_dir, sorted(done_ids)), load_models(study_dir, sorted(done_ids))
     return StudyRecords(study_dir, restated_similarity(runs, details, models), evals, details, study, text,
                         config_order(runs, variants, axes, matrix) if not runs.empty else (), off_split, models)
+
+
+def search_tables(study_dir: Path) -> list[tuple[str, Path]]:
+    """``(variant, trials.csv)`` of each search of the study: ``search/`` (one search, variant "") and
+    ``search/<variant>/`` (``per_variant`` and ``equal_budget`` searches)."""
+    root = study_dir / SEARCH_DIR
+    found = [("", root / TRIALS_TABLE)] + [(p.parent.name, p) for p in sorted(root.glob(f"*/{TRIALS_TABLE}"))]
+    return [(v, p) for v, p in found if p.is_file()]
+
+
+def tuning_budgets(rec: StudyRecords) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """Per variant that a search tuned: (complete trials, the settings they varied), read from every
+    ``trials.csv`` of the study; its parameters are the dotted config paths among the columns."""
+    out: dict[str, tuple[int, tuple[str, ...]]] = {}
+    for _, path in search_tables(rec.study_dir):
+        trials = pd.read_csv(path)
+        if "variant" not in trials or "state" not in trials:
+            continue
+        for variant, g in trials[trials.state == "COMPLETE"].groupby("variant", sort=False):
+            keys = tuple(c for c in g.columns if "." in c and g[c].notna().any())
+            n, known = out.get(str(variant), (0, ()))
+            out[str(variant)] = (n + len(g), tuple(dict.fromkeys(known + keys)))
+    return out
+
+
+def budget_note(rec: StudyRecords) -> str | None:
+    """One sentence stating every variant's tuning budget (None when the study ran no search)."""
+    budgets = tuning_budgets(rec)
+    if not budgets:
+        return None
+    s = rec.search
+    equal = s is not None and s.mode == "equal_budget"
+    parts = [f"{v} {n} ({', '.join(keys) or 'no parameter'})" for v, (n, keys) in budgets.items()]
+    untuned = [v for v in rec.variants if v not in budgets]
+    split = s.split if s is not None else "val"
+    return ("Tuning budget, evaluation-time settings tried per variant before reporting (complete trials of "
+            f"search/…/trials.csv, scored on the {split} split"
+            + (f"; search.mode equal_budget: {s.budget} grid settings of each variant's own knob"
+               + (f" on {s.val_images} validation images" if s.val_images else "") if equal else "")
+            + "): " + "; ".join(parts)
+            + (f"; not tuned (0): {', '.join(untuned)}." if untuned else "."))
 
 
 def parsed_setting(setting: Any) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from suite import records
 from suite.report.content import Table
-from suite.report.load import StudyRecords, fmt_value, off_split_note, parsed_setting
+from suite.report.load import StudyRecords, budget_note, fmt_value, off_split_note, parsed_setting
 from suite.report.style import ENERGY_UNIT, STD_NOTE, Stat, decimals, fmt_pm, slug, stat
 
 MAIN_HEADERS = ("variant", "n seeds", "accuracy (%)", "token-units (% of dense)", "timesteps (mean)",
@@ -57,6 +57,9 @@ def table_notes(rec: StudyRecords) -> tuple[str, ...]:
         "No throughput column: wall-clock speed inside a study measures the machine's load; "
         "`spikesuite bench` measures it in isolation.",
     ]
+    budget = budget_note(rec)  # how hard each variant's operating point was tuned
+    if budget:
+        notes.append(budget)
     bad = runs[runs.status != "done"]
     for status, g in bad.groupby("status", sort=True):
         ids = ", ".join(f"{r.run_id} ({r.variant}, seed {fmt_value(r.seed)})" for r in g.itertuples())

@@ -48,6 +48,7 @@ from suite import records
 from suite.config import RunSpec, Study, StudyError, axis_applies
 from suite.names import SEARCH_DIR, SEARCH_TAG, STUDY_FILE
 from suite.run.study import preflight, study_dir_for
+from suite.search.budget import budget_parts
 from suite.search.outputs import TrialRuns, write_outputs
 from suite.search.part import Part, SearchFailed, SearchSummary
 from suite.search.runner import SearchRunner
@@ -112,6 +113,8 @@ def search_parts(study: Study, specs: list[RunSpec], sdir: Path) -> list[tuple[S
     parameters that apply to it."""
     s = study.search
     assert s is not None
+    if s.mode == "equal_budget":  # one grid over each variant's own knob, the same number of settings each
+        return budget_parts(study, specs, sdir)
     if not s.per_variant:
         return [(study, f"{study.name}-{s.stage}", sdir / SEARCH_DIR)]
     parts = []

@@ -87,13 +87,15 @@ def validate(study: Study, specs: list[RunSpec], n_trials: int | None = None) ->
             problems.append(f"{where}: applies to none of the search variants {sorted(by_variant)} "
                             f"(none has a {'.'.join(key.split('.')[:2])} policy)")
         for v in usable:
-            bad = _probe(key, p, by_variant[v].config)
+            bad = probe(key, p, by_variant[v].config)
             if bad:
                 problems.append(f"{where}: {bad}")
                 break
     if s.pruner == "median":
         problems += _pruner_problems(s, list(by_variant.values()))
-    return problems
+    from suite.search.budget import budget_problems  # budget builds on this module's helpers
+
+    return problems + budget_problems(study, specs)
 
 
 def _pruner_problems(s: SearchConfig, runs: list[RunSpec]) -> list[str]:
@@ -110,7 +112,7 @@ def _pruner_problems(s: SearchConfig, runs: list[RunSpec]) -> list[str]:
     return []
 
 
-def _probe(key: str, p: SearchParam, config: RunConfig) -> str | None:
+def probe(key: str, p: SearchParam, config: RunConfig) -> str | None:
     """Apply the range's ends (or every choice) to a run config; the first validation error, if any."""
     values = p.choice if p.choice is not None else list(p.uniform or p.log_uniform or p.int or ())
     for value in values:
