@@ -43,7 +43,6 @@ search:
     tokens.halting.beta_offset: {uniform: [-8.0, 0.0]}
     tokens.drop.keep_ratio: {uniform: [0.4, 1.0]}
     tokens.merge.r: {int: [0, 4]}
-    tokens.merge.threshold: {uniform: [0.5, 0.9]}
     time.exit.threshold: {uniform: [0.5, 0.9]}
     time.mask.threshold: {uniform: [-0.5, 0.5]}
 """
@@ -78,9 +77,16 @@ def test_grid_values():
 def test_each_variant_has_its_own_one_knob_from_its_policies():
     study = parse_study(STUDY)
     knobs, problems = variant_knobs(study, expand(study))
-    assert not problems
-    # merge r, not threshold: tome sets r, and a merge config takes one of the two
+    assert not problems and not budget_problems(study, expand(study))
     assert knobs == {v: key for v, (key, _) in GRIDS.items()}
+    # a merge config takes r or threshold: tome, which sets r, keeps r as its knob; a range nobody takes is an error
+    both = parse_study(STUDY.replace("    tokens.merge.r: {int: [0, 4]}\n", "    tokens.merge.r: {int: [0, 4]}\n"
+                                     "    tokens.merge.threshold: {uniform: [0.5, 0.9]}\n"))
+    knobs, problems = variant_knobs(both, expand(both))
+    assert knobs["tome"] == "tokens.merge.r" and problems == [
+        "search.params.tokens.merge.threshold: the knob of none of the search variants (act: "
+        "tokens.halting.beta_offset, drop: tokens.drop.keep_ratio, tome: tokens.merge.r, exit: time.exit.threshold, "
+        "tmask: time.mask.threshold); remove it"]
 
 
 def test_equal_budget_gives_every_variant_the_same_settings(tmp_path, capsys):

@@ -94,6 +94,10 @@ def variant_knobs(study: Study, specs: list[RunSpec]) -> tuple[dict[str, str], l
         else:
             problems.append(f"search.knobs.{v}: {v!r} has several evaluation-time settings in search.params "
                             f"({', '.join(keys)}); equal_budget tunes one knob per variant: name it here")
+    for key in s.params:
+        if key not in knobs.values() and not problems:
+            problems.append(f"search.params.{key}: the knob of none of the search variants "
+                            f"({', '.join(f'{v}: {k}' for v, k in knobs.items())}); remove it")
     for v in s.knobs:
         if v not in s.variants:
             problems.append(f"search.knobs.{v}: not a search variant (search.variants: {', '.join(s.variants)})")
