@@ -366,6 +366,8 @@ def _draw_faceted(rec: StudyRecords, axis: ParetoAxis, published: pd.DataFrame |
         [s for f in faces for s in f.series], width / columns, font_pt)))
     fig, axes = panels(len(faces), width / columns, PANEL_IN[1] + legend_in + 0.35, most_columns=columns)
     fig.set_figwidth(width)  # panels() caps the width at the page's; a paper figure has its column's
+    for spare in fig.axes[len(faces):]:  # an odd number of panels leaves a hidden cell: gone, not hidden
+        fig.delaxes(spare)
     drawns = []
     for ax, face in zip(axes, faces):
         drawn = draw_pareto(ax, rec, axis, published, face.series)
