@@ -9,7 +9,8 @@ Reads ``results/<study>/``: ``runs.csv``, ``evals.csv`` (optional), ``study.yaml
 (3.5 and 7.16 in wide, legend outside the data) of the accuracy-vs-cost figures. Outputs carry no timestamps,
 so the same records give byte-identical files. A figure whose data is absent is skipped and the page says why.
 
-Conventions (written next to every number): seeds are summarised as mean ± sample std (ddof=1); the unit of a
+Conventions (written next to every number): tables summarise seeds as mean ± sample std (ddof=1), figures as the
+mean with its 95 % t-interval (error bars; panels of at most six series by family, docs/report.md); the unit of a
 point is a *variant* (plus any non-seed matrix axis that varies within it, e.g. ``act (T=2)``); token-units
 are active tokens summed over blocks and timesteps (a merged token counts once); energy is the *exact* SOP
 convention (``energy_exact_uj``). Published numbers (``baselines/published.yaml``) come from other backbones and

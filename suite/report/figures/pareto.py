@@ -350,7 +350,7 @@ def _panel_legend(ax, handles: Sequence, font_pt: float) -> None:
     """A panel's own legend under its axes (constrained layout makes room for it)."""
     labels = [h.get_label() for h in handles]
     ncols = legend_columns(labels, ax.figure.get_figwidth() / max(1, _columns(ax)), font_pt)
-    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=ncols, frameon=False,
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.27), ncols=ncols, frameon=False,
               fontsize=font_pt)
 
 
