@@ -277,7 +277,7 @@ def budget_note(rec: StudyRecords) -> str | None:
     untuned = [v for v in rec.variants if v not in budgets]
     split = s.split if s is not None else "val"
     return ("Tuning budget, evaluation-time settings tried per variant before reporting (complete trials of "
-            f"search/…/trials.csv, scored on the {split} split"
+            f"search/*/trials.csv, scored on the {split} split"
             + (f"; search.mode equal_budget: {s.budget} grid settings of each variant's own knob"
                + (f" on {s.val_images} validation images" if s.val_images else "") if equal else "")
             + "): " + "; ".join(parts)
