@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     # fontTools logs every table it subsets while matplotlib writes a PDF (dozens of lines per figure) at INFO
     for noisy in ("mlflow", "alembic", "optuna", "urllib3", "git", "fontTools"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if getattr(args, "verbose", False):  # details a normal run keeps quiet (figures that do not apply, ...)
+        for name in ("spikesuite", "suite"):  # the suite logs under "spikesuite" or its module names (suite.*)
+            logging.getLogger(name).setLevel(logging.DEBUG)
     try:
         return args.func(args)
     except StudyError as exc:
@@ -111,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
                    "is not a terminal)")
     r.add_argument("--no-report", action="store_true", help="skip the figures, tables and report.html at the end "
                    "(spikesuite report writes them later)")
-    r.add_argument("--verbose", action="store_true", help="list every file the report writes")
+    r.add_argument("--verbose", action="store_true", help="list every file the report writes and every figure "
+                   "that does not apply to the study")
     r.add_argument("--parallel-config", type=Path, default=None, metavar="CLUSTER_YML",
                    help="run through the cluster file's backend (local pool or submitit job arrays; docs/cluster.md)")
     r.add_argument("--no-wait", action="store_true",
@@ -144,7 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--style", choices=("default", "paper"), default="default",
                      help="figure style; paper also writes the accuracy-vs-cost figures one and two columns wide "
                      "(report/paper/)")
-    rep.add_argument("--verbose", action="store_true", help="list every file written")
+    rep.add_argument("--verbose", action="store_true", help="list every file written and every figure that does "
+                     "not apply to the study")
 
     searches = (
         ("search", _search, "Optuna search over the study's search: block (resumes; n_trials is the study's total)",

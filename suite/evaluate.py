@@ -22,6 +22,7 @@ from spikingjelly.activation_based import functional
 from baselines.temporal import early_exit
 from suite.config import RunConfig, apply_overrides, eval_updates
 from suite.data import DataBundle, make_loader
+from suite.energy import Counts, convention_metrics, neurobench_metrics
 from suite.metrics import (
     energy_metrics,
     exit_scaled,
@@ -33,6 +34,7 @@ from suite.metrics import (
     token_pct,
 )
 from suite.models import Backbone
+from suite.models.policies import overhead
 from suite.train import make_model
 
 COUNTING_VERSION = 2  # details.counting_version: token-units under the one rule (older: suite.records_migrate)
@@ -62,7 +64,9 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     L, T = model.depth, model.T
     per_step = float(model.depth * model.num_tokens)  # the dense model's token-units per timestep
     ops: dict = {}
+    policy_ops: dict = {}
     spikes: dict = {}
+    static_input = True
     similarity: dict = {}
     correct = seen = 0
     loss_sum = 0.0
@@ -77,7 +81,9 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         if ec.max_batches is not None and b >= ec.max_batches:
             break
         x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        static_input = x.dim() == 4  # [B, C, H, W]: the same image at every step (event data: [B, T, ...])
+        # counted in fp32 always, even inside a caller's autocast: bf16 would change membrane sums, so spikes and counts
+        with torch.autocast(device.type, enabled=False):
             out = model(x, count=True, record_maps=sum(map(len, sample["images"])) < n_maps)
         functional.reset_net(model)
         logits = out.logits.float()
@@ -89,10 +95,13 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
             res = early_exit(out.step_logits.float(), run.time.exit)
             exit_steps.append(res.exit_step.cpu())
             exit_correct += int((res.pred == y).sum())
+            macs, acs = overhead.exit_test(float(res.exit_step.sum()), model.head.out_features, model.head.in_features)
+            out.ctx.overhead("policy.exit_test", block=-1, macs=macs, acs=acs)
             act = act * (torch.arange(T) < res.exit_step.cpu().view(-1, 1, 1))  # the steps after the exit are skipped
         active_sum += act.sum(0)
         units.append(act.sum((1, 2)))
         ops = merge_counts(ops, out.ctx.ops)
+        policy_ops = merge_counts(policy_ops, out.ctx.policy_ops)
         spikes = merge_spikes(spikes, out.ctx.spikes)
         similarity = merge_spikes(similarity, out.ctx.similarity)  # the same [sum, count] bookkeeping
         if out.token_depth is not None:
@@ -133,6 +142,15 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         if mean_sim is not None:
             m["temporal_similarity"] = mean_sim
     details["ops"] = {k: vars(v) for k, v in ops.items()}  # as counted: over all T steps, before any exit
+    details["policy_ops"] = {k: vars(v) for k, v in policy_ops.items()}
+    details["neuron_updates"] = sum(c for _, c in spikes.values()) / seen  # LIF elements updated per image
+    details["static_input"] = static_input
+    m.update(neurobench_metrics(details["ops"], seen))
+    m.update(static_metrics(model))
+    m["ActivationSparsity"] = 1.0 - sum(s for s, _ in spikes.values()) / max(sum(c for _, c in spikes.values()), 1.0)
+    m["neuron_updates"] = details["neuron_updates"]
+    m["policy_macs"] = sum(r.macs for r in policy_ops.values()) / seen
+    m["policy_acs"] = sum(r.sops_exact for r in policy_ops.values()) / seen
     steps = model.time_policy.active_steps() if model.time_policy is not None else None
     if steps:
         details["active_steps"] = steps
@@ -150,7 +168,12 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         details["exit_step_share"] = m["exit_step_mean"] / T
         details["energy_note"] = EXIT_NOTE
         ops = exit_scaled(ops, details["exit_step_share"], model.cfg.stem == "per_step")
-    m.update(energy_metrics(ops, seen, ec.energy))
+    m.update(energy_metrics(ops, seen, ec.costs))
+    conventions = convention_metrics(Counts(
+        details["ops"], seen, T, model.cfg.stem, static_input, details.get("exit_step_share"),
+        details.get("active_steps"), details["policy_ops"], details["neuron_updates"]), ec.costs)
+    # exact and paper stay as energy_metrics gives them (with their per-kind parts); the registry recomputes them
+    m.update({k: v for k, v in conventions.items() if k not in m})
     if out.unit_halting is not None:
         details["depth_histogram"] = (depth_hist / depth_hist.sum().clamp_min(1)).tolist()
     m["images_per_s"] = throughput(model, ds, device, run.train.eval_batch_size, amp)
@@ -160,6 +183,17 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         sample_maps = {k: np.concatenate(v) for k, v in sample.items()}
         sample_maps["grid"] = np.array(model.grid)
     return EvalResult(m, details, sample_maps)
+
+
+def static_metrics(model: torch.nn.Module) -> dict[str, float]:
+    """NeuroBench's static metrics: ``Footprint`` (bytes of parameters and buffers) and ``ConnectionSparsity`` (zero
+    weights / all weights of the Linear and Conv layers)."""
+    footprint = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    weights = [mod.weight for mod in model.modules() if isinstance(mod, (torch.nn.Linear, torch.nn.Conv1d,
+                                                                          torch.nn.Conv2d, torch.nn.Conv3d))]
+    total = sum(w.numel() for w in weights)
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    return {"Footprint": float(footprint), "ConnectionSparsity": zeros / total if total else 0.0}
 
 
 def processed_units(out) -> torch.Tensor:

@@ -31,7 +31,11 @@ from suite.names import ENERGY_KINDS
 if TYPE_CHECKING:  # no torch at import: the records' tables (no torch) restate token_pct with this module
     from suite.models.context import LayerCounts
 
-_SUMMED: tuple[str, ...] = ("macs", "sops_exact", "sops_paper", "dense_flops")  # additive LayerCounts fields
+# additive LayerCounts fields (the others are a layer's static sizes, the same in every batch)
+SUMMED: tuple[str, ...] = ("macs", "sops_exact", "sops_paper", "dense_flops", "sops_nonbinary", "synops", "synops_nonbinary",
+                           "inputs_nz",
+                           "outputs", "out_spikes", "out_elements")
+_TOTALS: tuple[str, ...] = ("macs", "sops_exact", "sops_paper", "dense_flops")  # the per-image totals of metrics.json
 _PJ_TO_UJ = 1e-6
 BREAKDOWN_COLUMNS: tuple[str, ...] = ("layer", "kind", "block", "macs", "sops_exact", "sops_paper",
                                       "dense_flops", "energy_exact_pj", "energy_paper_pj")
@@ -49,7 +53,7 @@ def merge_counts(total: Mapping[str, LayerCounts], new: Mapping[str, LayerCounts
             continue
         if (cur.kind, cur.block) != (rec.kind, rec.block):
             raise ValueError(f"layer {name!r}: kind/block {(rec.kind, rec.block)} != {(cur.kind, cur.block)}")
-        out[name] = replace(cur, **{f: getattr(cur, f) + getattr(rec, f) for f in _SUMMED})
+        out[name] = replace(cur, **{f: getattr(cur, f) + getattr(rec, f) for f in SUMMED})
     return out
 
 
@@ -92,7 +96,7 @@ def energy_metrics(ops: Mapping[str, LayerCounts], n_images: int, cfg: EnergyCon
     ``ops`` are sums over ``n_images`` images (the real evaluation set)."""
     _check(ops, n_images)
     recs = list(ops.values())
-    out: dict[str, float] = {f: sum(getattr(r, f) for r in recs) / n_images for f in _SUMMED}
+    out: dict[str, float] = {f: sum(getattr(r, f) for r in recs) / n_images for f in _TOTALS}
     for conv in ("exact", "paper"):
         out[f"energy_{conv}_uj"] = sum(layer_energy_pj(r, cfg, conv) for r in recs) / n_images * _PJ_TO_UJ
     for kind in ENERGY_KINDS:
@@ -110,7 +114,7 @@ def breakdown_frame(ops: Mapping[str, LayerCounts], n_images: int, cfg: EnergyCo
     _check(ops, n_images)
     rows = [
         {"layer": name, "kind": r.kind, "block": r.block,
-         **{f: getattr(r, f) / n_images for f in _SUMMED},
+         **{f: getattr(r, f) / n_images for f in _TOTALS},
          "energy_exact_pj": layer_energy_pj(r, cfg, "exact") / n_images,
          "energy_paper_pj": layer_energy_pj(r, cfg, "paper") / n_images}
         for name, r in ops.items()
@@ -128,10 +132,15 @@ def exit_scaled(ops: Mapping[str, LayerCounts], share: float, stem_per_step: boo
         raise ValueError(f"share must be in (0, 1], not {share}")
     out = {}
     for name, rec in ops.items():
-        per_step = rec.kind in ("attention", "mlp") or (rec.kind == "stem" and stem_per_step)
-        factor = share if per_step else 1.0
-        out[name] = replace(rec, **{f: getattr(rec, f) * factor for f in _SUMMED})
+        factor = share if runs_every_step(rec.kind, stem_per_step) else 1.0
+        out[name] = replace(rec, **{f: getattr(rec, f) * factor for f in SUMMED})
     return out
+
+
+def runs_every_step(kind: str, stem_per_step: bool) -> bool:
+    """A layer of ``kind`` runs at every timestep (an early exit skips its later steps): every block layer (and a
+    block's policy work), the stem when it runs per step; not the head or a stem run once."""
+    return kind in ("attention", "mlp", "policy") or (kind == "stem" and stem_per_step)
 
 
 def units_per_step(dense_token_units: float, T: int) -> float:

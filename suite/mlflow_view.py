@@ -35,6 +35,9 @@ SUMMARY_KEYS = (ACCURACY, "token_pct", "timesteps_mean", "energy_exact_uj")  # p
 RUN_AXES = ("variant", "seed")  # in every run name already
 MAX_RUN_NAME = 250  # MLflow's runs.name column is VARCHAR(250) (a PostgreSQL store refuses more)
 
+DATASET_SOURCE_TYPE = "spikesuite"  # MLflow dataset source type: the suite's own loaders (suite.data)
+DATASET_CONTEXT = "training"  # the ``mlflow.data.context`` tag of a run's dataset input (splits in its profile)
+
 # Config values that do not apply to a run, so they are not logged as its params (MLflow compares runs by their
 # params: a setting that changes nothing only adds noise). Absent token/time policies are dropped too.
 NOT_APPLICABLE: tuple[tuple[str, Callable[[RunConfig], bool]], ...] = (
@@ -172,3 +175,15 @@ def variant_means(runs: Any, specs: Iterable[RunSpec]) -> dict[str, float]:
             if isinstance(v, (int, float)) and math.isfinite(v):
                 sums.setdefault(f"{label}.{k}", []).append(float(v))
     return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
+def dataset_input(described: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, str]:
+    """The fields of the MLflow dataset input of a run (``mlflow.entities.Dataset``), from what the run read
+    (``DataBundle.describe()``, kept in its records as ``details.dataset``) and the config it was loaded from:
+    the Dataset column shows ``name (digest)``, its filter is ``dataset.name``/``dataset.digest``, and the profile
+    carries the split sizes and per-split digests for comparing runs by the data they saw."""
+    profile = {k: described[k] for k in ("train_size", "val_size", "test_size", "split_digests", "num_classes",
+                                         "image_size") if k in described}
+    return {"name": str(described["name"]), "digest": str(described["digest"]), "source_type": DATASET_SOURCE_TYPE,
+            "source": json.dumps(dict(source), sort_keys=True, default=str),
+            "profile": json.dumps(profile, sort_keys=True)}

@@ -52,3 +52,13 @@ ENERGY_KINDS: tuple[str, ...] = ("stem", "attention", "mlp", "head")  # the per-
 
 # ---------------------------------------------------------------------------------------------- names in files
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # study, variant, experiment: no separators (directory names)
+
+# ---------------------------------------------------------------------------------------------- energy conventions
+# Lemaire et al., "An analytical estimation of spiking neural networks energy efficiency", ICONIP 2022
+# (arXiv 2210.13107; LEAT-EDGE/qualia-plugin-snn EnergyEstimationMetric): one SRAM access to a memory holding
+# `values` words of `bits` bits costs E_RAM_PJ_PER_BIT x values x bits + E_RAM_ACCESS_PJ picojoules.
+E_RAM_PJ_PER_BIT = 1.09e-5
+E_RAM_ACCESS_PJ = 13.2
+WORD_BITS = 32  # weights, membrane potentials and real-valued activations: 32-bit floats (as E_MAC_PJ, E_AC_PJ)
+SPIKE_BITS = 1
+PRIMARY_ENERGY_CONVENTION = "exact"  # the convention of energy_exact_uj, the figures' default

@@ -15,6 +15,10 @@ energies summed to the full-T energy. Both are recomputed here from what every r
 - ``token_pct`` against ``reference_T`` (the run's ``eval.reference_T``, else its own T) in ``metrics.json``; then
   ``runs.csv`` / ``evals.csv`` again (``records.collect_tables``: against the study's reference T).
 
+Every energy convention (``suite.energy``) the stored counts allow is added as ``energy_<convention>_uj``
+(``recount_energy``); the ones they do not allow are named as needing a rerun (docs/counting.md, "Recounting
+committed records").
+
 Every record without a time mask or an exit is checked instead: its stored token-units must equal the ones its
 counts give. Idempotent: a recounted record carries ``counting_version`` and is left as it is.
 
@@ -52,6 +56,8 @@ class Outcome:
     changed: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     rerun: list[str] = field(default_factory=list)  # records with a quantity the stored counts cannot give
     mismatched: list[str] = field(default_factory=list)  # checked records whose token-units disagree with counts
+    # a column the stored counts cannot give ("energy_<name>_uj (needs ...)") -> the records lacking it
+    rerun_columns: dict[str, list[str]] = field(default_factory=dict)
 
 
 def token_wise_flops(model: ModelConfig) -> dict[str, tuple[int, float]]:
@@ -117,7 +123,7 @@ def recount(doc: dict[str, Any], config: RunConfig, label: str, out: Outcome) ->
         share = float(m["exit_step_mean"]) / T
         ops = {k: LayerCounts(**v) for k, v in d["ops"].items()}
         for key, value in energy_metrics(exit_scaled(ops, share, model.stem == "per_step"), int(n),
-                                         config.eval.energy).items():
+                                         config.eval.costs).items():
             _set(m, key, value, log)
         d["exit_step_share"], d["energy_note"] = share, EXIT_NOTE
         if config.tokens.enabled:
@@ -142,6 +148,110 @@ def recount(doc: dict[str, Any], config: RunConfig, label: str, out: Outcome) ->
     return True
 
 
+# Products whose operand holds values outside {-1, 0, 1} by construction (records counted before
+# ``sops_nonbinary``): Spikformer's (Q K^T) V reads the scaled coincidence map. An integrated stem's stem.1 reads
+# the time-averaged map. tests/test_energy.py checks this rule against the flags a counted forward measures.
+NONBINARY_BY_STRUCTURE: dict[str, tuple[str, ...]] = {"spikformer": ("av",), "sdt": ()}
+TOKEN_WISE = ("q", "k", "v", "proj", "mlp1", "mlp2")
+
+
+def nonbinary_layer(name: str, model: ModelConfig, rec: Mapping[str, Any]) -> bool:
+    """Whether layer ``name`` read non-spike values, from its stored counts: a token-wise linear did exactly when its
+    paper SOPs (sum of input values x fan-out) differ from its exact ones (non-zero inputs x fan-out), since its
+    inputs are non-negative counts of spikes; a product or conv by the backbone's structure (``NONBINARY_BY_STRUCTURE``)."""
+    if name == "stem.1" and model.stem == "integrate":
+        return True
+    if not name.startswith("block"):
+        return False
+    layer = name.split(".", 1)[1]
+    if layer in TOKEN_WISE:
+        return not math.isclose(float(rec["sops_paper"]), float(rec["sops_exact"]), rel_tol=1e-12)
+    return layer in NONBINARY_BY_STRUCTURE[model.backbone]
+
+
+def derived_policy_ops(config: RunConfig, m: Mapping[str, Any], d: Mapping[str, Any], n: float
+                       ) -> dict[str, dict[str, Any]] | None:
+    """A policy's own work recounted from a record's stored per-block token counts, with the functions the live
+    count uses (``suite.models.policies.overhead``); None when the record cannot give it (a merge: which tokens were
+    eligible per image was not stored)."""
+    from suite.models import sdt_lif_layers, spikformer_lif_layers
+    from suite.models.policies import overhead  # torch: only when recounting
+    from suite.models.policies.timemask import group_of
+
+    tokens, time, model = config.tokens, config.time, config.model
+    if tokens.merge is not None or (tokens.halting is not None and "active_tokens_block_step" not in d):
+        return None  # halting under a time mask: its per-step counts were not stored (recount above)
+    out: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, block: int, macs: float, acs: float) -> None:
+        out[name] = {"kind": "policy", "block": block, "macs": macs, "sops_exact": acs, "sops_paper": acs,
+                     "dense_flops": macs + acs}
+
+    if tokens.halting is not None:
+        steps = d["active_tokens_block_step"]  # [L][T] per image
+        for block, row in enumerate(steps):
+            if tokens.halting.mode == "1d":
+                add(f"policy.halting.block{block}", block, *overhead.halting(row[0] * n, model.T))
+            else:
+                add(f"policy.halting.block{block}", block, *overhead.halting(sum(row) * n))
+    if tokens.select is not None:  # every token is alive before the selector (no merge)
+        tokens_per_image = float(m["dense_token_units"]) / (model.depth * model.T)
+        hidden = max(1, int(model.dim * tokens.select.hidden))
+        add("policy.selector", tokens.select.at_block,
+            *overhead.selector(tokens_per_image * n, model.dim, hidden, model.T))
+    if time.mask is not None:  # the mask's groups, from the backbone's layer metadata (as TimeMask builds them)
+        layers = (sdt_lif_layers if model.backbone == "sdt" else spikformer_lif_layers)(
+            model.depth, timed_stem=model.stem == "per_step")
+        groups = {group_of(layer, time.mask.granularity) for layer in layers if layer.timed}
+        add("policy.time_gates", -1, *overhead.time_gates(len(groups), model.T, int(n)))
+    if time.exit is not None:
+        classes = round(float(d["ops"]["head"]["dense_flops"]) / n / model.dim)
+        steps = round(float(m["exit_step_mean"]) * n)  # a sum of integer exit steps, stored as a float32 mean
+        add("policy.exit_test", -1, *overhead.exit_test(steps, classes, model.dim))
+    return out
+
+
+def recount_energy(doc: dict[str, Any], config: RunConfig, label: str, out: Outcome) -> bool:
+    """Add every energy convention (``suite.energy``) and NeuroBench's operation names to a record from its stored
+    counts; what they cannot give stays NaN and is named in ``out.rerun``. Idempotent: values equal to the stored ones
+    are left as they are, and the derived inputs are kept (``details.energy_derived`` says which were derived)."""
+    from suite.energy import Counts, convention_metrics, missing_inputs, neurobench_metrics
+
+    m, d = doc["metrics"], doc["details"]
+    config = apply_overrides(config, config.eval.apply) if config.eval.apply else config
+    n = float(m["eval_images"])
+    derived: list[str] = []
+    if any("sops_nonbinary" not in rec for rec in d["ops"].values()):
+        for name, rec in d["ops"].items():
+            rec["sops_nonbinary"] = float(rec["sops_exact"]) if nonbinary_layer(name, config.model, rec) else 0.0
+        derived.append("ops[*].sops_nonbinary: linears by paper != exact SOPs, products and convs by structure "
+                       "(records_migrate.nonbinary_layer)")
+    if "policy_ops" not in d and (policy := derived_policy_ops(config, m, d, n)) is not None:
+        d["policy_ops"] = policy
+        derived.append("policy_ops: from the stored per-block token counts (suite.models.policies.overhead)")
+    if derived:
+        d["energy_derived"] = d.get("energy_derived", []) + derived
+    counts = Counts(d["ops"], n, config.model.T, config.model.stem, bool(d.get("static_input", True)),
+                    d.get("exit_step_share"), d.get("active_steps"), d.get("policy_ops"), d.get("neuron_updates"))
+    log: dict[str, tuple[float, float]] = {}
+    for key, value in convention_metrics(counts, config.eval.costs).items():
+        if math.isnan(value):
+            m.pop(key, None)
+            continue
+        _set(m, key, value, log)
+    if all("weights" in rec for rec in d["ops"].values()):  # NeuroBench's names need the layers' weights
+        for key, value in neurobench_metrics(d["ops"], n).items():
+            _set(m, key, value, log)
+    from suite.config import CONVENTIONS
+
+    for name, conv in CONVENTIONS.items():
+        if lacks := missing_inputs(conv, counts):
+            out.rerun_columns.setdefault(f"energy_{name}_uj (needs {', '.join(lacks)})", []).append(label)
+    if log:
+        out.changed.setdefault(label, {}).update(log)
+    return bool(log) or bool(derived)
+
+
 def study_specs(study_dir: Path) -> list[RunSpec]:
     """The study's runs in the order its tables list them (``expand`` of study.yaml), then any other run recorded
     there (a search's trial runs)."""
@@ -161,7 +271,9 @@ def migrate_study(study_dir: Path, *, dry_run: bool = False) -> Outcome:
             continue
         path = run_dir / METRICS
         doc = records.read_json(path)
-        if recount(doc, spec.config, f"{spec.run_id} ({spec.variant})", out) and not dry_run:
+        label = f"{spec.run_id} ({spec.variant})"
+        changed = recount(doc, spec.config, label, out)
+        if (recount_energy(doc, spec.config, label, out) or changed) and not dry_run:
             records.atomic_write_json(path, doc)
         for ev_path in sorted((run_dir / EVALS).glob("*.json")) if (run_dir / EVALS).is_dir() else []:
             ev = records.read_json(ev_path)
@@ -172,7 +284,8 @@ def migrate_study(study_dir: Path, *, dry_run: bool = False) -> Outcome:
             except ValueError:
                 config = spec.config
             label = f"{spec.run_id} ({spec.variant}) {ev_path.stem}"
-            if recount(ev, config, label, out) and not dry_run:
+            changed = recount(ev, config, label, out)
+            if (recount_energy(ev, config, label, out) or changed) and not dry_run:
                 records.atomic_write_json(ev_path, ev)
     if not dry_run:
         records.collect_tables(study_dir, specs)
@@ -199,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {label}: " + ", ".join(f"{k} {a:.6g} -> {b:.6g}" for k, (a, b) in sorted(moved.items())))
         for line in out.rerun:
             print(f"  needs a rerun for {line}")
+        for column, labels in out.rerun_columns.items():
+            print(f"  needs a rerun for {column}: {len(labels)} record(s)")
         for line in out.mismatched:
             print(f"  MISMATCH {line}")
         bad += len(out.mismatched)

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -36,9 +37,11 @@ from urllib.parse import urlsplit, urlunsplit
 from suite import environment, records
 from suite.config import RunSpec, TrackingConfig
 from suite.mlflow_view import (
+    DATASET_CONTEXT,
     DESCRIPTION_TAG,
     EXPERIMENT_KIND_TAG,
     MODEL_DEVELOPMENT,
+    dataset_input,
     epoch_metrics,
     metric_key,
     override_metrics,
@@ -406,9 +409,34 @@ class Tracker:
                 self.client.log_artifact(mlflow_run_id, str(p), artifact_path)
 
     @_guarded()
+    def log_dataset(self, mlflow_run_id: str | None, spec: RunSpec, described: Mapping[str, Any]) -> None:
+        """The data a run read as its MLflow dataset input (``mlflow_view.dataset_input``)."""
+        if not mlflow_run_id:
+            return
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
+
+        fields = dataset_input(described, spec.config.dataset.model_dump(mode="json", exclude_none=True))
+        inputs = [DatasetInput(Dataset(**fields), tags=[InputTag(key="mlflow.data.context", value=DATASET_CONTEXT)])]
+        try:
+            self.client.log_inputs(mlflow_run_id, datasets=inputs)
+        except MlflowException as exc:
+            # The store keeps one row per (experiment, name, digest) and inserts it when no run has logged it yet:
+            # two processes starting runs on the same data race on that insert, and the loser is refused. The row
+            # now exists, so logging again only links this run to it.
+            if not _DUPLICATE_DATASET.search(str(exc)):
+                raise
+            self.client.log_inputs(mlflow_run_id, datasets=inputs)
+
+    @_guarded()
     def set_tag(self, mlflow_run_id: str | None, key: str, value: str) -> None:
         if mlflow_run_id:
             self.client.set_tag(mlflow_run_id, key, value)
+
+
+# How a SQL store (PostgreSQL, SQLite, MySQL) refuses a second insert of one dataset row (``log_dataset``)
+_DUPLICATE_DATASET = re.compile(r"(duplicate key|UNIQUE constraint failed|Duplicate entry).*(dataset|datasets)",
+                                re.IGNORECASE | re.DOTALL)
 
 
 def process_alive(pid: int) -> bool:
@@ -482,6 +510,9 @@ def mirror_run(tracker: Tracker, spec: RunSpec, run_dir: Path, parent: str | Non
         child = tracker.start_child(spec, parent)
         if child is None:
             return False
+        result = records.read_json(run_dir / records.METRICS) or {}
+        if "dataset" in result.get("details", {}):  # records from before datasets were recorded have none
+            tracker.log_dataset(child, spec, result["details"]["dataset"])
         hist = run_dir / records.HISTORY
         if hist.exists():
             import pandas as pd
@@ -492,7 +523,7 @@ def mirror_run(tracker: Tracker, spec: RunSpec, run_dir: Path, parent: str | Non
         for ov in spec.config.eval.overrides:  # as run_one logs them while it evaluates
             ev = records.read_json(run_dir / EVALS / f"{ov.name}.json") or {}
             tracker.log_metrics(child, override_metrics(ov.name, ev.get("metrics", {}), split))
-        tracker.log_result(child, (records.read_json(run_dir / records.METRICS) or {}).get("metrics", {}), split)
+        tracker.log_result(child, result.get("metrics", {}), split)
         tracker.log_artifacts(child, [run_dir / records.CONFIG, run_dir / records.METRICS, hist])
         tracker.finish(child, "FINISHED")
         return tracker.enabled

@@ -134,8 +134,13 @@ def test_linear_counts_by_hand() -> None:
     ctx = Context(T=2, count=True)
     with torch.no_grad():
         layer(x, ctx, None)
-    assert asdict(ctx.ops["l"]) == dict(kind="mlp", block=0, macs=0.0, sops_exact=8 * 3, sops_paper=10 * 3,
-                                        dense_flops=6 * 4 * 3)
+    counted = asdict(ctx.ops["l"])
+    # the LIF after the layer fired its spikes under its name (Lemaire's output writes): read off its own record
+    assert counted.pop("out_spikes") == ctx.spikes["l"][0]
+    # x holds 2s (non-binary): every SOP is a MAC under nonbinary_mac; 8 non-zero inputs, 6 tokens x 3 outputs
+    assert counted == dict(kind="mlp", block=0, macs=0.0, sops_exact=8 * 3, sops_paper=10 * 3, dense_flops=6 * 4 * 3,
+                           sops_nonbinary=8 * 3, synops=8 * 3, synops_nonbinary=8 * 3, inputs_nz=8, outputs=6 * 3, out_elements=6 * 3,
+                           weights=4 * 3, biases=3, fan_out=3, in_size=3 * 4, out_size=3 * 3)
     assert ctx.spikes["l"][1] == 6 * 3
     # Token 1 inactive, step 1 masked: only tokens 0 and 2 at step 0: nnz 2+2 = 4, sum 3+2 = 5.
     functional.reset_net(layer)

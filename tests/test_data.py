@@ -575,3 +575,32 @@ def test_stratified_order_prefixes_are_balanced(counts, seed, data):
     n, k = len(labels), len(counts)
     for c, n_c in enumerate(counts):
         assert abs(prefix[c] - m * n_c / n) <= 1 + k * n_c / n + 1e-9
+
+
+def test_split_digests_name_exactly_the_data_read(tmp_path):
+    """``describe()`` digests: the same config reads the same data (same digest); a larger hold-out moves images
+    between train and val (their digests change, test's does not); one changed pixel or label changes a digest;
+    a file-backed split digests its files' folder, name, size and label."""
+    from suite.data.base import ImageFileDataset, TensorImageDataset, split_digest
+
+    cfg = DatasetConfig(name="synthetic", synthetic=SyntheticConfig(train_size=40, test_size=10))
+    a, b = load_data(cfg).describe(), load_data(cfg).describe()
+    assert a["digest"] == b["digest"] and a["split_digests"] == b["split_digests"]
+    moved = load_data(cfg.model_copy(update={"val_fraction": 0.25})).describe()["split_digests"]
+    assert moved["train"] != a["split_digests"]["train"] and moved["test"] == a["split_digests"]["test"]
+    images, labels = torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 2])
+    base = split_digest(TensorImageDataset(images, labels))
+    pixel = images.clone()
+    pixel[1, 0, 1, 1] = 1
+    assert split_digest(TensorImageDataset(pixel, labels)) != base
+    assert split_digest(TensorImageDataset(images, torch.tensor([0, 2, 2]))) != base
+    assert split_digest(TensorImageDataset(images.clone(), labels.clone())) == base
+    (tmp_path / "n01").mkdir()
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / "n01" / f"{i}.png")
+        Image.new("L", (2, 2), color=i).save(paths[-1])
+    files = split_digest(ImageFileDataset(paths, [0, 0]))
+    assert files != split_digest(ImageFileDataset(paths, [0, 1]))
+    Image.new("L", (3, 3)).save(paths[1])  # another file under the same name (another size)
+    assert files != split_digest(ImageFileDataset(paths, [0, 0]))

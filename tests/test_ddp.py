@@ -13,13 +13,13 @@ import math
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+from processes import Background, child_env, status
 from torch.utils.data import DistributedSampler
 
 from suite import records
@@ -85,14 +85,7 @@ if __name__ == "__main__":
 """
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
-class Invocation:
+class Invocation(Background):
     """``python runner.py STUDY RESULTS 2 REPEAT`` in the background (or under torchrun), output to files."""
 
     def __init__(self, tmp: Path, study: Path, results: Path, name: str, *, torchrun: bool = False,
@@ -101,39 +94,15 @@ class Invocation:
         runner.write_text(RUNNER)
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] \
             if torchrun else [sys.executable]
-        self.out_path, self.err_path = tmp / f"{name}.out", tmp / f"{name}.err"
-        self.out, self.err = open(self.out_path, "w"), open(self.err_path, "w")
-        self.p = subprocess.Popen([*launcher, str(runner), str(study), str(results), "2", str(repeat)], stdout=self.out,
-                                  stderr=self.err, env=_env(), cwd=tmp)
+        super().__init__([*launcher, str(runner), str(study), str(results), "2", str(repeat)], tmp / f"{name}.log",
+                         cwd=tmp, env=child_env("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
 
     def wait(self, timeout: float = 150) -> int:
-        try:
-            rc = self.p.wait(timeout)
-        finally:
-            self.out.close(), self.err.close()
-        return rc
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text()
+        return super().wait(timeout)
 
     @property
     def results(self) -> list[dict]:
         return [json.loads(line) for line in self.out_path.read_text().splitlines() if line.startswith("{")]
-
-    def wait_until(self, cond, what: str, timeout: float = 120) -> None:
-        t0 = time.monotonic()
-        while not cond():
-            if self.p.poll() is not None:
-                raise AssertionError(f"ended (rc {self.p.returncode}) before {what}:\n{self.stderr[-3000:]}")
-            if time.monotonic() - t0 > timeout:
-                self.p.kill()
-                raise AssertionError(f"timed out waiting for {what}:\n{self.stderr[-3000:]}")
-            time.sleep(0.02)
-
-
-def _status(run_dir: Path) -> dict:
-    return records.read_json(run_dir / records.STATUS) or {}
 
 
 def _ckpt_epoch(run_dir: Path) -> int:
@@ -181,7 +150,7 @@ def test_global_batch_must_divide_among_the_ranks(tmp_path: Path):
     spec = expand(study)[0]
     res = run_one(RunUnit(spec, tmp_path / "odd", device="cpu", progress=False, nproc_per_run=2))
     assert res.outcome == "failed" and "train.batch_size 15" in res.reason and "nproc_per_run 2" in res.reason
-    assert _status(tmp_path / "odd" / spec.run_id)["state"] == "failed"
+    assert status(tmp_path / "odd" / spec.run_id)["state"] == "failed"
 
 
 def test_killed_rank_fails_cleanly_killed_parent_leaves_no_rank_and_the_run_resumes(tmp_path: Path):
@@ -196,13 +165,13 @@ def test_killed_rank_fails_cleanly_killed_parent_leaves_no_rank_and_the_run_resu
 
     # 1. kill rank 1 once the first checkpoint exists: the run fails with the rank and signal named, no hang
     inv = Invocation(tmp_path, study, results, "inv1")
-    inv.wait_until(lambda: _ckpt_epoch(rd) >= 1 and _status(rd).get("rank_pids"), "the first checkpoint")
-    pids = _status(rd)["rank_pids"]
+    inv.wait_until(lambda: _ckpt_epoch(rd) >= 1 and status(rd).get("rank_pids"), "the first checkpoint")
+    pids = status(rd)["rank_pids"]
     os.kill(pids[1], signal.SIGKILL)
     t_kill = time.monotonic()
     assert inv.wait(60) == 1, inv.stderr[-3000:]
     assert time.monotonic() - t_kill < 30  # no collective timeout was waited for (ddp_timeout_s is 60)
-    st = _status(rd)
+    st = status(rd)
     assert st["state"] == "failed" and st["world_size"] == 2, st
     assert f"rank 1 of 2 (pid {pids[1]}) was killed by SIGKILL" in st["reason"], st["reason"]
     assert not any(_alive(p) for p in pids)
@@ -213,7 +182,7 @@ def test_killed_rank_fails_cleanly_killed_parent_leaves_no_rank_and_the_run_resu
     # 2. kill the parent once it has written a new checkpoint: both ranks end with it, the run stays resumable
     inv = Invocation(tmp_path, study, results, "inv2")
     inv.wait_until(lambda: _ckpt_epoch(rd) > first, "a checkpoint after resuming")
-    pids = _status(rd)["rank_pids"]
+    pids = status(rd)["rank_pids"]
     inv.p.send_signal(signal.SIGKILL)
     assert inv.wait(30) == -signal.SIGKILL
     t0 = time.monotonic()
@@ -244,7 +213,7 @@ def test_killed_rank_fails_cleanly_killed_parent_leaves_no_rank_and_the_run_resu
     assert hist.train_loss.notna().all() and "train_ponder" in " ".join(hist.columns)  # halting trained
     m = json.loads((rd / records.METRICS).read_text())["metrics"]
     assert m["world_size"] == 2 and m["batch_size_used"] == BATCH and m["batch_size_per_rank"] == BATCH // 2
-    st = _status(rd)
+    st = status(rd)
     assert st["state"] == "done" and st["world_size"] == 2 and st["attempts"] == 3
 
 
@@ -267,7 +236,7 @@ def test_joined_group_under_torchrun_writes_one_set_of_records(tmp_path: Path):
     assert sorted(digests) == [1, 2] and all(d[0] == d[1] for d in digests.values())
     rd = results / "ddpj" / spec.run_id
     assert len(pd.read_csv(rd / records.HISTORY)) == 2
-    st = _status(rd)
+    st = status(rd)
     assert st["state"] == "done" and st["world_size"] == 2 and st["attempts"] == 1
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     exp = client.get_experiment_by_name("ddpj")
@@ -284,6 +253,6 @@ def test_one_process_never_touches_torch_distributed(tmp_path: Path):
     res = run_one(RunUnit(spec, tmp_path / "one", device="cpu", progress=False, nproc_per_run=1))
     assert res.outcome == "done" and not dist.is_initialized()
     rd = tmp_path / "one" / spec.run_id
-    assert "world_size" not in _status(rd) and "world_size" not in json.loads((rd / records.METRICS).read_text())[
+    assert "world_size" not in status(rd) and "world_size" not in json.loads((rd / records.METRICS).read_text())[
         "metrics"]
     assert "world_size" not in torch.load(rd / CHECKPOINT, weights_only=True)

@@ -175,7 +175,7 @@ def test_colours_follow_the_study_order(big):
 def test_legends_show_markers_not_errorbar_caps(big, tmp_path, monkeypatch):
     rec = report.load_records(big)
     seen = capture(monkeypatch, pareto)
-    axis = pareto.pareto_axes(rec.eval.energy.describe())[0]
+    axis = pareto.pareto_axes(rec.eval.costs.describe())[0]
     pareto.pareto_figure(rec, axis, None, "", tmp_path)
     legends = [ax.get_legend() for ax in seen[0].axes if ax.get_legend() is not None]
     assert len(legends) == len(seen[0].axes) > 1  # 13 variants: panels by family, each with its own legend
@@ -193,7 +193,7 @@ def test_legends_show_markers_not_errorbar_caps(big, tmp_path, monkeypatch):
 def test_points_below_the_axes_are_counted_at_the_edge(big, tmp_path, monkeypatch):
     rec = report.load_records(big)
     seen = capture(monkeypatch, pareto)
-    axis = pareto.pareto_axes(rec.eval.energy.describe())[0]
+    axis = pareto.pareto_axes(rec.eval.costs.describe())[0]
     fig = pareto.pareto_figure(rec, axis, None, "", tmp_path)
     ax = seen[0].axes[0]
     marks = [t.get_text() for t in ax.texts if t.get_text().startswith("▼")]
@@ -217,7 +217,7 @@ def test_points_sit_at_their_true_x_and_dense_is_on_top(big, tmp_path, monkeypat
     """No dodging: a point that moved sideways would claim a cost it does not have (every variant here is at T = 4)."""
     rec = report.load_records(big)
     seen = capture(monkeypatch, pareto)
-    axis = pareto.pareto_axes(rec.eval.energy.describe())[1]
+    axis = pareto.pareto_axes(rec.eval.costs.describe())[1]  # every variant at T = 4
     fig = pareto.pareto_figure(rec, axis, None, "", tmp_path)
     for ax in seen[0].axes:
         points = [(c.lines[0].get_xdata()[0], c.lines[0].get_zorder(), c.lines[0].get_markeredgecolor())
@@ -387,7 +387,7 @@ def test_published_markers_on_a_cifar10_study(tmp_path, monkeypatch):
     published, note = report.published_for(rec.dataset, {"spikformer"})
     assert published is not None and "ResNet-19" in note  # SEENN-II's ResNet is another backbone: not drawn
     assert all(backbone_matches(r, ["spikformer"]) for _, r in published.iterrows())
-    axis = pareto.pareto_axes(rec.eval.energy.describe())[1]  # timesteps: published numbers have them
+    axis = pareto.pareto_axes(rec.eval.costs.describe())[1]  # timesteps: published numbers have them
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(layout="constrained")
         drawn = pareto.draw_pareto(ax, rec, axis, published)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from processes import Proc, status
 
 from suite import cli, records
 from suite.config import StudyError, expand, parse_study
@@ -18,7 +19,6 @@ from suite.models.policies.tokens import loss_warmup
 from suite.names import CHECKPOINT, HISTORY
 from suite.run import run_study
 from suite.train import load_weights
-from tests.test_robustness import Proc, status
 
 BASE = {
     "name": "ft",

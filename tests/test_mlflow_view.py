@@ -10,6 +10,7 @@ store under tmp_path, read back with MlflowClient. OMP_NUM_THREADS=1."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -224,6 +225,26 @@ def test_parent_named_with_variant_means_and_self_contained_report(store, tmp_pa
     assert 'src="report/' in (root / "results" / "view" / "report.html").read_text()  # the page on disk as written
 
 
+def test_each_run_logs_the_data_it_read_as_its_dataset_input(store):
+    """The runs table's Dataset column: name and digest of what the run read, split sizes in the profile; the
+    column's filter (``dataset.name``) finds every run of the study."""
+    root, client, exp, runs, _ = store
+    children = kind(runs, "run")
+    for r in children:
+        (inp,) = client.get_run(r.info.run_id).inputs.dataset_inputs
+        recorded = records.read_json(root / "results" / "view" / r.data.tags["spikesuite.run_id"] / records.METRICS)
+        read = recorded["details"]["dataset"]
+        assert (inp.dataset.name, inp.dataset.digest) == ("synthetic", read["digest"])
+        assert {t.key: t.value for t in inp.tags} == {"mlflow.data.context": "training"}
+        profile = json.loads(inp.dataset.profile)
+        assert (profile["train_size"], profile["val_size"], profile["test_size"]) == (58, 6, 16)  # 64 = 58 + 6 val
+        assert profile["split_digests"] == read["split_digests"]
+    assert len({inp.dataset.digest for r in children
+                for inp in client.get_run(r.info.run_id).inputs.dataset_inputs}) == 1  # one dataset config
+    found = client.search_runs([exp.experiment_id], "dataset.name = 'synthetic'", max_results=100)
+    assert {r.info.run_id for r in found} == {r.info.run_id for r in children}
+
+
 def test_no_mlflow_deprecation_noise(store):
     out = store[-1]
     noise = [line for line in out.splitlines() if "Warning" in line and ("mlflow" in line.lower()
@@ -259,6 +280,9 @@ def test_mirror_logs_what_the_live_run_logged(store, tmp_path):
         assert {k: v for k, v in m.data.tags.items() if k.startswith("spikesuite.")} == {
             k: v for k, v in r.data.tags.items() if k.startswith("spikesuite.") and k != INVOCATION_TAG}
         assert r.data.tags[INVOCATION_TAG] and "mlflow.parentRunId" not in r.data.tags  # linked, listed flat
+        (live_input,) = client.get_run(r.info.run_id).inputs.dataset_inputs
+        (mirrored_input,) = mirror.get_run(m.info.run_id).inputs.dataset_inputs
+        assert mirrored_input.dataset.to_dictionary() == live_input.dataset.to_dictionary()
 
 
 def test_old_experiment_gets_its_kind_and_description(tmp_path):

@@ -7,6 +7,7 @@ maps.npz, study.yaml) are written here by hand, shaped like the ones ``spikesuit
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -271,6 +272,20 @@ def test_absent_data_skips_figures(tmp_path):
                   "Firing rate per layer", "Early-exit histogram"):
         assert f"{title}</b>: skipped" in page, title
     assert "no study.yaml in the records" in page
+
+
+def test_a_figure_that_does_not_apply_is_said_only_with_verbose(tmp_path):
+    """No early-exit variant: the early-exit figure does not apply, which a normal report keeps to itself."""
+    sdir = write_records(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    said = []
+    for extra in ([], ["--verbose"]):
+        proc = subprocess.run([sys.executable, "-m", "suite", "report", str(sdir), *extra], capture_output=True,
+                              text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr
+        said.append(proc.stdout + proc.stderr)
+    assert "skipped" not in said[0]
+    assert "figure early_exit skipped: no run recorded an exit_histogram" in said[1]
 
 
 def test_no_finished_run(tmp_path):

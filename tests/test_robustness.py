@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +20,7 @@ import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from processes import Proc, child_env, status
 
 from suite import cli, records
 from suite.config import StudyError, expand, load_study, parse_study
@@ -33,52 +31,6 @@ MALFORMED = Path(__file__).parent / "malformed"
 # Columns of runs.csv that measure time and so differ between two otherwise identical runs.
 TIME_COLUMNS = ["images_per_s", "train_time_s"]
 HISTORY_TIME_COLUMNS = ["epoch_time_s"]
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
-class Proc:
-    """``python -m suite run STUDY --results DIR --no-progress`` in the background, output to files."""
-
-    def __init__(self, study: Path, results: Path, log: Path, *args: str):
-        self.log = log
-        self.out, self.err = open(log.with_suffix(".out"), "w"), open(log.with_suffix(".err"), "w")
-        self.p = subprocess.Popen([sys.executable, "-m", "suite", "run", str(study), "--results", str(results),
-                                   "--no-progress", *args], stdout=self.out, stderr=self.err, env=_env(),
-                                  cwd=study.parent)
-
-    def wait(self, timeout: float = 180) -> int:
-        rc = self.p.wait(timeout)
-        self.out.close(), self.err.close()
-        return rc
-
-    def kill(self) -> None:
-        self.p.send_signal(signal.SIGKILL)
-        assert self.wait() == -signal.SIGKILL
-
-    @property
-    def stderr(self) -> str:
-        if not self.err.closed:
-            self.err.flush()
-        return self.log.with_suffix(".err").read_text()
-
-    def wait_until(self, cond, what: str, timeout: float = 120) -> None:
-        t0 = time.monotonic()
-        while not cond():
-            if self.p.poll() is not None:
-                raise AssertionError(f"ended (rc {self.p.returncode}) before {what}:\n{self.stderr[-3000:]}")
-            if time.monotonic() - t0 > timeout:
-                self.kill()
-                raise AssertionError(f"timed out waiting for {what}:\n{self.stderr[-3000:]}")
-            time.sleep(0.02)
-
-
-def status(run_dir: Path) -> dict:
-    return records.read_json(run_dir / records.STATUS) or {}
 
 
 def mlflow_children(results: Path, experiment: str) -> dict[str, list]:
@@ -414,7 +366,7 @@ def test_malformed_studies_via_the_cli(tmp_path: Path):
         cwd.mkdir()
         procs.append((name, cwd, subprocess.Popen(
             [sys.executable, "-m", "suite", "run", str(MALFORMED / f"{name}.yaml"), "--results", str(cwd / "results")],
-            cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+            cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
     for name, cwd, p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 2, (name, err)

@@ -8,19 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from study_texts import BASE
 
 from suite.config import StudyError, apply_overrides, expand, parse_study, run_id
-
-BASE = """
-name: t
-dataset: {name: synthetic}
-model: {depth: 1, dim: 16, heads: 2, T: 2}
-train: {epochs: 1, batch_size: 16, warmup_epochs: 0}
-variants:
-  dense: {}
-  act: {tokens: {halting: {}}}
-matrix: {seed: [0, 1]}
-"""
 
 
 def problems(text: str) -> list[str]:

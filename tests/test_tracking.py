@@ -338,3 +338,38 @@ def test_server_killed_mid_study_loses_nothing(tmp_path, server, monkeypatch, ca
     # the dead invocation's parent run was closed as KILLED by the next invocation (its process is gone)
     parents = client.search_runs([exp.experiment_id], "tags.`spikesuite.kind` = 'invocation'")
     assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"]
+
+
+def test_a_dataset_row_lost_to_another_process_is_linked_not_fatal(tmp_path, monkeypatch):
+    """Two processes starting runs on the same data race on the store's one dataset row: the loser's insert is
+    refused (as PostgreSQL refused it in test_two_processes_on_one_study_log_every_run_once); logging again links
+    the run to the row the winner wrote, and tracking stays on. Any other refusal still disables tracking."""
+    from mlflow.exceptions import MlflowException
+
+    spec = expand(parse_study(study_text("race", seeds=1)))[0]
+    described = {"name": "synthetic", "digest": "0123456789abcdef", "train_size": 58, "val_size": 6,
+                 "test_size": 16}
+    tracker = Tracker(TrackingConfig(uri=f"sqlite:///{tmp_path / 'race.db'}"), "race", tmp_path)
+    try:
+        real = tracker.client.log_inputs
+        refusals = iter([MlflowException('(psycopg2.errors.UniqueViolation) duplicate key value violates unique '
+                                         'constraint "dataset_pk" DETAIL: Key (experiment_id, name, digest)')])
+
+        def racing(*args, **kwargs):
+            for exc in refusals:
+                real(*args, **kwargs)  # the winner's row ...
+                raise exc  # ... and the loser's refused insert
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(tracker.client, "log_inputs", racing)
+        child = tracker.start_child(spec, None)
+        tracker.log_dataset(child, spec, described)
+        assert tracker.enabled
+        (inp,) = tracker.client.get_run(child).inputs.dataset_inputs
+        assert (inp.dataset.name, inp.dataset.digest) == ("synthetic", "0123456789abcdef")
+        monkeypatch.setattr(tracker.client, "log_inputs", lambda *a, **k: (_ for _ in ()).throw(
+            MlflowException("RESOURCE_DOES_NOT_EXIST: run gone")))
+        tracker.log_dataset(child, spec, described)
+        assert not tracker.enabled
+    finally:
+        close_trackers()

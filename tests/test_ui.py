@@ -18,8 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from tests.test_robustness import _env  # one environment for every subprocess the tests start
+from processes import child_env
 
 TINY = """
 name: uitiny
@@ -49,7 +48,7 @@ class UI:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "suite", "ui", "--results", str(results), "--port",
                                       str(self.port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=_env(), start_new_session=True)
+                                     text=True, env=child_env(), start_new_session=True)
         self.lines: list[str] = []
         # A reader thread, so a server that says nothing cannot block the test on readline.
         self.reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")),
@@ -149,7 +148,7 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         p = subprocess.run([sys.executable, "-m", "suite", "ui", "--results", str(tmp_path), "--port", str(port)],
-                           capture_output=True, text=True, timeout=60, env=_env())
+                           capture_output=True, text=True, timeout=60, env=child_env())
     assert p.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in p.stderr, p.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -172,7 +171,7 @@ sys.exit(serve([sys.executable, "-c", sys.argv[1], sys.argv[2]], {}, host="127.0
 
 def test_serve_kills_what_outlives_the_forwarded_signal(tmp_path):
     pids = tmp_path / "pids"
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, STUBBORN, str(pids)], env=_env())
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, STUBBORN, str(pids)], env=child_env())
     try:
         deadline = time.monotonic() + 60
         while not (pids.exists() and pids.read_text().count(" ") == 1):
@@ -190,7 +189,7 @@ def test_serve_kills_what_outlives_the_forwarded_signal(tmp_path):
 def test_serve_reports_a_server_that_exits_by_itself(tmp_path, capsys):
     from suite.ui import serve
 
-    assert serve([sys.executable, "-c", "pass"], _env(), host="127.0.0.1", port=9) == 1
+    assert serve([sys.executable, "-c", "pass"], child_env(), host="127.0.0.1", port=9) == 1
     assert "exited by itself (status 0)" in capsys.readouterr().err
 
 
@@ -220,7 +219,7 @@ def tiny_results(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ui")
     (root / "uitiny.yaml").write_text(TINY)
     proc = subprocess.run([sys.executable, "-m", "suite", "run", "uitiny.yaml", "--results", "results", "--no-progress",
-                           "--no-report"], cwd=root, env=_env(), capture_output=True, text=True, timeout=600)
+                           "--no-report"], cwd=root, env=child_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "results"
 

@@ -7,6 +7,7 @@ expand the matrix, layer evaluation-time updates; one module per section: ``data
 
 from suite.config.cluster import ClusterConfig, ResourcesConfig
 from suite.config.data import AugmentConfig, DatasetConfig, SyntheticConfig
+from suite.config.energy import CONVENTIONS, Convention, MemoryConfig, ReportConfig, energy_column
 from suite.config.execution import ExecutionConfig, TrackingConfig
 from suite.config.expand import (
     apply_overrides,
@@ -45,6 +46,7 @@ from suite.config.study import (
 from suite.config.train import EnergyConfig, EvalConfig, Override, TrainConfig
 
 __all__ = [
+    "CONVENTIONS", "Convention", "MemoryConfig", "ReportConfig", "energy_column",
     "EVAL_TIME_KEYS", "SCHEMA_VERSION", "AugmentConfig", "ClusterConfig", "ResourcesConfig", "DatasetConfig", "DropConfig", "EnergyConfig", "EvalConfig",
     "ExecutionConfig", "ExitConfig", "HaltingConfig", "MergeConfig", "ModelConfig", "NeuronConfig", "Objective",
     "Override", "RunConfig", "RunSpec", "SearchConfig", "SearchParam", "SelectConfig", "Study", "StudyError",

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from suite.config.cluster import ResourcesConfig
 from suite.config.data import DatasetConfig
+from suite.config.energy import ReportConfig
 from suite.config.execution import ExecutionConfig, TrackingConfig
 from suite.config.fields import added_field, omitted_at_default
 from suite.config.model import ModelConfig
@@ -67,6 +68,7 @@ class Study(BaseModel):
     tracking: TrackingConfig = TrackingConfig()
     execution: ExecutionConfig = ExecutionConfig()
     resources: ResourcesConfig = ResourcesConfig()  # what one run needs; outside every run id
+    report: ReportConfig = ReportConfig()  # what the figures show (the primary energy convention); outside run ids
 
     @field_validator("variants")
     @classmethod

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from suite.config.energy import MemoryConfig
 from suite.config.fields import added_field
 from suite.names import E_AC_PJ, E_MAC_PJ, NAME_PATTERN
 
@@ -47,12 +48,14 @@ class TrainConfig(BaseModel):
 
 
 class EnergyConfig(BaseModel):
-    """Energy per operation in picojoules: ``E = E_MAC * MACs + E_AC * SOPs``."""
+    """Energy per operation in picojoules: ``E = E_MAC * MACs + E_AC * SOPs``; ``memory``: the widths and access
+    costs of the ``lemaire2022`` convention."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     e_mac_pj: PicoJoules = E_MAC_PJ
     e_ac_pj: PicoJoules = E_AC_PJ
+    memory: MemoryConfig = MemoryConfig()
 
     def describe(self) -> str:
         """How figures and tables name the constants."""
@@ -82,7 +85,10 @@ class EvalConfig(BaseModel):
     # token_pct is % of the dense model of the same backbone at this T. Unset: the run's own T in metrics.json,
     # and in a study's tables the largest T of its dense variants (suite.records.reference_T).
     reference_T: int | None = added_field(None, ge=1, le=100_000)
+    # widths and SRAM costs of the lemaire2022 energy convention (every convention is computed by every evaluation)
+    energy: MemoryConfig = added_field(MemoryConfig())
 
     @property
-    def energy(self) -> EnergyConfig:
-        return EnergyConfig(e_mac_pj=self.e_mac_pj, e_ac_pj=self.e_ac_pj)
+    def costs(self) -> EnergyConfig:
+        """Every energy constant of this evaluation: per operation and the memory model's (``eval.energy``)."""
+        return EnergyConfig(e_mac_pj=self.e_mac_pj, e_ac_pj=self.e_ac_pj, memory=self.energy)

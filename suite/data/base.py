@@ -6,6 +6,7 @@ that every dataset obeys the same contract: float32 images in ``[0, 1]`` (before
 of the training pool (see :func:`_stratified_order`), so the same config always yields the same indices.
 """
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,23 @@ class ImageFileDataset(Dataset):
         return image, int(self.labels[index])
 
 
+def split_digest(ds: Dataset) -> str:
+    """16 hex characters of a sha256 over what a split reads: the stored images and labels of an in-memory split
+    (before transforms, which ``DataBundle.describe`` states apart), or the class folder, name, size and label of
+    every file of a file-backed one (reading a large image folder in full only to name it would cost an epoch)."""
+    h = hashlib.sha256()
+    if isinstance(ds, TensorImageDataset):
+        for t in (ds.images, ds.labels):
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.contiguous().numpy().tobytes())
+    elif isinstance(ds, ImageFileDataset):
+        for path, label in zip(ds.paths, ds.labels.tolist()):
+            h.update(f"{path.parent.name}/{path.name}\t{path.stat().st_size}\t{label}\n".encode())
+    else:
+        raise TypeError(f"no digest rule for a {type(ds).__name__}")
+    return h.hexdigest()[:16]
+
+
 def _to_unit_float(image: torch.Tensor) -> torch.Tensor:
     """uint8 0..255 -> float32 0..1; float input is assumed to be in [0, 1] already."""
     if image.dtype == torch.uint8:
@@ -110,9 +128,14 @@ class DataBundle:
     std: tuple[float, ...] | None = None
 
     def describe(self) -> dict[str, Any]:
-        """Plain, JSON-friendly summary for logs and run records."""
+        """Plain, JSON-friendly summary for logs and run records, with a digest of every split it reads
+        (``split_digest``) and one over all of them (``digest``): two runs with one digest read the same data."""
+        splits = {"train": self.train, "val": self.val, "test": self.test}
+        digests = {k: split_digest(ds) for k, ds in splits.items() if ds is not None}
         return {
             "name": self.name,
+            "digest": hashlib.sha256("".join(digests.values()).encode()).hexdigest()[:16],
+            "split_digests": digests,
             "num_classes": self.num_classes,
             "in_channels": self.in_channels,
             "image_size": list(self.image_size),

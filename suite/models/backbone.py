@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from suite.config import ModelConfig
-from suite.models.context import Context
+from suite.models.context import Context, LayerShape
+from suite.models.policies import overhead
 
 
 def stem_pool_count(image_size: int) -> int:
@@ -150,7 +151,7 @@ class Backbone(nn.Module):
             feats = self.step_features(z.mean(2), ctx)  # [T, B, C]: mean over tokens, then time (official order)
             T, B, N = z.shape[:3]
             active = torch.full((B, self.depth, T), float(N), device=z.device)
-            out = ModelOutput(self.head(feats.mean(0)), self.head(feats), aux, active, ctx,
+            out = ModelOutput(self.classify(feats.mean(0), ctx), self.head(feats), aux, active, ctx,
                               maps=torch.ones(B, self.depth, T, N, dtype=torch.bool, device=z.device)
                               if record_maps else None)
         else:
@@ -158,19 +159,31 @@ class Backbone(nn.Module):
             aux.update(run.aux)
             logits, step_logits = self.readout(run, ctx)
             out = ModelOutput(logits, step_logits, aux, run.active, ctx, run.depth, run.maps, run.unit_halting)
-        if count:
-            ctx.synapse("head", kind="head", block=-1, x=z, fan_out=0, active=None, group=None, analog=True,
-                        exact=torch.tensor(0.0), paper=torch.tensor(0.0),
-                        dense=torch.tensor(float(x.shape[0] * self.head.in_features * self.head.out_features),
-                                           dtype=torch.float64))
         if self.time_policy is not None:
             out.active_steps = self.time_policy.active_steps()
+            ctx.overhead("policy.time_gates", block=-1,
+                         **dict(zip(("macs", "acs"), overhead.time_gates(len(self.time_policy.groups), self.T,
+                                                                         x.shape[0]))))
         return out
+
+    def classify(self, pooled: Tensor, ctx: Context) -> Tensor:
+        """The head linear on the pooled features ``pooled`` [B, C], counted once per image as MACs (its input is a
+        rate, not spikes; the per-step ``head(feats)`` for ``step_logits`` is not counted)."""
+        if ctx.count:
+            with torch.no_grad():
+                cin, cout = self.head.in_features, self.head.out_features
+                nz = float((pooled != 0).sum(dtype=torch.float64))
+                d = torch.tensor(float(pooled.shape[0] * cin * cout), dtype=torch.float64)
+                shape = LayerShape(inputs_nz=nz, outputs=float(pooled.shape[0] * cout), weights=cin * cout,
+                                   biases=cout, fan_out=cout, in_size=cin, out_size=cout, synops=nz * cout)
+                ctx.synapse("head", kind="head", block=-1, x=pooled, fan_out=0, active=None, group=None,
+                            analog=True, exact=d, paper=d, dense=d, memory=shape)
+        return self.head(pooled)
 
     def readout(self, run, ctx: Context) -> tuple[Tensor, Tensor | None]:
         """``(logits, step logits)`` of a token policy's run: pooled per step then mean over time, or the ACT pool
         (no step logits)."""
         if run.feats is not None:
             feats = self.step_features(run.feats, ctx)
-            return self.head(feats.mean(0)), self.head(feats)
-        return self.head(self.pooled_features(run.pooled, ctx)), None
+            return self.classify(feats.mean(0), ctx), self.head(feats)
+        return self.classify(self.pooled_features(run.pooled, ctx), ctx), None

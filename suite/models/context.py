@@ -24,6 +24,41 @@ class LayerCounts:
     sops_exact: float = 0.0  # non-zero operand products (exact counting)
     sops_paper: float = 0.0  # firing rate x dense FLOPs over active tokens and steps (Spikformer-family convention)
     dense_flops: float = 0.0  # FLOPs over active tokens and active steps, ignoring sparsity
+    # --- for the energy conventions (suite.energy) and NeuroBench's names; absent from records counted before them
+    sops_nonbinary: float = 0.0  # the exact SOPs of calls whose input held a value outside {-1, 0, 1}
+    synops: float = 0.0  # NeuroBench's effective synaptic operations: non-zero inputs x their connections (analog too)
+    synops_nonbinary: float = 0.0  # those of calls whose input held a value outside {-1, 0, 1}: NeuroBench's MACs
+    inputs_nz: float = 0.0  # non-zero input values read (Lemaire's theta_in)
+    outputs: float = 0.0  # output values the layer computed (processed output positions x channels)
+    out_spikes: float = 0.0  # spikes of the layer's own LIF (fired after it, under its name): Lemaire's theta_out
+    out_elements: float = 0.0  # elements that LIF updated (its membrane updates)
+    weights: float = 0.0  # weights of the layer (static: not summed over batches)
+    biases: float = 0.0  # biases (output channels, BN folded) (static)
+    fan_out: float = 0.0  # weights read per non-zero input: Cout x 9 for a 3x3 conv, Nout for a linear (static)
+    in_size: float = 0.0  # input values per step and image (static)
+    out_size: float = 0.0  # output values per step and image (static)
+
+
+@dataclass
+class LayerShape:
+    """What one counted call of a synaptic layer read and wrote (Lemaire's memory model) and its static sizes."""
+
+    inputs_nz: float  # non-zero input values read
+    outputs: float  # output values computed
+    weights: float
+    biases: float
+    fan_out: float  # weights read per non-zero input
+    in_size: float  # input values per step and image
+    out_size: float  # output values per step and image
+    synops: float  # NeuroBench's effective synaptic operations
+
+    def add_to(self, rec: LayerCounts) -> None:
+        """Add the call's reads and writes to ``rec`` and set its static sizes."""
+        rec.inputs_nz += self.inputs_nz
+        rec.outputs += self.outputs
+        rec.synops += self.synops
+        rec.weights, rec.biases, rec.fan_out = self.weights, self.biases, self.fan_out
+        rec.in_size, rec.out_size = self.in_size, self.out_size
 
 
 @dataclass
@@ -93,8 +128,11 @@ class Context:
             with torch.no_grad():
                 valid = _valid(spikes, active, m)
                 # float64 sums: bf16 (autocast) or float32 totals would round large counts
-                self.spikes[name][0] += float((spikes * valid).sum(dtype=torch.float64))
-                self.spikes[name][1] += float(valid.expand_as(spikes).sum(dtype=torch.float64))
+                fired = float((spikes * valid).sum(dtype=torch.float64))
+                elements = float(valid.expand_as(spikes).sum(dtype=torch.float64))
+                self.spikes[name][0] += fired
+                self.spikes[name][1] += elements
+                self._fired_after(name, fired, elements)
         return spikes
 
     def synapse(
@@ -111,13 +149,17 @@ class Context:
         exact: Tensor | None = None,
         paper: Tensor | None = None,
         dense: Tensor | None = None,
+        memory: LayerShape | None = None,
+        nonbinary: bool | None = None,
     ) -> None:
         """Count the operations of a token-wise synaptic layer (Linear) fed by ``x`` [T', B, N, Cin].
 
         A layer whose neuron's output is time-masked at a step would not run at that step, so its
         operations count only at unmasked steps; likewise only active tokens count. Convolutions and
-        attention products pass their own ``exact``/``paper``/``dense`` totals. A block's token-wise layers
-        (``block >= 0``, no totals passed) also record the tokens they processed: ``block_token_units``."""
+        attention products pass their own ``exact``/``paper``/``dense`` totals (and, for convolutions, ``memory``:
+        what Lemaire's memory model reads). A block's token-wise layers (``block >= 0``, no totals passed) also
+        record the tokens they processed: ``block_token_units``. ``nonbinary`` says whether the operand held a value
+        outside {-1, 0, 1} (NeuroBench's rule for MACs); unset, it is read off ``x`` at the processed entries."""
         if not self.count:
             return
         with torch.no_grad():
@@ -135,13 +177,35 @@ class Context:
                 paper = xv.sum(dtype=torch.float64) * fan_out
                 if block >= 0:
                     self._record_tokens(name, block, valid.expand(*x.shape[:-1], 1), cin * fan_out)
+                n_out = tokens * fan_out
+                nonbinary = bool(((xv != 0) & (xv != 1) & (xv != -1)).any()) if nonbinary is None else nonbinary
+                memory = LayerShape(inputs_nz=float((xv != 0).sum(dtype=torch.float64)), outputs=n_out,
+                                    weights=cin * fan_out, biases=fan_out, fan_out=fan_out,
+                                    in_size=x.shape[-2] * cin, out_size=x.shape[-2] * fan_out, synops=float(exact))
+            if nonbinary is None:
+                nonbinary = bool(((x != 0) & (x != 1) & (x != -1)).any()) if x.numel() else False
             if analog:
                 rec.macs += float(dense)
             else:
                 rec.sops_exact += float(exact)
                 rec.sops_paper += float(paper)
+                if nonbinary:
+                    rec.sops_nonbinary += float(exact)
             rec.dense_flops += float(dense)
+            if memory is not None:
+                memory.add_to(rec)
+                if nonbinary:
+                    rec.synops_nonbinary += memory.synops
 
+
+    def _fired_after(self, name: str, spikes: float, elements: float) -> None:
+        """Record a LIF's spikes as the output of the synaptic layer of the same name counted earlier in this forward
+        (Conv/Linear -> BN -> LIF): Lemaire's output writes (theta_out) and that LIF's membrane updates. A LIF that
+        fires before the layer of its name (SDT's ``stem.rpe`` and head LIFs) feeds it instead: not recorded."""
+        rec = self.ops.get(name)
+        if rec is not None:
+            rec.out_spikes += spikes
+            rec.out_elements += elements
 
     def overhead(self, name: str, *, block: int, macs: float = 0.0, acs: float = 0.0) -> None:
         """Count a policy's own work over the batch: ``macs`` multiply-accumulates on real values, ``acs``

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from suite.config import NeuronConfig
-from suite.models.context import Context
+from suite.models.context import Context, LayerShape
 from suite.models.neurons import make_lif
 
 
@@ -26,21 +26,24 @@ def count_conv3x3(ctx: Context, name: str, x: Tensor, cout: int, group: str | No
     B, cin, H, W = x.shape[1:]
     per_step_dense = float(H * W * cin * 9 * cout)  # stride 1, padding 1: one 3x3 window per output
     dense = per_step_dense * B * float(steps.sum())
-    if analog:
-        d = torch.tensor(dense, dtype=torch.float64)
-        ctx.synapse(name, kind="stem", block=-1, x=x, fan_out=cout, active=None, group=group,
-                    analog=True, exact=d, paper=d, dense=d)
-        return
     # An input pixel feeds every output window that covers it (4 at corners, 6 at edges, 9 inside).
     cover = F.conv2d(torch.ones(1, 1, H, W, device=x.device, dtype=x.dtype),
                      torch.ones(1, 1, 3, 3, device=x.device, dtype=x.dtype), padding=1)[0, 0]
     xs = x * steps.view(-1, 1, 1, 1, 1)
     exact = ((xs != 0).to(x.dtype) * cover).sum(dtype=torch.float64) * cout
+    memory = LayerShape(inputs_nz=float((xs != 0).sum(dtype=torch.float64)), outputs=float(steps.sum()) * B * cout * H * W,
+                        weights=cin * cout * 9, biases=cout, fan_out=cout * 9, in_size=cin * H * W,
+                        out_size=cout * H * W, synops=float(exact))
+    if analog:
+        d = torch.tensor(dense, dtype=torch.float64)
+        ctx.synapse(name, kind="stem", block=-1, x=x, fan_out=cout, active=None, group=group,
+                    analog=True, exact=d, paper=d, dense=d, memory=memory)
+        return
     # rate over the active steps only (as for linears), times dense FLOPs over the active steps
     paper = xs.sum(dtype=torch.float64) / (float(steps.sum()) * B * cin * H * W) * per_step_dense * B \
         * float(steps.sum()) if float(steps.sum()) else torch.tensor(0.0)
-    ctx.synapse(name, kind="stem", block=-1, x=x, fan_out=cout, active=None, group=group,
-                exact=exact, paper=paper, dense=torch.tensor(dense, dtype=torch.float64))
+    ctx.synapse(name, kind="stem", block=-1, x=xs, fan_out=cout, active=None, group=group,
+                exact=exact, paper=paper, dense=torch.tensor(dense, dtype=torch.float64), memory=memory)
 
 
 def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:

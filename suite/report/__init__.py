@@ -13,7 +13,9 @@ Conventions (written next to every number): tables summarise seeds as mean ± sa
 mean with its 95 % t-interval (error bars; panels of at most six series by family, docs/report.md); the unit of a
 point is a *variant* (plus any non-seed matrix axis that varies within it, e.g. ``act (T=2)``); token-units
 are active tokens summed over blocks and timesteps (a merged token counts once); energy is the *exact* SOP
-convention (``energy_exact_uj``). Published numbers (``baselines/published.yaml``) come from other backbones and
+convention (``energy_exact_uj``), except the accuracy-vs-energy axis, which shows the study's primary convention
+(``report.energy_convention``); ``energy_sensitivity`` (figure and table) shows each variant's energy relative to
+its dense reference under every convention, with one generated sentence on whether a conclusion changes. Published numbers (``baselines/published.yaml``) come from other backbones and
 recipes: they are drawn only as hollow reference markers, only for the study's own dataset and backbone family
 (Spikformer rows for a Spikformer study, SDT rows for SDT). Figures are sized for the page (at most 7.5 in wide,
 legends outside the data), fonts are embedded as TrueType (no Type 3), units are written µJ and ×.
@@ -95,9 +97,9 @@ def build_report(study_dir: Path, mlflow: bool = True, style: str = "default") -
         paper = build_paper_figures(rec, out) if style == "paper" else []
     tables, table_paths = write_tables(rec, out)
     page = write_page(rec, tables, figures)
-    for fig in figures:
+    for fig in figures:  # a figure that does not apply to this study is not news: --verbose shows it
         if fig.skipped is not None:
-            log.info("figure %s skipped: %s", fig.stem, fig.skipped)
+            log.debug("figure %s skipped: %s", fig.stem, fig.skipped)
     artifacts = [p for f in figures for p in f.paths] + paper + table_paths
     if mlflow:
         log_to_mlflow(rec, artifacts, page)

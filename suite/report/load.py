@@ -19,7 +19,16 @@ from pydantic import ValidationError
 
 from suite import records
 from suite.config import EvalConfig, SearchConfig, Study, TrackingConfig, VariantConfig, format_errors
-from suite.names import CONFIG, EVALS_TABLE, METRICS, RUNS_TABLE, SEARCH_DIR, STUDY_FILE, TRIALS_TABLE
+from suite.names import (
+    CONFIG,
+    EVALS_TABLE,
+    METRICS,
+    PRIMARY_ENERGY_CONVENTION,
+    RUNS_TABLE,
+    SEARCH_DIR,
+    STUDY_FILE,
+    TRIALS_TABLE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,11 @@ class StudyRecords:
     @property
     def eval(self) -> EvalConfig:
         return self.study.eval if self.study is not None else EvalConfig()
+
+    @property
+    def energy_convention(self) -> str:
+        """The primary energy convention (``report.energy_convention``): the one the figures and tables show."""
+        return self.study.report.energy_convention if self.study is not None else PRIMARY_ENERGY_CONVENTION
 
     @property
     def tracking(self) -> TrackingConfig:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from suite import records
 from suite.report.content import Table
+from suite.report.energy import sensitivity_table
 from suite.report.load import StudyRecords, budget_note, fmt_value, off_split_note, parsed_setting
 from suite.report.style import ENERGY_UNIT, STD_NOTE, Stat, decimals, fmt_pm, slug, stat
 
@@ -51,7 +52,7 @@ def table_notes(rec: StudyRecords) -> tuple[str, ...]:
         "Token-units: active tokens per image summed over blocks and timesteps (a merged token counts once); "
         "in brackets the mean % of the dense count (token_pct).",
         "Timesteps: mean active timesteps over modules (timesteps_mean; mean exit step for early exit).",
-        f"Energy: E_MAC × MACs + E_AC × SOPs, exact SOP convention (energy_exact_uj), {rec.eval.energy.describe()}, "
+        f"Energy: E_MAC × MACs + E_AC × SOPs, exact SOP convention (energy_exact_uj), {rec.eval.costs.describe()}, "
         f"{ENERGY_UNIT} per image.",
         # images/s inside a study measures the machine's load (parallel workers), not the method: it is left out
         "No throughput column: wall-clock speed inside a study measures the machine's load; "
@@ -175,15 +176,16 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def write_tables(rec: StudyRecords, out: Path) -> tuple[list[Table], list[Path]]:
-    """``table.md``, ``table.tex`` and (when overrides were evaluated) ``evals.md``; a stale ``evals.md`` goes."""
+    """``table.md``, ``table.tex``, ``energy_sensitivity.md`` (when a variant has a dense reference) and ``evals.md``
+    (when overrides were evaluated); a stale optional table goes."""
     table = main_table(rec)
     paths = [write_text(out / "table.md", table_markdown(table)),
              write_text(out / "table.tex", table_latex(table, f"tab:{slug(rec.name)}-results"))]
     tables = [table]
-    ev = evals_table(rec)
-    if ev is not None:
-        paths.append(write_text(out / "evals.md", table_markdown(ev)))
-        tables.append(ev)
-    elif (out / "evals.md").exists():
-        (out / "evals.md").unlink()
+    for name, optional in (("energy_sensitivity.md", sensitivity_table(rec)), ("evals.md", evals_table(rec))):
+        if optional is not None:
+            paths.append(write_text(out / name, table_markdown(optional)))
+            tables.append(optional)
+        elif (out / name).exists():
+            (out / name).unlink()
     return tables, paths

@@ -34,10 +34,9 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from suite.run.unit import RunUnit
+from suite.run.work import RunUnit
 
 log = logging.getLogger("spikesuite")
 

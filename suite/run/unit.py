@@ -18,49 +18,17 @@ itself and keeps steps 1, 2 and 4 (and the evaluation: rank 0's weights, the who
 from __future__ import annotations
 
 import logging
-import math
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from suite import records
 from suite.config import RunSpec, eval_updates
 from suite.names import CHECKPOINT, ERROR_TAG
-from suite.tracking import Tracker, TrackingTarget, mirror_run, override_metrics, tracker_for
+from suite.run.work import RunResult, RunUnit
+from suite.tracking import Tracker, mirror_run, override_metrics, tracker_for
 
 log = logging.getLogger("spikesuite")
-
-Outcome = Literal["done", "skipped", "busy", "waiting", "failed"]  # waiting: a run it needs is not finished
-
-
-@dataclass(frozen=True)
-class RunUnit:
-    """One run to execute: everything ``run_one`` needs, as plain data."""
-
-    spec: RunSpec
-    study_dir: Path  # results/<study>: the run's records go to study_dir/<run_id>/
-    device: str = "auto"  # auto: cuda when visible, else cpu
-    progress: bool = False  # a progress bar per epoch
-    oom_retry: bool = True  # retry at half batch size after CUDA out-of-memory
-    tracking: TrackingTarget | None = None  # None: records only
-    # A run recorded as failed after this moment (time.time()) failed during the current invocation, in another
-    # process: it is reported, not retried at once. inf: always retry.
-    since: float = math.inf
-    nproc_per_run: int = 1  # ranks training this run (DDP); where it executes, never what it computes
-    ddp_timeout_s: float = 1800.0  # limit on one collective of a distributed run: a dead peer fails it after this
-
-    @property
-    def run_dir(self) -> Path:
-        return self.study_dir / self.spec.run_id
-
-
-@dataclass(frozen=True)
-class RunResult:
-    run_id: str
-    outcome: Outcome
-    reason: str = ""  # why it failed
 
 
 def run_one(unit: RunUnit, *, callbacks: Sequence[Callable[[dict[str, float]], None]] = ()) -> RunResult:
@@ -194,6 +162,9 @@ def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
         from suite.data import cached_data
 
         data = cached_data(spec.config.dataset)
+        dataset = data.describe()  # what the run reads, digests included: its records and MLflow's Dataset column
+        if tracker is not None:
+            tracker.log_dataset(child, spec, dataset)
         history: list[dict[str, float]] = []
 
         def on_epoch(row: dict[str, float]) -> None:
@@ -227,7 +198,7 @@ def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
         if world > 1:
             metrics.update(world_size=float(world), batch_size_per_rank=float(batch // world))
         shared = {"trained_by": spec.trained_by} if spec.trained_by else {}
-        records.write_result(run_dir, spec.run_id, metrics, {**details, **shared}, maps)
+        records.write_result(run_dir, spec.run_id, metrics, {**details, **shared, "dataset": dataset}, maps)
         records.write_status(run_dir, "done", attempts=attempts, mlflow_run_id=child or "", **spread, **shared)
         if tracker is not None:
             tracker.log_result(child, metrics, spec.config.eval.split)  # summary values, no step

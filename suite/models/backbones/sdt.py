@@ -117,7 +117,7 @@ class SDTBlock(nn.Module):
         paper_qkv = ((q != 0).double() * st).sum()
         for tag, ex, pa in (("kv", exact_kv, paper_kv), ("qkv", exact_qkv, paper_qkv)):
             ctx.synapse(f"{self.name}.{tag}", kind="attention", block=self.index, x=q, fan_out=0,
-                        active=None, group=None, exact=ex, paper=pa, dense=dense)
+                        active=None, group=None, exact=ex, paper=pa, dense=dense, nonbinary=False)  # spikes
 
 
 @register_backbone("sdt")

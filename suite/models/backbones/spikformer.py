@@ -119,9 +119,11 @@ class Block(nn.Module):
         nz_v = (vh != 0).sum(-1).double()  # [T, B, h, N]
         exact_av = ((nz_col * nz_v).sum((2, 3)) * steps[:, None]).sum()
         paper_av = ((vh != 0).sum((2, 3, 4)).double() * n_act).sum()
-        for tag, ex, pa in (("qk", exact_qk, paper_qk), ("av", exact_av, paper_av)):
+        # Q and K are spikes; the map Q K^T holds integer coincidence counts (NeuroBench's rule: MACs)
+        integer_map = bool(((attn != 0) & (attn != 1) & (attn != -1)).any())
+        for tag, ex, pa, nb in (("qk", exact_qk, paper_qk, False), ("av", exact_av, paper_av, integer_map)):
             ctx.synapse(f"{self.name}.{tag}", kind="attention", block=self.index, x=q, fan_out=0,
-                        active=None, group=None, exact=ex, paper=pa, dense=dense)
+                        active=None, group=None, exact=ex, paper=pa, dense=dense, nonbinary=nb)
 
 
 @register_backbone("spikformer")

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from baselines.tokens import RandomDrop, TokenSelector
 from suite.config import HaltingConfig, MergeConfig, TokenConfig
 from suite.models.context import Context
+from suite.models.policies import overhead
 from suite.models.policies.halting import block_units, halting_score, prior_loss, unit_step
 from suite.models.policies.merge import MergePlan, bipartite_soft_matching, parse_r, size_weighted_mean
 
@@ -82,6 +83,10 @@ class TokenPolicy(nn.Module):
         thr = 1.0 - hc.eps if hc is not None else 1.0
         for l, blk in enumerate(blocks):
             if self.keeper is not None and l == self.keeper.at_block:
+                if isinstance(self.keeper, TokenSelector):
+                    hidden = self.keeper.net[0].out_features
+                    macs, acs = overhead.selector(float((alive > 0).sum()), C, hidden, T)
+                    ctx.overhead("policy.selector", block=l, macs=macs, acs=acs)
                 keep, extra = self.keeper(z.mean(0), alive > 0)
                 alive = alive * keep
                 aux.update(extra)
@@ -94,6 +99,8 @@ class TokenPolicy(nn.Module):
                     h = torch.cat([h[:-1], torch.ones_like(h[-1:])])
                 step, cum_next = block_units(cum, h, thr, first=l == 0)
                 active = step.active.to(z.dtype) * alive
+                ctx.overhead(f"policy.halting.block{l}", block=l,
+                             **dict(zip(("macs", "acs"), overhead.halting(float((active > 0).sum())))))
                 unit_h += list((h * (alive > 0)).sum((1, 2)) / (alive > 0).sum().clamp_min(1))
             else:
                 h = halting_score(z.mean(0), hc.channel, *self._gate(l))  # [B, N], shared by all steps
@@ -102,6 +109,8 @@ class TokenPolicy(nn.Module):
                 step = unit_step(cum, h, thr, first=l == 0)
                 cum_next = cum + step.cum_delta
                 active = (step.active.to(z.dtype) * alive).expand(T, B, N)
+                ctx.overhead(f"policy.halting.block{l}", block=l,
+                             **dict(zip(("macs", "acs"), overhead.halting(float((active[0] > 0).sum()), T))))
                 unit_h.append((h * (alive > 0)).sum() / (alive > 0).sum().clamp_min(1))
             z_new, keys = blk(z, ctx, active, None if size is None else size.expand(T, B, N))
             on = active > 0
@@ -121,7 +130,7 @@ class TokenPolicy(nn.Module):
                 cum = cum_next
             if mc is not None and l < L - 1 and l >= mc.start_block:
                 plan = merge_plan(mc, self.r[l] if self.r is not None else None, l, keys, z_new, size, alive,
-                                  cum if hc is not None else None, thr, self.training)
+                                  cum if hc is not None else None, thr, self.training, ctx)
                 if plan is not None:
                     z_new = plan.merge(z_new)
                     size = plan.size
@@ -161,6 +170,8 @@ class TokenPolicy(nn.Module):
                     if t == T - 1 and l == L - 1:
                         h = torch.ones_like(h)
                     step = unit_step(cum, h, thr, first=t == 0 and l == 0)
+                    ctx.overhead(f"policy.halting.block{l}", block=l,
+                                 **dict(zip(("macs", "acs"), overhead.halting(float(step.active.sum())))))
                     zt, _ = blk(zt, ctx, step.active.to(z.dtype).unsqueeze(0), None)
                     y = y + step.weight.unsqueeze(-1) * zt[0]
                     rho, cum = rho + step.ponder, cum + step.cum_delta
@@ -208,8 +219,9 @@ def readout(hc: HaltingConfig | None, z: Tensor, y: Tensor | None, size: Tensor 
 
 
 def merge_plan(mc: MergeConfig, r: int | None, l: int, keys: Tensor, z: Tensor, size: Tensor, alive: Tensor,
-               cum: Tensor | None, thr: float, training: bool) -> MergePlan | None:
-    """The merges after block ``l`` (``r`` pairs, or by ``mc.threshold``) among alive, still-running tokens."""
+               cum: Tensor | None, thr: float, training: bool, ctx: Context | None = None) -> MergePlan | None:
+    """The merges after block ``l`` (``r`` pairs, or by ``mc.threshold``) among alive, still-running tokens; their
+    matching and averaging are counted on ``ctx`` (``overhead.merge``)."""
     if r == 0:
         return None
     metric = keys if mc.metric == "keys" else z
@@ -221,5 +233,11 @@ def merge_plan(mc: MergeConfig, r: int | None, l: int, keys: Tensor, z: Tensor, 
     gen = None
     if mc.mode == "random" and not training:
         gen = torch.Generator(device=z.device).manual_seed(mc.seed + l)
-    return bipartite_soft_matching(metric.float(), size, r=r, threshold=mc.threshold, eligible=eligible,
+    plan = bipartite_soft_matching(metric.float(), size, r=r, threshold=mc.threshold, eligible=eligible,
                                    generator=gen, random=mc.mode == "random")
+    if ctx is not None and ctx.count:
+        steps = keys.shape[0] if mc.per == "all_steps" else 0
+        macs, acs = overhead.merge(eligible.expand(metric.shape[:-1]), metric.shape[-1],
+                                   float(plan.num_merged.sum()), mc.mode == "random", steps)
+        ctx.overhead(f"policy.merge.block{l}", block=l, macs=macs, acs=acs)
+    return plan

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from suite.report.content import Figure
+from suite.report.energy import sensitivity_figure
 from suite.report.figures.heatmaps import heatmap_figures
 from suite.report.figures.layers import allocation_figure, depth_figure, firing_figure
 from suite.report.figures.pareto import paper_figures, pareto_axes, pareto_figure
@@ -21,7 +22,7 @@ from suite.report.published import published_for
 
 # file stems the figures write
 FIGURE_PREFIXES = ("accuracy_vs_", "token_heatmap_", "halting_depth", "timestep_allocation", "firing_rates",
-                   "temporal_similarity", "ablation", "early_exit", "energy_breakdown", "search_")
+                   "temporal_similarity", "ablation", "early_exit", "energy_breakdown", "energy_sensitivity", "search_")
 PAPER_DIR = "paper"  # report/paper/: the paper-sized figures of style="paper"
 
 
@@ -43,18 +44,18 @@ def published_rows(rec: StudyRecords):
 def build_paper_figures(rec: StudyRecords, out: Path) -> list[Path]:
     """The main comparison figures (accuracy vs each cost) one and two columns wide, under ``out/paper/``."""
     published, _ = published_rows(rec)
-    return [p for axis in pareto_axes(rec.eval.energy.describe())
+    return [p for axis in pareto_axes(rec.eval.costs.describe(), rec.energy_convention)
             for p in paper_figures(rec, axis, published, out / PAPER_DIR)]
 
 
 def build_figures(rec: StudyRecords, out: Path) -> list[Figure]:
     """Every figure of the report, in page order, written under ``out`` (or skipped, with the reason)."""
     published, note = published_rows(rec)
-    axes = pareto_axes(rec.eval.energy.describe())
+    axes = pareto_axes(rec.eval.costs.describe(), rec.energy_convention)
     figures = [pareto_figure(rec, axis, published, note, out) for axis in axes]
     figures += heatmap_figures(rec, out)
     figures += [depth_figure(rec, out), allocation_figure(rec, out), firing_figure(rec, out)]
     temporal = temporal_figure(rec, out)  # None: no run recorded it, the page does not list it
     figures += [temporal] if temporal is not None else []
-    figures += [ablation_figure(rec, out), exit_figure(rec, out), energy_figure(rec, out)]
+    figures += [ablation_figure(rec, out), exit_figure(rec, out), energy_figure(rec, out), sensitivity_figure(rec, out)]
     return figures + search_figures(rec, out)

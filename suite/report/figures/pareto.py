@@ -16,7 +16,8 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from suite.config import TimeConfig, TokenConfig
+from suite.config import TimeConfig, TokenConfig, energy_column
+from suite.names import PRIMARY_ENERGY_CONVENTION
 from suite.report.content import Figure
 from suite.report.figures.facets import Facet, facets
 from suite.report.figures.marks import mark_clipped, place_labels
@@ -49,7 +50,7 @@ from suite.report.style import (
     width_with_legend,
 )
 
-OFF_AXES = 10.0  # accuracy points shown below the lowest variant (mean - std) in the accuracy-vs-cost figures
+OFF_AXES = 10.0  # accuracy points shown below the lowest variant (mean - CI) in the accuracy-vs-cost figures
 AXES_IN = (4.7, 3.5)  # the report figure's axes (the legend goes beside or under them)
 PAPER_AXES_HEIGHT_IN = {"1col": 2.3, "2col": 2.6}
 PAPER_WIDTH_IN = {"1col": COLUMN_IN, "2col": DOUBLE_COLUMN_IN}
@@ -69,8 +70,9 @@ class ParetoAxis:
     published_in_range: bool  # published values on the same scale as ours: they widen the axis (else: edge marks)
 
 
-def pareto_axes(energy: str) -> tuple[ParetoAxis, ...]:
-    """The three cost axes; ``energy`` names the energy per operation in its label (``EnergyConfig.describe()``).
+def pareto_axes(energy: str, convention: str = PRIMARY_ENERGY_CONVENTION) -> tuple[ParetoAxis, ...]:
+    """The three cost axes; ``energy`` names the energy per operation in its label (``EnergyConfig.describe()``), and
+    the energy axis shows the study's primary ``convention`` (``report.energy_convention``).
     Token-units are drawn as % of the dense reference (``token_pct``, restated against the study's reference T), the
     unit the text speaks in; timesteps and energy keep their own units (published energies are in µJ too).
     Published energies come from models hundreds of times larger: they would squash every point of ours into one
@@ -82,7 +84,9 @@ def pareto_axes(energy: str) -> tuple[ParetoAxis, ...]:
         ParetoAxis("timesteps_mean", "accuracy_vs_timesteps", "Accuracy vs timesteps",
                    "mean active timesteps (mean over modules; mean exit step for early exit)",
                    "mean active timesteps", True),
-        ParetoAxis("energy_exact_uj", "accuracy_vs_energy", "Accuracy vs energy",
+        ParetoAxis(energy_column(convention), "accuracy_vs_energy", "Accuracy vs energy",
+                   f"energy per image ({ENERGY_UNIT}, {convention} convention, {energy})"
+                   if convention != PRIMARY_ENERGY_CONVENTION else
                    f"energy per image ({ENERGY_UNIT}, exact SOP convention, {energy})",
                    f"energy per image ({ENERGY_UNIT})", False),
     )

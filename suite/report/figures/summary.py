@@ -142,5 +142,5 @@ def energy_figure(rec: StudyRecords, out: Path) -> Figure:
     ax.set_title(f"{rec.name}: energy by module kind")
     legend_outside(fig, handles, where="below")
     caption = (f"energy_exact_uj_<kind>, mean over seeds: E_MAC × MACs + E_AC × exact SOPs per module kind (stem, "
-               f"attention incl. QK^T and (QK^T)V, MLP, head), {rec.eval.energy.describe()}.")
+               f"attention incl. QK^T and (QK^T)V, MLP, head), {rec.eval.costs.describe()}.")
     return Figure(stem, title, caption, tuple(save(fig, out, stem)))
