@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from figure_records import capture, many_variants, write_study
 from matplotlib.container import ErrorbarContainer
 from scipy import stats as sps
-from test_figures import capture, many_variants, write_study
 
 from suite import records, report
 from suite.metrics import similarity_by_construction, temporal_similarity_mean

@@ -95,9 +95,7 @@ def validate(study: Study, specs: list[RunSpec], n_trials: int | None = None) ->
                 break
     if s.pruner == "median":
         problems += _pruner_problems(s, list(by_variant.values()))
-    from suite.search.budget import budget_problems  # budget builds on this module's helpers
-
-    return problems + budget_problems(study, specs)
+    return problems
 
 
 def _pruner_problems(s: SearchConfig, runs: list[RunSpec]) -> list[str]:
