@@ -3,11 +3,15 @@ regenerated elsewhere still says where the numbers came from. Imports torch only
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
+
+SUITE_DIR = Path(__file__).parent  # git is asked about the checkout the running code comes from
 
 
 def version(dist: str) -> str:
@@ -15,6 +19,34 @@ def version(dist: str) -> str:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
+
+
+def _git(*args: str) -> str | None:
+    """``git args`` run in the suite's own folder: its stdout, or None outside a git checkout (or without git)."""
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=SUITE_DIR)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    """The full commit hash of the running code; None when it is not a git checkout."""
+    out = _git("rev-parse", "HEAD")
+    return out.strip() or None if out is not None else None
+
+
+def git_dirty() -> bool | None:
+    """Whether tracked files differ from that commit; None when it is not a git checkout."""
+    out = _git("status", "--porcelain", "--untracked-files=no")
+    return bool(out.strip()) if out is not None else None
+
+
+@functools.cache
+def code_version() -> dict[str, Any]:
+    """What code computed a record: ``git_commit``, ``git_dirty`` (null outside a git checkout, never an error) and
+    the suite's package version. Asked once per process: a run records the code its process started with."""
+    return {"git_commit": git_commit(), "git_dirty": git_dirty(), "spikesuite_version": version("spikesuite")}
 
 
 def cpu_model() -> str:
@@ -47,4 +79,5 @@ def environment(device: Any) -> dict[str, Any]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if cuda else cpu_model(),
         "cuda": torch.version.cuda if cuda else None,
+        **code_version(),
     }

@@ -30,6 +30,7 @@ from suite.metrics import (
     merge_counts,
     merge_spikes,
     ops_weighted_steps,
+    temporal_similarity_mean,
     token_pct,
 )
 from suite.models import Backbone
@@ -136,7 +137,10 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     sims = {blk: s / c for blk, (s, c) in similarity.items() if c}
     if sims:
         details["temporal_similarity"] = sims
-        m["temporal_similarity"] = float(np.mean(list(sims.values())))
+        # block 0 behind a stem run once is 1.0 by construction: not in the mean
+        mean_sim = temporal_similarity_mean(sims, model.cfg.stem)
+        if mean_sim is not None:
+            m["temporal_similarity"] = mean_sim
     details["ops"] = {k: vars(v) for k, v in ops.items()}  # as counted: over all T steps, before any exit
     details["policy_ops"] = {k: vars(v) for k, v in policy_ops.items()}
     details["neuron_updates"] = sum(c for _, c in spikes.values()) / seen  # LIF elements updated per image

@@ -176,3 +176,22 @@ def ops_weighted_steps(active_steps: Mapping[str, float], ops: Mapping[str, Laye
     if den == 0:
         raise ValueError("all layers have zero dense FLOPs")
     return num / den
+
+
+# A stem run once (model.stem once | integrate) hands every timestep the same tokens, so the first block's input is
+# identical at consecutive steps: its temporal similarity is 1.0 by construction, not a measurement.
+CONSTANT_INPUT_STEMS = ("once", "integrate")
+
+
+def similarity_by_construction(stem: str, blocks: Sequence[str]) -> tuple[str, ...]:
+    """The blocks (of ``blocks``, in forward order) whose temporal similarity holds by construction under ``stem``:
+    the first block behind a stem run once; none behind a per-step stem."""
+    return (blocks[0],) if stem in CONSTANT_INPUT_STEMS and blocks else ()
+
+
+def temporal_similarity_mean(sims: Mapping[str, float], stem: str) -> float | None:
+    """The mean temporal similarity over the blocks that measure something (``sims`` in forward order; the blocks
+    of ``similarity_by_construction`` left out); None when none is left."""
+    skip = set(similarity_by_construction(stem, list(sims)))
+    kept = [float(v) for k, v in sims.items() if k not in skip]
+    return sum(kept) / len(kept) if kept else None

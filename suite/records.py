@@ -2,7 +2,8 @@
 
 Files per run: ``config.yaml`` (resolved config), ``status.json`` (running | done | failed, with the
 reason and traceback), ``metrics.json``, ``history.csv``, ``checkpoint.pt``, ``maps.npz`` and
-``evals/<override>.json``. Every file is written to a temporary name and renamed, so a kill leaves
+``evals/<override>.json``. ``status.json`` also says what code wrote it (``git_commit``, ``git_dirty``,
+``spikesuite_version``; null outside a git checkout). Every file is written to a temporary name and renamed, so a kill leaves
 either the old file or the new one. A record that does not parse is treated as missing: the run is
 redone, never silently read.
 """
@@ -24,12 +25,13 @@ import pandas as pd
 import yaml
 
 from suite.config import RunConfig, RunSpec
-from suite.metrics import token_pct, units_per_step
+from suite.environment import code_version
+from suite.metrics import temporal_similarity_mean, token_pct, units_per_step
 from suite.names import CONFIG, EVALS, EVALS_TABLE, HISTORY, LOCK, MAPS, METRICS, RUNS_TABLE, STATUS
 
 __all__ = ["CONFIG", "EVALS", "EVALS_TABLE", "HISTORY", "MAPS", "METRICS", "RUNS_TABLE", "STATUS", "atomic_write_json",
            "atomic_write_text", "claim", "collect_tables", "file_lock", "is_dense", "read_json", "read_specs",
-           "reference_T", "restate_token_pct", "run_state", "write_config", "write_eval", "write_history",
+           "reference_T", "restate_similarity", "restate_token_pct", "run_state", "write_config", "write_eval", "write_history",
            "write_result", "write_status"]
 
 
@@ -87,7 +89,8 @@ def read_specs(study_dir: Path) -> list[RunSpec]:
 
 def write_status(run_dir: Path, state: str, **extra: Any) -> None:
     prev = read_json(run_dir / STATUS) or {}
-    doc = {"state": state, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), **extra}
+    doc = {"state": state, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), **code_version(),
+           **extra}
     if "attempts" in prev:
         doc.setdefault("attempts", prev["attempts"])
     atomic_write_json(run_dir / STATUS, doc)
@@ -180,11 +183,26 @@ def restate_token_pct(row: dict[str, Any], config: RunConfig, study_T: int | Non
     row["token_pct"] = token_pct(float(row["token_units"]), per_step, ref)
 
 
+def restate_similarity(row: dict[str, Any], details: dict[str, Any] | None, stem: str) -> None:
+    """Set a row's mean ``temporal_similarity`` from its per-block values, leaving out the blocks where it holds by
+    construction (block 0 behind a stem run once): records written before that rule read the same as new ones. A
+    row whose every block is such a block has no mean."""
+    sims = (details or {}).get("temporal_similarity")
+    if not isinstance(sims, dict) or not sims:
+        return
+    mean = temporal_similarity_mean(sims, stem)
+    if mean is None:
+        row.pop("temporal_similarity", None)
+    else:
+        row["temporal_similarity"] = mean
+
+
 def collect_tables(study_dir: Path, specs) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One row per run (``runs.csv``) and one per run x evaluation override (``evals.csv``).
 
     ``token_pct`` is restated against the study's reference dense model (``reference_T``), so every row of a
-    study compares with the same denominator whatever T its run used."""
+    study compares with the same denominator whatever T its run used; ``temporal_similarity`` is restated without
+    the blocks where it holds by construction (``restate_similarity``)."""
     specs = list(specs)
     study_T = reference_T(specs)
     rows, evals = [], []
@@ -193,8 +211,10 @@ def collect_tables(study_dir: Path, specs) -> tuple[pd.DataFrame, pd.DataFrame]:
         state = run_state(run_dir, spec.run_id)
         row: dict[str, Any] = {"run_id": spec.run_id, "status": state, **_axes(spec)}
         if state == "done":
-            row.update(read_json(run_dir / METRICS)["metrics"])
+            doc = read_json(run_dir / METRICS)
+            row.update(doc["metrics"])
             restate_token_pct(row, spec.config, study_T)
+            restate_similarity(row, doc.get("details"), spec.config.model.stem)
         elif state == "failed":
             row["error"] = (read_json(run_dir / STATUS) or {}).get("reason", "")
         rows.append(row)
@@ -204,6 +224,7 @@ def collect_tables(study_dir: Path, specs) -> tuple[pd.DataFrame, pd.DataFrame]:
                 erow = {"run_id": spec.run_id, **_axes(spec), "override": ev["name"],
                         "set": json.dumps(ev["set"], sort_keys=True), **ev["metrics"]}
                 restate_token_pct(erow, spec.config, study_T)
+                restate_similarity(erow, ev.get("details"), spec.config.model.stem)
                 evals.append(erow)
     runs = pd.DataFrame(rows)
     evals_df = pd.DataFrame(evals)

@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import socket
-import subprocess
 import sys
 import time
 import warnings
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from suite import records
+from suite import environment, records
 from suite.config import RunSpec, TrackingConfig
 from suite.mlflow_view import (
     DATASET_CONTEXT,
@@ -180,11 +179,8 @@ _ENDED = True
 
 
 def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The running code's commit for tags and job records ("unknown" outside a git checkout)."""
+    return environment.git_commit() or "unknown"
 
 
 def _guarded(default: Any = None) -> Callable[[Callable[..., T]], Callable[..., T]]:

@@ -7,7 +7,6 @@ Records are written here by hand, shaped like a study directory ``spikesuite run
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -17,15 +16,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from figure_records import L, N, T, capture, many_variants, write_study
 from matplotlib.container import ErrorbarContainer
 from matplotlib.image import imread
 from matplotlib.lines import Line2D
 
 from suite import report
 from suite.report.figures import layers, pareto, search, summary
-from suite.report.figures.marks import dodge, mark_clipped
+from suite.report.figures.marks import mark_clipped
 from suite.report.published import backbone_matches
 from suite.report.style import (
     COLUMN_IN,
@@ -39,77 +37,10 @@ from suite.report.style import (
 )
 from suite.report.tables import table_latex
 
-L, T, N = 2, 4, 16
-DENSE_UNITS = L * T * N
-LAYERS = ["stem.0", "block0.q", "block0.attn", "block1.q", "block1.attn", "head"]
-
 
 @pytest.fixture(autouse=True)
 def _no_tracking_env(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
-def _row(rid: str, variant: str, seed: int, k: int, steps: float, pct: float, acc: float) -> dict:
-    energy = 2.0 * pct / 100 * steps / T
-    kinds = {"stem": 0.4 * energy, "attention": 0.25 * energy, "mlp": 0.34 * energy, "head": 0.01 * energy}
-    return {"run_id": rid, "status": "done", "variant": variant, "seed": seed, "T": T, "accuracy": acc,
-            "token_units": pct / 100 * DENSE_UNITS, "token_pct": pct, "dense_token_units": float(DENSE_UNITS),
-            "timesteps_mean": steps, "energy_exact_uj": energy, **{f"energy_exact_uj_{n}": v for n, v in kinds.items()},
-            "images_per_s": 1000.0 + k}
-
-
-def write_study(root: Path, name: str, variants: dict[str, dict], dataset: str = "digits", seeds=(0, 1),
-                timesteps: dict[str, float] | None = None, evals: dict[str, list[tuple[str, float, float]]] | None = None,
-                search_trials: pd.DataFrame | None = None) -> Path:
-    """A study directory: every variant x seed done, with metrics.json details (firing rates, a depth histogram for
-    halting variants, an exit histogram for early-exit ones), status.json, study.yaml and, when given, evals.csv
-    (variant -> [(override, accuracy offset, token-units offset)]) and search/<first variant>/trials.csv."""
-    rng = np.random.default_rng(len(variants))
-    sdir = root / name
-    sdir.mkdir(parents=True)
-    rows, ev = [], []
-    for k, (variant, cfg) in enumerate(variants.items()):
-        for seed in seeds:
-            rid = f"{k:04d}{seed:02d}abcdef"[:12]
-            steps = (timesteps or {}).get(variant, float(T))
-            pct = 100.0 if not cfg.get("tokens") else 60.0 + 3 * k % 35
-            row = _row(rid, variant, seed, k, steps, pct, 90.0 + (k % 7) * 0.5 + rng.random())
-            rows.append(row)
-            details = {"firing_rates": {layer: float(0.05 + 0.1 * rng.random()) for layer in LAYERS}}
-            if cfg.get("tokens", {}).get("halting") is not None:
-                hist = rng.random(L * T + 1)
-                details["depth_histogram"] = (hist / hist.sum()).tolist()
-            if cfg.get("time", {}).get("exit") is not None:
-                details["exit_histogram"] = [int(v) for v in rng.integers(5, 50, T)]
-            (sdir / rid).mkdir()
-            (sdir / rid / "status.json").write_text(json.dumps({"state": "done", "host": "testhost"}))
-            (sdir / rid / "metrics.json").write_text(json.dumps({"run_id": rid, "metrics": row, "details": details}))
-            for override, dacc, dunits in (evals or {}).get(variant, []):
-                ev.append({"run_id": rid, "variant": variant, "seed": seed, "T": T, "override": override,
-                           "set": json.dumps({"tokens.halting.beta_offset": -1}), "accuracy": row["accuracy"] + dacc,
-                           "token_units": row["token_units"] + dunits, "timesteps_mean": steps,
-                           "energy_exact_uj": row["energy_exact_uj"]})
-    pd.DataFrame(rows).to_csv(sdir / "runs.csv", index=False)
-    if ev:
-        pd.DataFrame(ev).to_csv(sdir / "evals.csv", index=False)
-    study = {"name": name, "dataset": {"name": dataset}, "model": {"backbone": "spikformer", "depth": L, "T": T},
-             "variants": variants, "matrix": {"seed": list(seeds)}}
-    if search_trials is not None:
-        first = next(v for v, cfg in variants.items() if "halting" in cfg.get("tokens", {}))
-        study["search"] = {"variants": [first], "per_variant": True, "stage": "eval", "split": "val",
-                           "objectives": [{"metric": "accuracy", "direction": "maximize"},
-                                          {"metric": "energy_exact_uj", "direction": "minimize"}],
-                           "params": {"tokens.halting.beta_offset": {"uniform": [-4.0, 0.0]}}, "n_trials": 12}
-        (sdir / "search" / first).mkdir(parents=True)
-        search_trials.to_csv(sdir / "search" / first / "trials.csv", index=False)
-    (sdir / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
-    return sdir
-
-
-def many_variants(n: int) -> dict[str, dict]:
-    """``n`` variants: dense first, then halting, merge and early-exit ones in turn (v01 halts)."""
-    kinds = [{"time": {"exit": {"threshold": 0.9}}}, {"tokens": {"halting": {}}}, {"tokens": {"merge": {"r": 2}}}]
-    return {"dense": {}, **{f"v{i:02d}": kinds[i % 3] for i in range(1, n)}}
 
 
 def trials_table() -> pd.DataFrame:
@@ -119,21 +50,6 @@ def trials_table() -> pd.DataFrame:
     return pd.DataFrame({"trial": range(12), "state": "COMPLETE", "variant": "v01",
                          "tokens.halting.beta_offset": np.linspace(-4, 0, 12), "accuracy": acc,
                          "energy_exact_uj": energy})
-
-
-def capture(monkeypatch, module) -> list:
-    """Figures passed to ``module.save`` (still open while the test inspects them after the call)."""
-    seen: list = []
-    real = module.save
-
-    def keep(fig, out, stem, *args, **kwargs):
-        seen.append(fig)
-        paths = real(fig, out, stem, *args, **kwargs)
-        FigureCanvasAgg(fig).draw()  # closing took the figure's canvas: a new one lays it out as saved
-        return paths
-
-    monkeypatch.setattr(module, "save", keep)
-    return seen
 
 
 def overlap(a, b) -> bool:
@@ -176,12 +92,13 @@ def test_legends_show_markers_not_errorbar_caps(big, tmp_path, monkeypatch):
     seen = capture(monkeypatch, pareto)
     axis = pareto.pareto_axes(rec.eval.costs.describe())[0]
     pareto.pareto_figure(rec, axis, None, "", tmp_path)
-    (legend,) = seen[0].legends
-    handles = legend.legend_handles
+    legends = [ax.get_legend() for ax in seen[0].axes if ax.get_legend() is not None]
+    assert len(legends) == len(seen[0].axes) > 1  # 13 variants: panels by family, each with its own legend
+    handles = [h for legend in legends for h in legend.legend_handles]
     assert not any(isinstance(h, ErrorbarContainer) for h in handles)
     variants = [h for h in handles if h.get_label().endswith("(n=2)")]
-    assert len(variants) == 13 and all(isinstance(h, Line2D) and h.get_marker() not in (None, "None", "")
-                                       for h in variants)
+    assert {h.get_label() for h in variants} == {f"{c} (n=2)" for c in rec.order}
+    assert all(isinstance(h, Line2D) and h.get_marker() not in (None, "None", "") for h in variants)
     assert all(h.get_linestyle() == "None" for h in variants)  # the marker alone, as drawn
 
 
@@ -211,22 +128,19 @@ def test_mark_clipped_counts_each_edge():
     assert n == 4 and texts == ["▲1", "▶1", "▼2"]
 
 
-def test_points_sharing_an_x_are_dodged_and_dense_is_on_top(big, tmp_path, monkeypatch):
-    assert dodge([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
-    spread = dodge([4.0, 4.0, 4.0, 1.0])
-    assert spread[3] == 1.0 and spread[0] < spread[1] < spread[2] and spread[1] == pytest.approx(4.0)
+def test_points_sit_at_their_true_x_and_dense_is_on_top(big, tmp_path, monkeypatch):
+    """No dodging: a point that moved sideways would claim a cost it does not have (every variant here is at T = 4)."""
     rec = report.load_records(big)
     seen = capture(monkeypatch, pareto)
     axis = pareto.pareto_axes(rec.eval.costs.describe())[1]  # every variant at T = 4
     fig = pareto.pareto_figure(rec, axis, None, "", tmp_path)
-    ax = seen[0].axes[0]
-    points = [(c.lines[0].get_xdata()[0], c.lines[0].get_zorder(), c.lines[0].get_markeredgecolor())
-              for c in ax.containers if isinstance(c, ErrorbarContainer)]
-    xs = [p[0] for p in points]
-    assert len(set(xs)) == len(xs) == 13  # nine (here 13) variants at x = 4 no longer sit on one another
-    dense_z = points[0][1]  # dense is the study's first variant
-    assert dense_z > max(p[1] for p in points[1:]) and points[0][2] == "black"
-    assert "spread slightly sideways" in fig.caption
+    for ax in seen[0].axes:
+        points = [(c.lines[0].get_xdata()[0], c.lines[0].get_zorder(), c.lines[0].get_markeredgecolor())
+                  for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert points and {p[0] for p in points} == {float(T)}
+        dense_z = points[0][1]  # dense is the study's first variant, the reference of every panel
+        assert dense_z > max(p[1] for p in points[1:]) and points[0][2] == "black"
+    assert "spread" not in fig.caption and "true x" in fig.caption
 
 
 # ----------------------------------------------------------------------------------------------- 3. search
@@ -430,7 +344,7 @@ def test_published_energies_outside_our_range_are_counted_at_the_edge(tmp_path):
         fig, ax = plt.subplots(layout="constrained")
         drawn = pareto.draw_pareto(ax, rec, axis, published)
     assert drawn.published_out == 2 and ax.get_xlim()[1] < 100  # our µJ range kept, 7700 µJ counted at the edge
-    assert any(t.get_text() in ("▶2", "▲2") for t in ax.texts)
+    assert sum(int(t.get_text()[1:]) for t in ax.texts if t.get_text()[:1] in ("▶", "▲")) == 2
     plt.close(fig)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from suite import environment as machine
 from suite import records
 from suite.config import expand, parse_study
 from suite.report.load import load_records
@@ -56,6 +59,10 @@ def test_records_and_table(finished):
         for name in (records.CONFIG, records.STATUS, records.METRICS, records.HISTORY, "checkpoint.pt"):
             assert (d / name).is_file(), name
         assert len(pd.read_csv(d / records.HISTORY)) == 2
+        # every run says which code computed it (this checkout: a commit hash and whether it was edited)
+        status = json.loads((d / records.STATUS).read_text())
+        assert re.fullmatch(r"[0-9a-f]{40}", status["git_commit"]) and isinstance(status["git_dirty"], bool)
+        assert status["spikesuite_version"] == importlib.metadata.version("spikesuite")
         m = json.loads((d / records.METRICS).read_text())["metrics"]
         assert 0 <= m["accuracy"] <= 100 and m["token_units"] <= m["dense_token_units"]
     dense = runs[runs.variant == "dense"]
@@ -69,7 +76,16 @@ def test_records_and_table(finished):
     # the machine is recorded beside the results, so a report built elsewhere still names it
     env = json.loads((sdir / "environment.json").read_text())
     assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["cpu_cores_logical"] >= 1
+    assert env["git_commit"] == status["git_commit"]
     assert environment(load_records(sdir))[0]["torch"] == torch.__version__
+
+
+def test_code_version_is_null_outside_a_git_checkout(tmp_path, monkeypatch):
+    """Code run from a copy without .git records null for the commit and the dirty flag, and never fails."""
+    monkeypatch.setattr(machine, "SUITE_DIR", tmp_path)
+    assert machine.git_commit() is None and machine.git_dirty() is None
+    monkeypatch.setattr(machine, "SUITE_DIR", tmp_path / "missing")  # git cannot even start there
+    assert machine.git_commit() is None and machine.git_dirty() is None
 
 
 def test_mlflow_children_and_resume(finished):

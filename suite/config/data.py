@@ -20,6 +20,21 @@ TINYIMAGENET_HINT = (
 )
 
 
+# Images in each dataset's training pool before any subset (the pool the validation split is carved from): known
+# without loading, so a study's validation size can be checked by ``spikesuite plan``. digits: 1797 images less
+# the 20 % test split sklearn's set lacks (suite/data/digits.py).
+TRAIN_POOL = {"digits": 1797 - round(0.2 * 1797), "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
+              "tinyimagenet": 100_000}
+
+
+def val_count(pool: int, val_fraction: float) -> int:
+    """Images held out for validation from a training pool of ``pool`` (``suite.data.base`` carves exactly these):
+    ``val_fraction`` of it rounded, at least one, and never the whole pool; 0 without a fraction."""
+    if val_fraction <= 0.0 or pool < 2:
+        return 0
+    return min(max(1, round(val_fraction * pool)), pool - 1)
+
+
 class AugmentConfig(BaseModel):
     """Training-time augmentation; never applied to validation or test data."""
 
@@ -60,6 +75,19 @@ class DatasetConfig(BaseModel):
     normalize: bool = True
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    def full_pool(self) -> int:
+        """Images in the dataset's whole training pool (no subset)."""
+        return self.synthetic.train_size if self.name == "synthetic" else TRAIN_POOL[self.name]
+
+    def train_pool(self) -> int:
+        """Images in the training pool this config draws from (its train_subset, when smaller)."""
+        full = self.full_pool()
+        return min(full, self.train_subset) if self.train_subset is not None else full
+
+    def val_images(self) -> int:
+        """Images in this config's validation split, without loading it."""
+        return val_count(self.train_pool(), self.val_fraction)
 
     @model_validator(mode="after")
     def _download_only_where_possible(self) -> DatasetConfig:

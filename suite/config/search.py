@@ -56,3 +56,10 @@ class SearchConfig(BaseModel):
     pruner: Literal["none", "median"] = "none"  # median pruning only for single-objective train searches
     split: Literal["val", "test"] = "val"  # trials score on this split: selecting on val keeps test honest
     heartbeat_s: int = Field(60, ge=1)
+    # equal_budget: every variant gets the same `budget` evaluation-time settings of its own one knob (the one key
+    # of `params` that its policies declare as evaluation-time), as an even grid over that key's range, each scored
+    # on `val_images` validation images; one Optuna study per variant (suite/search/budget.py, docs/search.md)
+    mode: Literal["optuna", "equal_budget"] = "optuna"
+    budget: int | None = Field(None, ge=1, le=10_000)
+    val_images: int | None = Field(None, ge=1)  # validation images each trial scores on (default: the whole split)
+    knobs: dict[str, str] = {}  # variant -> its knob, for a variant with several policies (e.g. ACT + merging)

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from suite.config import DatasetConfig
+from suite.config.data import val_count
 
 # --------------------------------------------------------------------------------------------------
 # Datasets and the bundle
@@ -179,9 +180,9 @@ def _split_train(labels: np.ndarray, cfg: DatasetConfig) -> tuple[np.ndarray, np
     order = _stratified_order(labels, cfg.split_seed)
     if cfg.train_subset is not None:
         order = order[: cfg.train_subset]
-    if cfg.val_fraction <= 0.0 or len(order) < 2:
+    n_val = val_count(len(order), cfg.val_fraction)
+    if not n_val:
         return order, None
-    n_val = min(max(1, round(cfg.val_fraction * len(order))), len(order) - 1)
     return order[n_val:], order[:n_val]
 
 

@@ -9,7 +9,8 @@ Reads ``results/<study>/``: ``runs.csv``, ``evals.csv`` (optional), ``study.yaml
 (3.5 and 7.16 in wide, legend outside the data) of the accuracy-vs-cost figures. Outputs carry no timestamps,
 so the same records give byte-identical files. A figure whose data is absent is skipped and the page says why.
 
-Conventions (written next to every number): seeds are summarised as mean ± sample std (ddof=1); the unit of a
+Conventions (written next to every number): tables summarise seeds as mean ± sample std (ddof=1), figures as the
+mean with its 95 % t-interval (error bars; panels of at most six series by family, docs/report.md); the unit of a
 point is a *variant* (plus any non-seed matrix axis that varies within it, e.g. ``act (T=2)``); token-units
 are active tokens summed over blocks and timesteps (a merged token counts once); energy is the *exact* SOP
 convention (``energy_exact_uj``), except the accuracy-vs-energy axis, which shows the study's primary convention
@@ -20,7 +21,7 @@ recipes: they are drawn only as hollow reference markers, only for the study's o
 legends outside the data), fonts are embedded as TrueType (no Type 3), units are written µJ and ×.
 
 Modules: ``load`` (records -> ``StudyRecords``), ``style`` (look, sizes, legends and number formatting),
-``figures`` (one module per figure family, ``marks`` for dodged, clipped and labelled points), ``tables``,
+``figures`` (one module per figure family, ``marks`` for clipped and labelled points, ``facets`` for panels by family), ``tables``,
 ``page`` (HTML), ``mlflow`` (attach the report to the study's store).
 """
 
@@ -40,9 +41,16 @@ from suite.report.figures import FIGURE_PREFIXES, PAPER_DIR, build_figures, buil
 from suite.report.figures.heatmaps import upsample_mask  # noqa: E402
 from suite.report.figures.layers import layer_key, ordered_layers  # noqa: E402
 from suite.report.figures.pareto import pareto_front  # noqa: E402
-from suite.report.figures.search import nondominated, search_figure, search_tables, search_title  # noqa: E402
+from suite.report.figures.search import nondominated, search_figure, search_title  # noqa: E402
 from suite.report.figures.summary import exit_figure  # noqa: E402
-from suite.report.load import StudyRecords, axis_columns, config_labels, config_order, load_records  # noqa: E402
+from suite.report.load import (  # noqa: E402
+    StudyRecords,
+    axis_columns,
+    config_labels,
+    config_order,
+    load_records,
+    search_tables,
+)
 from suite.report.mlflow import log_to_mlflow, mlflow_store  # noqa: E402
 from suite.report.page import write_page  # noqa: E402
 from suite.report.published import published_for, published_points  # noqa: E402

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,16 @@ from pydantic import ValidationError
 
 from suite import records
 from suite.config import EvalConfig, SearchConfig, Study, TrackingConfig, VariantConfig, format_errors
-from suite.names import EVALS_TABLE, METRICS, PRIMARY_ENERGY_CONVENTION, RUNS_TABLE, STUDY_FILE
+from suite.names import (
+    CONFIG,
+    EVALS_TABLE,
+    METRICS,
+    PRIMARY_ENERGY_CONVENTION,
+    RUNS_TABLE,
+    SEARCH_DIR,
+    STUDY_FILE,
+    TRIALS_TABLE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,7 @@ class StudyRecords:
     study_yaml: str
     order: tuple[str, ...]
     off_split: int = 0  # evaluations on another split than the study's (search trials score on val): left out
+    models: Mapping[str, dict] = field(default_factory=dict)  # run id -> its config's model section (config.yaml)
 
     @property
     def done(self) -> pd.DataFrame:
@@ -86,6 +96,11 @@ class StudyRecords:
         """The config labels that occur in ``frame``, in study order."""
         have = set(frame["config"])
         return [c for c in self.order if c in have]
+
+    def config_model(self, config: str, key: str, default: Any = None) -> Any:
+        """``model.<key>`` of a config label's first run (every run of one label shares its model section)."""
+        ids = self.runs.loc[self.runs.config == config, "run_id"].astype(str)
+        return next((self.models[r][key] for r in ids if key in self.models.get(r, {})), default)
 
     def details_by_config(self, key: str) -> dict[str, list[Any]]:
         """config -> [details[key] of each finished seed that recorded it], in study order."""
@@ -137,6 +152,35 @@ def load_details(study_dir: Path, run_ids: Iterable[str]) -> dict[str, dict]:
         if doc is not None and isinstance(doc.get("details"), dict):
             out[str(rid)] = doc["details"]
     return out
+
+
+def load_models(study_dir: Path, run_ids: Iterable[str]) -> dict[str, dict]:
+    """The ``model`` section of each run's ``config.yaml`` (runs without a readable one are left out)."""
+    out: dict[str, dict] = {}
+    for rid in run_ids:
+        try:
+            doc = yaml.safe_load((study_dir / str(rid) / CONFIG).read_text(encoding="utf-8"))
+            model = (doc.get("config") or {}).get("model")
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+            continue
+        if isinstance(model, dict):
+            out[str(rid)] = model
+    return out
+
+
+def restated_similarity(runs: pd.DataFrame, details: Mapping[str, dict], models: Mapping[str, dict]) -> pd.DataFrame:
+    """``runs`` with each finished run's mean ``temporal_similarity`` recomputed from its per-block values without
+    the blocks where it holds by construction (``records.restate_similarity``), so records collected before that
+    rule report the same mean as new ones."""
+    if "temporal_similarity" not in runs:
+        return runs
+    values = runs["temporal_similarity"].copy()
+    for i, rid in runs["run_id"].astype(str).items():
+        if rid in details and rid in models:
+            row = {"temporal_similarity": values[i]}
+            records.restate_similarity(row, details[rid], str(models[rid].get("stem", "per_step")))
+            values[i] = row.get("temporal_similarity", float("nan"))
+    return runs.assign(temporal_similarity=values)
 
 
 def axis_columns(runs: pd.DataFrame, matrix: Mapping[str, Any]) -> list[str]:
@@ -208,8 +252,50 @@ def load_records(study_dir: Path) -> StudyRecords:
         same = eval_splits(evals, split) == split
         evals, off_split = evals[same], int((~same).sum())
         evals = evals.assign(config=config_labels(evals, axes)) if not evals.empty else None
-    return StudyRecords(study_dir, runs, evals, load_details(study_dir, sorted(done_ids)), study, text,
-                        config_order(runs, variants, axes, matrix) if not runs.empty else (), off_split)
+    details, models = load_details(study_dir, sorted(done_ids)), load_models(study_dir, sorted(done_ids))
+    return StudyRecords(study_dir, restated_similarity(runs, details, models), evals, details, study, text,
+                        config_order(runs, variants, axes, matrix) if not runs.empty else (), off_split, models)
+
+
+def search_tables(study_dir: Path) -> list[tuple[str, Path]]:
+    """``(variant, trials.csv)`` of each search of the study: ``search/`` (one search, variant "") and
+    ``search/<variant>/`` (``per_variant`` and ``equal_budget`` searches)."""
+    root = study_dir / SEARCH_DIR
+    found = [("", root / TRIALS_TABLE)] + [(p.parent.name, p) for p in sorted(root.glob(f"*/{TRIALS_TABLE}"))]
+    return [(v, p) for v, p in found if p.is_file()]
+
+
+def tuning_budgets(rec: StudyRecords) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """Per variant that a search tuned: (complete trials, the settings they varied), read from every
+    ``trials.csv`` of the study; its parameters are the dotted config paths among the columns."""
+    out: dict[str, tuple[int, tuple[str, ...]]] = {}
+    for _, path in search_tables(rec.study_dir):
+        trials = pd.read_csv(path)
+        if "variant" not in trials or "state" not in trials:
+            continue
+        for variant, g in trials[trials.state == "COMPLETE"].groupby("variant", sort=False):
+            keys = tuple(c for c in g.columns if "." in c and g[c].notna().any())
+            n, known = out.get(str(variant), (0, ()))
+            out[str(variant)] = (n + len(g), tuple(dict.fromkeys(known + keys)))
+    return out
+
+
+def budget_note(rec: StudyRecords) -> str | None:
+    """One sentence stating every variant's tuning budget (None when the study ran no search)."""
+    budgets = tuning_budgets(rec)
+    if not budgets:
+        return None
+    s = rec.search
+    equal = s is not None and s.mode == "equal_budget"
+    parts = [f"{v} {n} ({', '.join(keys) or 'no parameter'})" for v, (n, keys) in budgets.items()]
+    untuned = [v for v in rec.variants if v not in budgets]
+    split = s.split if s is not None else "val"
+    return ("Tuning budget, evaluation-time settings tried per variant before reporting (complete trials of "
+            f"search/*/trials.csv, scored on the {split} split"
+            + (f"; search.mode equal_budget: {s.budget} grid settings of each variant's own knob"
+               + (f" on {s.val_images} validation images" if s.val_images else "") if equal else "")
+            + "): " + "; ".join(parts)
+            + (f"; not tuned (0): {', '.join(untuned)}." if untuned else "."))
 
 
 def parsed_setting(setting: Any) -> dict[str, Any] | None:

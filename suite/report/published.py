@@ -60,8 +60,8 @@ def published_for(dataset: str | None, backbones: Iterable[str] | None = None) -
 def published_points(frame: pd.DataFrame | None, metric: str, done: pd.DataFrame) -> pd.DataFrame:
     """Published (x, accuracy, method) placed on ``metric``'s axis; empty when the metric has no counterpart.
 
-    timesteps -> timesteps_mean; energy_mj × 1000 -> µJ; token_reduction r -> (1 - r) × this study's dense
-    token-units (only when that is one number), i.e. the same fraction of dense."""
+    timesteps -> timesteps_mean; energy_mj × 1000 -> µJ; token_reduction r -> (1 - r) × 100 % of dense
+    (token_pct), or (1 - r) × this study's dense token-units (only when that is one number)."""
     empty = pd.DataFrame(columns=["x", "accuracy", "method", "backbone", "confidence"])
     if frame is None or frame.empty:
         return empty
@@ -70,6 +70,8 @@ def published_points(frame: pd.DataFrame | None, metric: str, done: pd.DataFrame
         x = f["timesteps"]
     elif metric == "energy_exact_uj":
         x = f["energy_mj"] * 1000.0
+    elif metric == "token_pct":
+        x = (1.0 - f["token_reduction"]) * 100.0
     elif metric == "token_units" and "dense_token_units" in done and done["dense_token_units"].nunique() == 1:
         x = (1.0 - f["token_reduction"]) * float(done["dense_token_units"].iloc[0])
     else:

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt  # the package's __init__ has selected the Agg backend
+import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
+from scipy import stats as sps
 
 from suite.report.load import StudyRecords
 
@@ -34,6 +36,9 @@ STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fonts
          # TrueType (Type 42) fonts in PDF/PS: journals reject the default Type 3 bitmaps-as-glyphs
          "pdf.fonttype": 42, "ps.fonttype": 42}
 STD_NOTE = "mean ± sample std over seeds (ddof=1); a single seed shows its value alone"
+CONFIDENCE = 0.95  # the figures' error bars: this confidence interval of the mean over seeds
+CI_NOTE = ("error bars: 95 % confidence interval of the mean over seeds (Student t with n − 1 degrees of freedom, "
+           "n = seeds as given in the legend or title); a single seed has none")
 
 ENERGY_UNIT = "µJ"
 SPLIT_WORDS = {"val": "validation", "test": "test", "train": "training"}
@@ -197,6 +202,33 @@ def stat(values: pd.Series) -> Stat:
     if v.empty:
         return Stat(0, math.nan, math.nan)
     return Stat(len(v), float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan)
+
+
+def t_half_width(std: float | np.ndarray, n: int | np.ndarray, confidence: float = CONFIDENCE):
+    """Half-width of the Student-t confidence interval of a mean from its sample std and n (``scipy.stats.t``):
+    t_{(1+c)/2, n-1} × std / √n; NaN where n < 2 (one seed gives no interval). Scalars or arrays alike."""
+    n = np.asarray(n, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = sps.t.ppf((1 + confidence) / 2, np.where(n > 1, n - 1, np.nan)) * std / np.sqrt(n)
+    half = np.where(n > 1, half, np.nan)
+    return float(half) if half.ndim == 0 else half
+
+
+def ci_half(s: Stat, confidence: float = CONFIDENCE) -> float:
+    """The t-interval half-width of a ``Stat``'s mean (NaN for one seed)."""
+    return t_half_width(s.std, s.n, confidence) if s.n > 1 else math.nan
+
+
+def column_ci(arr: np.ndarray, confidence: float = CONFIDENCE) -> np.ndarray | None:
+    """Per column of a seeds × k array (NaN = not recorded): the t-interval half-width of the column's mean over the
+    seeds that have it; None when no column has two seeds (nothing to draw)."""
+    seen = (~np.isnan(arr)).sum(0)
+    if not (seen > 1).any():
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        std = np.array([np.nanstd(arr[:, j], ddof=1) if seen[j] > 1 else np.nan for j in range(arr.shape[1])])
+    return t_half_width(std, seen, confidence)
 
 
 def decimals(values: Iterable[float], significant: int = 3, most: int = 3) -> int:

@@ -14,13 +14,11 @@ import pandas as pd
 from suite import records
 from suite.report.content import Table
 from suite.report.energy import sensitivity_table
-from suite.report.load import StudyRecords, fmt_value, off_split_note, parsed_setting
+from suite.report.load import StudyRecords, budget_note, fmt_value, off_split_note, parsed_setting
 from suite.report.style import ENERGY_UNIT, STD_NOTE, Stat, decimals, fmt_pm, slug, stat
 
 MAIN_HEADERS = ("variant", "n seeds", "accuracy (%)", "token-units (% of dense)", "timesteps (mean)",
-                f"energy ({ENERGY_UNIT}, exact)", "images/s")
-# table.tex leaves out the machine's throughput (not a result of the method) so the table fits one column
-LATEX_DROP = ("images/s",)
+                f"energy ({ENERGY_UNIT}, exact)")
 
 
 def _stats(frame: pd.DataFrame, metric: str) -> Stat:
@@ -56,8 +54,13 @@ def table_notes(rec: StudyRecords) -> tuple[str, ...]:
         "Timesteps: mean active timesteps over modules (timesteps_mean; mean exit step for early exit).",
         f"Energy: E_MAC × MACs + E_AC × SOPs, exact SOP convention (energy_exact_uj), {rec.eval.costs.describe()}, "
         f"{ENERGY_UNIT} per image.",
-        "Images/s: wall-clock throughput of the evaluation machine, mean over seeds (apart from the counts).",
+        # images/s inside a study measures the machine's load (parallel workers), not the method: it is left out
+        "No throughput column: wall-clock speed inside a study measures the machine's load; "
+        "`spikesuite bench` measures it in isolation.",
     ]
+    budget = budget_note(rec)  # how hard each variant's operating point was tuned
+    if budget:
+        notes.append(budget)
     bad = runs[runs.status != "done"]
     for status, g in bad.groupby("status", sort=True):
         ids = ", ".join(f"{r.run_id} ({r.variant}, seed {fmt_value(r.seed)})" for r in g.itertuples())
@@ -70,11 +73,8 @@ def main_table(rec: StudyRecords) -> Table:
     configs = rec.present(done)
     groups = [done[done.config == c] for c in configs]
     rows = _metric_rows(groups, _places(groups))
-    body = []
-    for config, g, cells in zip(configs, groups, rows):
-        ips = _stats(g, "images_per_s")
-        body.append((config, *cells, f"{ips.mean:.0f}" if ips.n else "n/a"))
-    return Table(f"{rec.name}: results per variant", MAIN_HEADERS, tuple(body), table_notes(rec))
+    body = tuple((config, *cells) for config, cells in zip(configs, rows))
+    return Table(f"{rec.name}: results per variant", MAIN_HEADERS, body, table_notes(rec))
 
 
 def natural_key(text: str) -> tuple:
@@ -106,7 +106,7 @@ def evals_table(rec: StudyRecords) -> Table | None:
             keyed.append((config, str(name), setting_text(g["set"].iloc[0]) if "set" in g else "", g))
     groups = [k[3] for k in keyed]
     rows = _metric_rows(groups, _places(groups))
-    headers = ("variant", "override", "set", "n seeds", *MAIN_HEADERS[2:6])
+    headers = ("variant", "override", "set", "n seeds", *MAIN_HEADERS[2:])
     body = tuple((c, name, setting, *cells) for (c, name, setting, _), cells in zip(keyed, rows))
     notes = (f"Evaluation-time overrides of each trained checkpoint (evals.csv), {STD_NOTE}.",
              "Columns as in table.md; '(as trained)' is the run's own evaluation (runs.csv).",
@@ -180,7 +180,7 @@ def write_tables(rec: StudyRecords, out: Path) -> tuple[list[Table], list[Path]]
     (when overrides were evaluated); a stale optional table goes."""
     table = main_table(rec)
     paths = [write_text(out / "table.md", table_markdown(table)),
-             write_text(out / "table.tex", table_latex(table, f"tab:{slug(rec.name)}-results", LATEX_DROP))]
+             write_text(out / "table.tex", table_latex(table, f"tab:{slug(rec.name)}-results"))]
     tables = [table]
     for name, optional in (("energy_sensitivity.md", sensitivity_table(rec)), ("evals.md", evals_table(rec))):
         if optional is not None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from suite import records
 from suite.config import ClusterConfig, ResourcesConfig, RunSpec, Study, StudyError
+from suite.environment import git_dirty
 from suite.names import LOCK, SEARCH_DIR, STUDY_FILE
 from suite.run.cluster_file import (
     cluster_name,
@@ -209,17 +210,8 @@ class ClusterRun:
     summary: StudySummary | None = None  # once waited for
 
 
-def _git_dirty() -> bool:
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                             timeout=10, cwd=Path(__file__).parent)
-        return bool(out.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
 def _job_record(job, cluster: str, folder: Path, res: ResourcesConfig, params: dict[str, Any], commit: str,
-                dirty: bool, **extra: Any) -> dict[str, Any]:
+                dirty: bool | None, **extra: Any) -> dict[str, Any]:
     rec = {"job_id": str(job.job_id), "cluster": cluster, "folder": str(folder), "submitted": time.time(),
            "submit_host": socket.gethostname(), "git_commit": commit, "git_dirty": dirty,
            "resources": res.model_dump(), "parameters": params, **extra}
@@ -282,7 +274,7 @@ def submit_study(study: Study, cluster: ClusterConfig, results: Path, *, source:
         tracker = tracker_for(TrackingTarget(study.tracking, study.name, results))
         tracker.describe(study.description)
         parent = tracker.start_parent({"source": source, "runs": str(len(specs)), "executor": f"submitit/{name}"})
-    commit, dirty = git_commit(), _git_dirty()
+    commit, dirty = git_commit(), git_dirty()
     if pending and dirty:
         log.warning("the working tree has uncommitted changes: jobs run the code as it is when they start "
                     "(job.json records commit %s)", commit)
@@ -552,7 +544,7 @@ def submit_workers(job, n: int, study: Study, cluster: ClusterConfig, results: P
     sdir = study_dir_for(results, study.name)
     folder = submission_folder(cluster, sdir)
     params = executor_parameters(cluster, res, f"spikesuite-{study.name}-search")
-    commit, dirty = git_commit(), _git_dirty()
+    commit, dirty = git_commit(), git_dirty()
     previous = [w for w, st in zip(_read_workers(sdir), job_states([(w, None) for w in _read_workers(sdir)]))
                 if is_live(st)]
     executor = make_executor(cluster, res, folder, params["name"])

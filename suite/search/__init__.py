@@ -48,6 +48,7 @@ from suite import records
 from suite.config import RunSpec, Study, StudyError, axis_applies
 from suite.names import SEARCH_DIR, SEARCH_TAG, STUDY_FILE
 from suite.run.study import preflight, study_dir_for
+from suite.search.budget import budget_parts, budget_problems
 from suite.search.outputs import TrialRuns, write_outputs
 from suite.search.part import Part, SearchFailed, SearchSummary
 from suite.search.runner import SearchRunner
@@ -72,7 +73,7 @@ def run_search(study: Study, results: Path, *, source: str = "<study>", storage:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials are logged here, with their metric names
     specs = preflight(study, source)
-    problems = validate(study, specs, n_trials)
+    problems = validate(study, specs, n_trials) + budget_problems(study, specs)
     if n_trials is not None and n_trials < 1:
         problems.append(f"--n-trials: must be >= 1 (got {n_trials})")
     url = storage or (study.search.storage if study.search else None)
@@ -112,6 +113,8 @@ def search_parts(study: Study, specs: list[RunSpec], sdir: Path) -> list[tuple[S
     parameters that apply to it."""
     s = study.search
     assert s is not None
+    if s.mode == "equal_budget":  # one grid over each variant's own knob, the same number of settings each
+        return budget_parts(study, specs, sdir)
     if not s.per_variant:
         return [(study, f"{study.name}-{s.stage}", sdir / SEARCH_DIR)]
     parts = []
@@ -212,7 +215,7 @@ def submit_workers(study: Study, results: Path, cluster, *, source: str = "<stud
     from suite.tracking import git_commit
 
     specs = preflight(study, source)
-    problems = validate(study, specs, n_trials)
+    problems = validate(study, specs, n_trials) + budget_problems(study, specs)
     if n_trials is not None and n_trials < 1:
         problems.append(f"--n-trials: must be >= 1 (got {n_trials})")
     url = storage or (study.search.storage if study.search else None)

@@ -86,8 +86,10 @@ def validate(study: Study, specs: list[RunSpec], n_trials: int | None = None) ->
         if by_variant and not usable:
             problems.append(f"{where}: applies to none of the search variants {sorted(by_variant)} "
                             f"(none has a {'.'.join(key.split('.')[:2])} policy)")
-        for v in usable:
-            bad = _probe(key, p, by_variant[v].config)
+        # equal_budget: a range may fit some variants only (ToMe's r, not its threshold); budget.py finds each
+        # variant the key its config takes, and says which range is nobody's knob
+        for v in usable if s.mode != "equal_budget" else []:
+            bad = probe(key, p, by_variant[v].config)
             if bad:
                 problems.append(f"{where}: {bad}")
                 break
@@ -110,7 +112,7 @@ def _pruner_problems(s: SearchConfig, runs: list[RunSpec]) -> list[str]:
     return []
 
 
-def _probe(key: str, p: SearchParam, config: RunConfig) -> str | None:
+def probe(key: str, p: SearchParam, config: RunConfig) -> str | None:
     """Apply the range's ends (or every choice) to a run config; the first validation error, if any."""
     values = p.choice if p.choice is not None else list(p.uniform or p.log_uniform or p.int or ())
     for value in values:
@@ -166,7 +168,19 @@ def make_sampler(search: SearchConfig, seed: int, budget: int | None):
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=pop)
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.GridSampler(grid_space(search), seed=seed)
+    return _grid_sampler(optuna)(grid_space(search), seed=seed)
+
+
+def _grid_sampler(optuna):
+    """Optuna's GridSampler without its ``after_trial``, which calls ``study.stop()`` once the grid is used up:
+    that works only inside ``study.optimize``, and this search asks and tells, so the last cell's ``tell`` raised.
+    The runner stops at the grid's size itself (``trial_budget``)."""
+
+    class Grid(optuna.samplers.GridSampler):
+        def after_trial(self, study, trial, state, values) -> None:
+            return None
+
+    return Grid
 
 
 def suggest(trial, key: str, p: SearchParam) -> Any:

@@ -82,7 +82,7 @@ class EvalStage:
 
         run_dir = self.part.sdir / spec.run_id
         updates = eval_updates(spec.config, {**params, "eval.split": split})
-        res = evaluate_checkpoint(spec.config, self._weights(spec), self._dataset(spec.config.dataset),
+        res = evaluate_checkpoint(spec.config, self._weights(spec), self._dataset(spec.config.dataset, split),
                                   pick_device(self.part.device), updates)
         records.write_eval(run_dir, name, updates, res.metrics, res.details)
         return res.metrics
@@ -98,10 +98,20 @@ class EvalStage:
             self._states[spec.run_id] = load_weights(self.part.sdir / spec.run_id, pick_device(self.part.device))
         return self._states[spec.run_id]
 
-    def _dataset(self, cfg):
+    def _dataset(self, cfg, split: str):
+        """The run's data; on the validation split, its first ``search.val_images`` images when set (the split is
+        in class-stratified order, so every prefix is close to class-balanced)."""
+        import dataclasses
+
+        from torch.utils.data import Subset
+
         from suite.data import cached_data
 
-        return cached_data(cfg)
+        data = cached_data(cfg)
+        n = self.part.search.val_images
+        if split != "val" or n is None or data.val is None or len(data.val) <= n:
+            return data
+        return dataclasses.replace(data, val=Subset(data.val, range(n)))
 
 
 class PruningCallback:

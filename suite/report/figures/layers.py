@@ -15,9 +15,10 @@ import numpy as np
 from suite.report.content import Figure
 from suite.report.load import StudyRecords, fmt_value
 from suite.report.style import (
+    CI_NOTE,
     LEGEND_ROW_IN,
     MAX_WIDTH_IN,
-    STD_NOTE,
+    column_ci,
     legend_outside,
     legend_rows,
     marker_handle,
@@ -90,9 +91,9 @@ def depth_figure(rec: StudyRecords, out: Path) -> Figure:
             ax.set_title(f"{config}: seeds disagree on the histogram length, not drawn")
             continue
         units = np.arange(arr.shape[1])
-        mean, std = arr.mean(0), arr.std(0, ddof=1) if len(arr) > 1 else None
+        mean, err = arr.mean(0), column_ci(arr)
         color, _ = style(rec, config)
-        ax.bar(units, mean, yerr=std, color=color, alpha=0.85, capsize=2, width=0.8)
+        ax.bar(units, mean, yerr=err, color=color, alpha=0.85, capsize=2, width=0.8)
         # two title lines when the panels are side by side: one line would run into the neighbour's title
         ax.set_title(f"{config} (n={len(arr)}):{chr(10) if wrapped else ' '}mean "
                      f"{float((units * mean).sum()):.2f} of {units[-1]} units", fontsize=7)
@@ -101,7 +102,7 @@ def depth_figure(rec: StudyRecords, out: Path) -> Figure:
     fig.supylabel("fraction of tokens", fontsize=8)
     fig.suptitle(f"{rec.name}: halting depth per token", fontsize=9)
     caption = (f"details.depth_histogram of each halting run: fraction of tokens per number of processed units "
-               f"(0..L×T), {STD_NOTE}.")
+               f"(0..L×T), mean over seeds, {CI_NOTE}.")
     return Figure(stem, title, caption, tuple(save(fig, out, stem)))
 
 
@@ -118,10 +119,10 @@ def allocation_figure(rec: StudyRecords, out: Path) -> Figure:
     for ax, (config, steps) in zip(axes, data.items()):
         arr = np.array([[s.get(layer, np.nan) for layer in layers] for s in steps], dtype=np.float64)
         mean = np.nanmean(arr, 0)
-        std = np.nanstd(arr, 0, ddof=1) if len(arr) > 1 else None
+        err = column_ci(arr)
         color, _ = style(rec, config)
         x = np.arange(len(layers))
-        ax.bar(x, mean, yerr=std, color=color, alpha=0.85, capsize=2, width=0.8)
+        ax.bar(x, mean, yerr=err, color=color, alpha=0.85, capsize=2, width=0.8)
         T = stat(rec.done[rec.done.config == config]["T"]).mean if "T" in rec.done else math.nan
         if math.isfinite(T):
             ax.axhline(T, color="0.3", ls="--", lw=0.8)
@@ -130,7 +131,7 @@ def allocation_figure(rec: StudyRecords, out: Path) -> Figure:
         ax.set_xticks(x, layers, rotation=90, fontsize=6 if wrapped else 7)
     fig.supylabel("active timesteps", fontsize=8)
     fig.suptitle(f"{rec.name}: timesteps kept per LIF module", fontsize=9)
-    caption = (f"details.active_steps: timesteps each LIF module keeps after its trained mask, {STD_NOTE}. "
+    caption = (f"details.active_steps: timesteps each LIF module keeps after its trained mask, mean over seeds, {CI_NOTE}. "
                "Dashed: T (all steps).")
     return Figure(stem, title, caption, tuple(save(fig, out, stem)))
 

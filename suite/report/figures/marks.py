@@ -1,6 +1,6 @@
-"""Marks that keep crowded scatter figures readable: points sharing an x spread sideways (``dodge``), points outside
-the axes shown as an arrow and a count at the edge they left by (``mark_clipped``), and text labels placed where
-they cover no other label or point (``place_labels``). Used by the accuracy-vs-cost and search figures."""
+"""Marks that keep crowded scatter figures readable: points outside the axes shown as an arrow and a count at the
+edge they left by (``mark_clipped``), and text labels placed where they cover no other label or point
+(``place_labels``). Used by the accuracy-vs-cost and search figures. Points are never moved off their true x."""
 
 from __future__ import annotations
 
@@ -15,31 +15,6 @@ EDGE_ARROWS = {"bottom": "▼", "top": "▲", "left": "◀", "right": "▶"}
 LABEL_OFFSETS = ((4, 2), (4, -9), (-4, 2), (-4, -9), (4, 9), (-4, 9), (4, -16), (-4, -16), (10, 16), (-10, -22))
 POINT_PT = 3.0  # half the side of the box a drawn point keeps free of labels, in points
 EDGE_STACK_FRAC = 0.07  # edge marks closer than this (axes fraction) stack inwards instead of overlapping
-
-
-def dodge(xs: Sequence[float], step_frac: float = 0.012, tol_frac: float = 0.004) -> list[float]:
-    """``xs`` with points that share an x (closer than ``tol_frac`` of the data span) spread sideways around it by
-    ``step_frac`` of the span each, in the order given: nine variants at T = 4 no longer hide each other.
-    A span of zero (every x equal) uses 5 % of |x| as the span, as ``plain_axes`` widens such an axis."""
-    if len(xs) < 2:
-        return list(xs)
-    span = max(xs) - min(xs)
-    if span <= 0:
-        span = 0.05 * max(abs(xs[0]), 1e-12)
-    order = sorted(range(len(xs)), key=lambda i: (xs[i], i))
-    groups: list[list[int]] = [[order[0]]]
-    for i in order[1:]:
-        if xs[i] - xs[groups[-1][-1]] <= tol_frac * span:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    out = list(xs)
-    for g in groups:
-        g = sorted(g)  # the order given (study order) sets left to right within a group
-        centre = float(np.mean([xs[i] for i in g]))
-        for k, i in enumerate(g):
-            out[i] = centre + (k - (len(g) - 1) / 2) * step_frac * span if len(g) > 1 else xs[i]
-    return out
 
 
 def _edge(x: float, y: float, xlim: tuple[float, float], ylim: tuple[float, float]) -> str | None:

@@ -10,10 +10,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from suite.names import SEARCH_DIR, TRIALS_TABLE
 from suite.report.content import Figure
 from suite.report.figures.marks import place_labels
-from suite.report.load import StudyRecords
+from suite.report.load import StudyRecords, search_tables
 from suite.report.style import (
     SPLIT_WORDS,
     STYLE,
@@ -127,14 +126,6 @@ def staircase(front: list[tuple[float, float]], x_max: bool, y_max: bool) -> lis
 
 def search_title(optuna_study: str) -> str:
     return f"Optuna search {optuna_study}"
-
-
-def search_tables(study_dir: Path) -> list[tuple[str, Path]]:
-    """``(variant, trials.csv)`` of each search of the study: ``search/`` (one search, variant "") and
-    ``search/<variant>/`` (``per_variant`` searches)."""
-    root = study_dir / SEARCH_DIR
-    found = [("", root / TRIALS_TABLE)] + [(p.parent.name, p) for p in sorted(root.glob(f"*/{TRIALS_TABLE}"))]
-    return [(v, p) for v, p in found if p.is_file()]
 
 
 def search_figures(rec: StudyRecords, out: Path) -> list[Figure]:

@@ -3,7 +3,6 @@ breakdown by module kind."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,15 +15,26 @@ from suite.names import ENERGY_KINDS
 from suite.report.content import Figure
 from suite.report.figures.layers import stack
 from suite.report.load import StudyRecords
-from suite.report.style import ENERGY_UNIT, MAX_WIDTH_IN, STD_NOTE, Stat, legend_outside, save, stat, style
+from suite.report.style import (
+    CI_NOTE,
+    ENERGY_UNIT,
+    MAX_WIDTH_IN,
+    Stat,
+    ci_half,
+    column_ci,
+    legend_outside,
+    save,
+    stat,
+    style,
+)
 
 ROW_IN = 0.24  # inches per variant row in the per-variant figures
 ABLATION_WIDTH_IN, ENERGY_WIDTH_IN = 7.0, 6.0
 
 
 def _limits(stats: Sequence[Stat], top: float | None = None) -> tuple[float, float]:
-    lo = min(s.mean - (s.std if math.isfinite(s.std) else 0) for s in stats)
-    hi = max(s.mean + (s.std if math.isfinite(s.std) else 0) for s in stats)
+    lo = min(s.mean - (ci_half(s) if s.n > 1 else 0) for s in stats)
+    hi = max(s.mean + (ci_half(s) if s.n > 1 else 0) for s in stats)
     pad = max(1.0, 0.15 * (hi - lo))
     return max(0.0, lo - pad), hi + pad if top is None else min(top, hi + pad)
 
@@ -35,7 +45,7 @@ def _rows_height(n: int) -> float:
 
 
 def ablation_figure(rec: StudyRecords, out: Path) -> Figure:
-    """Accuracy (points ± std, the axis need not start at 0) and token % of dense (bars from 0) per variant, one
+    """Accuracy (points with 95 % CI, the axis need not start at 0) and token % of dense (bars from 0) per variant, one
     row per variant with its name on the left: readable for any number of variants, never a long row."""
     stem, title = "ablation", "Ablation: accuracy and tokens per variant"
     done = rec.done
@@ -56,16 +66,16 @@ def ablation_figure(rec: StudyRecords, out: Path) -> Figure:
         if metric == "accuracy":
             for yi, s, color, c in zip(y, stats, colors, configs):
                 if s.n:
-                    ax.errorbar(s.mean, yi, xerr=s.std if s.n > 1 else None, fmt=style(rec, c)[1], color=color,
+                    ax.errorbar(s.mean, yi, xerr=ci_half(s) if s.n > 1 else None, fmt=style(rec, c)[1], color=color,
                                 ms=5, capsize=2, elinewidth=0.9)
             ax.set_xlim(*_limits(ok, 100.0))
-            ax.set_xlabel(f"{rec.split} accuracy (%)\nmean ± std, axis not from 0")
+            ax.set_xlabel(f"{rec.split} accuracy (%)\nmean, 95 % CI, axis not from 0")
             ax.xaxis.set_major_locator(MaxNLocator(5))
         else:
             ax.barh(y, [s.mean for s in stats], color=colors, alpha=0.85, height=0.7)
             seeds = [(yi, s) for yi, s in zip(y, stats) if s.n > 1]  # a single seed has no spread to draw
             if seeds:
-                ax.errorbar([s.mean for _, s in seeds], [yi for yi, _ in seeds], xerr=[s.std for _, s in seeds],
+                ax.errorbar([s.mean for _, s in seeds], [yi for yi, _ in seeds], xerr=[ci_half(s) for _, s in seeds],
                             fmt="none", ecolor="black", capsize=2, lw=0.8)
             ax.set_xlim(0, max(100.0, max(s.mean for s in ok)) * 1.08)
             ax.axvline(100, color="0.3", ls="--", lw=0.8)
@@ -74,7 +84,7 @@ def ablation_figure(rec: StudyRecords, out: Path) -> Figure:
     axes[0][0].set_yticks(y, [f"{c} (n={stat(done[done.config == c][metrics[0]]).n})" for c in configs])
     axes[0][0].invert_yaxis()  # study order top to bottom
     fig.suptitle(f"{rec.name}: per-variant ablation", fontsize=9)
-    caption = (f"Per variant ({STD_NOTE}; n = finished seeds): accuracy as points with error bars (the axis does not "
+    caption = (f"Per variant (mean over seeds, {CI_NOTE}; n = finished seeds): accuracy as points with error bars (the axis does not "
                "start at 0), token-units as % of dense as bars from 0.")
     return Figure(stem, title, caption, tuple(save(fig, out, stem)))
 
@@ -97,14 +107,14 @@ def exit_figure(rec: StudyRecords, out: Path) -> Figure:
         longest = max(longest, len(steps))
         color, _ = style(rec, config)
         ax.bar(steps + (j - (len(data) - 1) / 2) * width, frac.mean(0), width=width, color=color, alpha=0.85,
-               yerr=frac.std(0, ddof=1) if len(frac) > 1 else None, capsize=2)
+               yerr=column_ci(frac), capsize=2)
         handles.append(Patch(color=color, alpha=0.85, label=f"{config} (n={len(frac)})"))
     ax.set_xticks(np.arange(1, longest + 1))  # whole timesteps only: an exit happens at step 1, 2, ...
     ax.set_xlabel("exit timestep")
     ax.set_ylabel(f"fraction of {rec.split} images")
     ax.set_title(f"{rec.name}: exit timestep")
     legend_outside(fig, handles, where="right")
-    caption = f"details.exit_histogram normalised per run, {STD_NOTE}."
+    caption = f"details.exit_histogram normalised per run, mean over seeds, {CI_NOTE}."
     return Figure(stem, title, caption, tuple(save(fig, out, stem)))
 
 
