@@ -23,7 +23,14 @@ from torch.utils.data import Subset
 from baselines.temporal import early_exit
 from suite.config import RunConfig, apply_overrides, eval_updates
 from suite.data import DataBundle, make_loader
-from suite.diagnostics import BACKGROUND_DATASETS, OCCLUSION_IMAGES, ActiveShares, Occlusion, foreground, occlusion
+from suite.diagnostics import (
+    BACKGROUND_DATASETS,
+    OCCLUSION_IMAGES,
+    ActiveShares,
+    Occlusion,
+    foreground,
+    occlusion,
+)
 from suite.metrics import (
     energy_metrics,
     exit_scaled,
