@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import fire_in_eval, parametrize_backbones
 from helpers import forward as _run
 from helpers import images as _images
-from helpers import parametrize_backbones
 from spikingjelly.activation_based import functional
 from torch import nn
 
@@ -35,31 +35,13 @@ def _build(tokens: TokenConfig | None = None, time: TimeConfig | None = None, se
                        num_classes=5)
 
 
-def _fire(model: nn.Module) -> None:
-    """BN running statistics from train-mode forwards and BN1d affine parameters drawn with a gain, so that the
-    untrained blocks fire in eval mode and tokens differ (as tests/test_compact.py's ``_active_model``)."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-            m.momentum = None
-            m.reset_running_stats()
-    model.train()
-    with torch.no_grad():
-        for s in range(2):
-            _run(model, _images(16, seed=10 + s))
-        g = torch.Generator().manual_seed(0)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm1d):
-                m.weight.copy_(3.0 * (0.5 + torch.rand(m.weight.shape, generator=g)))
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
-
-
 def _gated(gate: str, mode: str = "block_major", fraction: float | None = 0.5, merge: bool = False,
            time: TimeConfig | None = None, **kw) -> nn.Module:
     """A model whose gate scores tokens differently (random head weights) and keeps about ``fraction`` of the
     token-units (calibrated), in eval mode."""
     hc = HaltingConfig(gate=gate, init_fraction=fraction, **MODES[mode], **kw)
     model = _build(TokenConfig(halting=hc, merge=MergeConfig(r=3) if merge else None), time)
-    _fire(model)
+    fire_in_eval(model)
     pol = model.token_policy
     if gate != "channel":
         with torch.no_grad():
