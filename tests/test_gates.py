@@ -55,11 +55,10 @@ def _gated(gate: str, mode: str = "block_major", fraction: float | None = 0.5, m
 
 
 @pytest.mark.parametrize("gate", GATES)
-@pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize(("mode", "train"), [("block_major", True), ("block_major", False), ("1d", True),
+                                             ("1d", False), ("time_major", False)])
 def test_a_gate_that_cannot_halt_is_the_dense_model(gate: str, mode: str, train: bool) -> None:
-    if mode == "time_major" and train:
-        pytest.skip("time_major runs one step per BN call: only eval-mode BN equals the dense forward")
+    # time_major runs one step per BN call, so only eval-mode BN (running statistics) can match the dense forward
     dense = _build().train(train)
     halt = _build(TokenConfig(halting=HaltingConfig(gate=gate, beta_offset=1e4, readout="carry",
                                                     **MODES[mode]))).train(train)
