@@ -137,6 +137,18 @@ def test_gates_run_with_time_masks_and_train_with_gradients(gate: str) -> None:
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("gate", GATES)
+def test_gates_with_the_carry_readout_give_step_logits_for_early_exit(gate: str) -> None:
+    from baselines.temporal import early_exit
+    from suite.config import ExitConfig
+
+    model = _gated(gate, readout="carry", time=TimeConfig(exit=ExitConfig(threshold=0.0)))
+    out = _run(model, _images(8))
+    assert out.step_logits is not None and out.step_logits.shape == (T, 8, 5)
+    res = early_exit(out.step_logits, ExitConfig(threshold=0.0))
+    assert torch.all(res.exit_step == 1)  # a score above 0 at the first step: every image exits there
+
+
 # ------------------------------------------------------------------------- parameters, calibration, fine-tuning
 
 
