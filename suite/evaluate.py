@@ -70,6 +70,7 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     L, T = model.depth, model.T
     per_step = float(model.depth * model.num_tokens)  # the dense model's token-units per timestep
     ops: dict = {}
+    policy_ops: dict = {}  # a policy's own work (halting gates), apart from the synaptic layers
     spikes: dict = {}
     similarity: dict = {}
     correct = seen = 0
@@ -103,6 +104,7 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         active_sum += act.sum(0)
         units.append(act.sum((1, 2)))
         ops = merge_counts(ops, out.ctx.ops)
+        policy_ops = merge_counts(policy_ops, out.ctx.policy_ops)
         spikes = merge_spikes(spikes, out.ctx.spikes)
         similarity = merge_spikes(similarity, out.ctx.similarity)  # the same [sum, count] bookkeeping
         if out.token_depth is not None:
@@ -144,6 +146,8 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         details["temporal_similarity"] = sims
         m["temporal_similarity"] = float(np.mean(list(sims.values())))
     details["ops"] = {k: vars(v) for k, v in ops.items()}  # as counted: over all T steps, before any exit
+    if policy_ops:  # sums over the evaluated images, like ops; not in any energy metric here (docs/counting.md)
+        details["policy_ops"] = {k: vars(v) for k, v in policy_ops.items()}
     steps = model.time_policy.active_steps() if model.time_policy is not None else None
     if steps:
         details["active_steps"] = steps
