@@ -65,7 +65,8 @@ def occlusion_figure(rec: StudyRecords, out: Path) -> Figure | None:
         color, marker = style(rec, config)
         per_seed = [float(np.mean(r["spearman"])) if r["spearman"] else np.nan for r in runs]
         ax.scatter(np.full(len(per_seed), i), per_seed, color=color, marker=marker, s=14, alpha=0.6)
-        ax.hlines(np.nanmean(per_seed), i - 0.3, i + 0.3, color=color, lw=1.5)
+        if not np.isnan(per_seed).all():  # a seed whose images all kept every token (or none) has no correlation
+            ax.hlines(np.nanmean(per_seed), i - 0.3, i + 0.3, color=color, lw=1.5)
         n = [r["n"] for r in runs]
         handles.append(marker_handle(color, marker, f"{config}: n = {min(n)}-{max(n)} of {runs[0]['images']} "
                                                     f"images, {len(runs)} seeds"))
