@@ -18,10 +18,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional
+from torch.utils.data import Subset
 
 from baselines.temporal import early_exit
 from suite.config import RunConfig, apply_overrides, eval_updates
 from suite.data import DataBundle, make_loader
+from suite.diagnostics import (
+    BACKGROUND_DATASETS,
+    OCCLUSION_IMAGES,
+    ActiveShares,
+    Occlusion,
+    foreground,
+    occlusion,
+)
 from suite.energy import Counts, convention_metrics, neurobench_metrics
 from suite.metrics import (
     energy_metrics,
@@ -64,7 +73,7 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     L, T = model.depth, model.T
     per_step = float(model.depth * model.num_tokens)  # the dense model's token-units per timestep
     ops: dict = {}
-    policy_ops: dict = {}
+    policy_ops: dict = {}  # a policy's own work (Context.overhead), apart from the synaptic layers
     spikes: dict = {}
     static_input = True
     similarity: dict = {}
@@ -77,6 +86,8 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     depth_hist = torch.zeros(L * T + 1)
     sample: dict[str, list] = {"images": [], "maps": [], "labels": [], "pred": []}
     n_maps = ec.heatmap_images if maps else 0
+    # the dataset-level diagnostics read every batch's maps (a token policy; a dense model keeps every token)
+    shares = ActiveShares() if model.token_policy is not None and run.dataset.name in BACKGROUND_DATASETS else None
     for b, (x, y) in enumerate(loader):
         if ec.max_batches is not None and b >= ec.max_batches:
             break
@@ -84,7 +95,7 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         static_input = x.dim() == 4  # [B, C, H, W]: the same image at every step (event data: [B, T, ...])
         # counted in fp32 always, even inside a caller's autocast: bf16 would change membrane sums, so spikes and counts
         with torch.autocast(device.type, enabled=False):
-            out = model(x, count=True, record_maps=sum(map(len, sample["images"])) < n_maps)
+            out = model(x, count=True, record_maps=shares is not None or sum(map(len, sample["images"])) < n_maps)
         functional.reset_net(model)
         logits = out.logits.float()
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
@@ -106,12 +117,16 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         similarity = merge_spikes(similarity, out.ctx.similarity)  # the same [sum, count] bookkeeping
         if out.token_depth is not None:
             depth_hist += torch.bincount(out.token_depth.long().flatten().cpu(), minlength=L * T + 1)[:L * T + 1]
-        if out.maps is not None:
-            take = n_maps - sum(map(len, sample["images"]))
+        if shares is not None:
+            shares.add(out.maps, foreground(x, model.grid))
+        take = n_maps - sum(map(len, sample["images"]))
+        if out.maps is not None and take > 0:
             sample["images"].append(x[:take].float().cpu().numpy())
             sample["maps"].append(out.maps[:take].cpu().numpy())
             sample["labels"].append(y[:take].cpu().numpy())
             sample["pred"].append(logits[:take].argmax(-1).cpu().numpy())
+            if out.merged_maps is not None:  # new records keep merged-away tokens apart from halted ones
+                sample.setdefault("merged", []).append(out.merged_maps[:take].cpu().numpy())
     u = torch.cat(units)
     m: dict[str, float] = {
         "accuracy": 100 * correct / seen,
@@ -176,6 +191,14 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     m.update({k: v for k, v in conventions.items() if k not in m})
     if out.unit_halting is not None:
         details["depth_histogram"] = (depth_hist / depth_hist.sum().clamp_min(1)).tolist()
+    if shares is not None:
+        fg_metrics, details["foreground"] = shares.record()
+        m.update(fg_metrics)
+    if maps and model.token_policy is not None:
+        m_occ, details["occlusion"] = occlusion_study(model, ds, device)
+        m.update(m_occ)
+    if getattr(model.token_policy, "gate_shift", None) is not None:
+        details["gate_shift"] = float(model.token_policy.gate_shift)
     m["images_per_s"] = throughput(model, ds, device, run.train.eval_batch_size, amp)
     m["params"] = float(sum(p.numel() for p in model.parameters()))
     sample_maps = None
@@ -194,6 +217,15 @@ def static_metrics(model: torch.nn.Module) -> dict[str, float]:
     total = sum(w.numel() for w in weights)
     zeros = sum(int((w == 0).sum()) for w in weights)
     return {"Footprint": float(footprint), "ConnectionSparsity": zeros / total if total else 0.0}
+
+
+def occlusion_study(model: Backbone, ds, device: torch.device) -> tuple[dict[str, float], dict]:
+    """Occlusion importance vs token units on the first ``OCCLUSION_IMAGES`` images of ``ds`` (suite.diagnostics)."""
+    acc = Occlusion()
+    n = min(OCCLUSION_IMAGES, len(ds))
+    for x, y in make_loader(Subset(ds, range(n)), batch_size=n, shuffle=False, seed=0):
+        occlusion(model, x.to(device), y.to(device), acc)
+    return acc.record()
 
 
 def processed_units(out) -> torch.Tensor:

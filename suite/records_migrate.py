@@ -189,11 +189,16 @@ def derived_policy_ops(config: RunConfig, m: Mapping[str, Any], d: Mapping[str, 
 
     if tokens.halting is not None:
         steps = d["active_tokens_block_step"]  # [L][T] per image
+        gate, last = tokens.halting.gate, len(steps) - 1
+        # as the live count: a token's last unit (the last block's last step; in 1-D the last block) scores 1 by rule
         for block, row in enumerate(steps):
             if tokens.halting.mode == "1d":
-                add(f"policy.halting.block{block}", block, *overhead.halting(row[0] * n, model.T))
+                if block < last:
+                    add(f"policy.halting.block{block}", block,
+                        *overhead.halting(row[0] * n, gate, model.dim, model.T))
             else:
-                add(f"policy.halting.block{block}", block, *overhead.halting(sum(row) * n))
+                scored = sum(row) - (row[-1] if block == last else 0.0)
+                add(f"policy.halting.block{block}", block, *overhead.halting(scored * n, gate, model.dim))
     if tokens.select is not None:  # every token is alive before the selector (no merge)
         tokens_per_image = float(m["dense_token_units"]) / (model.depth * model.T)
         hidden = max(1, int(model.dim * tokens.select.hidden))

@@ -67,3 +67,26 @@ def block_class(cfg):
     from suite.models.backbones.spikformer import Block
 
     return SDTBlock if cfg.backbone == "sdt" else Block
+
+
+def fire_in_eval(model: nn.Module, seed: int = 0) -> nn.Module:
+    """An untrained model in eval mode whose blocks actually spike, returned in eval mode.
+
+    BN running statistics are set from train-mode forwards (momentum None: a cumulative average), so eval-mode BN
+    normalises like training would; then the BN1d affine parameters are drawn with a gain and offset so the block
+    neurons fire at realistic rates (10-50%) rather than almost never."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            m.momentum = None
+            m.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        for s in range(2):
+            forward(model, images(16, seed=10 + s))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.weight.copy_(3.0 * (0.5 + torch.rand(m.weight.shape, generator=g)))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+    return model.eval()

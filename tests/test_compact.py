@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import block_lif_names, parametrize_backbones
+from helpers import block_lif_names, fire_in_eval, parametrize_backbones
 from spikingjelly.activation_based import functional, neuron
-from torch import Tensor, nn
+from torch import Tensor
 
 from suite.config import (
     DropConfig,
@@ -53,29 +53,10 @@ def _images(b: int = 16, seed: int = 1) -> Tensor:
 
 
 def _active_model(tokens: TokenConfig, time: TimeConfig = TimeConfig(), seed: int = 0) -> Spikformer:
-    """A tiny model in eval mode whose blocks actually spike.
-
-    BN running statistics are set from train-mode forwards (momentum None: a cumulative average), so
-    eval-mode BN normalises like training would; then the BN1d affine parameters are drawn with a gain
-    and offset so the block neurons fire at realistic rates (10-50%) rather than almost never."""
+    """A tiny model in eval mode whose blocks actually spike (``helpers.fire_in_eval``)."""
     torch.manual_seed(seed)
     model = build_model(TINY, tokens, time, in_channels=1, image_size=(8, 8), num_classes=10)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-            m.momentum = None
-            m.reset_running_stats()
-    model.train()
-    with torch.no_grad():
-        for s in range(2):
-            model(_images(seed=10 + s))
-            functional.reset_net(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm1d):
-                m.weight.copy_(3.0 * (0.5 + torch.rand(m.weight.shape, generator=g)))
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
-    return model.eval()
+    return fire_in_eval(model, seed)
 
 
 def _masked(model: Spikformer, x: Tensor) -> ModelOutput:

@@ -47,6 +47,20 @@ class HaltingConfig(Policy):
     loss_warmup_epochs: float = added_field(0.0, ge=0)
     readout: Literal["act", "carry"] = "act"  # act: remainder-weighted mean over units (A-ViT);
     # carry: each token's frozen last representation goes through the dense readout
+    # what the halting score reads off the residual stream entering a unit (docs/halting_gates.md): channel:
+    # sigmoid(gamma * z[channel] - beta) (A-ViT); linear: a learned per-block head sigmoid(w_l . z + b_l);
+    # norm_linear: the same head on z normalised per token (zero mean, unit variance over channels)
+    gate: Literal["channel", "linear", "norm_linear"] = added_field("channel")
+    # (0, 1]: at build (or at attach, when fine-tuning) one shift of every gate logit is set by bisection on a
+    # calibration batch so the model keeps this fraction of its dense token-units; None: no calibration
+    init_fraction: float | None = added_field(None, gt=0, le=1)
+
+
+    @model_validator(mode="after")
+    def _gate_settings(self) -> HaltingConfig:
+        if self.learnable and self.gate != "channel":
+            raise ValueError(f"learnable: trains gamma/beta of gate: channel; gate {self.gate} learns its own head")
+        return self
 
 
 class MergeConfig(Policy):

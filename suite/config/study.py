@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from suite.config.cluster import ResourcesConfig
 from suite.config.data import DatasetConfig
@@ -96,6 +96,16 @@ class RunConfig(BaseModel):
     # The run whose final checkpoint this run starts from: ``train.init_from`` resolved by ``expand`` (so
     # retraining the parent, which changes its id, changes this run's id too).
     init_run: str | None = added_field(None, pattern=r"^[0-9a-f]{12}$")
+
+    @model_validator(mode="after")
+    def _gate_fits_backbone(self) -> RunConfig:
+        """A halting gate that reads one channel needs the backbone to have it (the one gate setting that depends
+        on the model; ``linear`` and ``norm_linear`` read every channel of any backbone)."""
+        hc = self.tokens.halting
+        if hc is not None and hc.gate == "channel" and hc.channel >= self.model.dim:
+            raise ValueError(f"tokens.halting.channel: {hc.channel} is not a channel of the backbone's residual "
+                             f"stream (model.dim {self.model.dim}; gate: channel reads z[..., channel])")
+        return self
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ class ModelOutput:
     maps: Tensor | None = None  # [B, L, T, N] bool: active tokens (only with record_maps=True)
     unit_halting: Tensor | None = None  # [U] mean halting score per unit (for the report)
     active_steps: dict[str, float] | None = None  # LIF layer -> active timesteps (time masks)
+    merged_maps: Tensor | None = None  # [B, L, T, N] bool: merged away (only with record_maps=True and merging)
 
 
 class Backbone(nn.Module):
@@ -158,7 +159,8 @@ class Backbone(nn.Module):
             run = self.token_policy(self.blocks, z, ctx, record_maps=record_maps)
             aux.update(run.aux)
             logits, step_logits = self.readout(run, ctx)
-            out = ModelOutput(logits, step_logits, aux, run.active, ctx, run.depth, run.maps, run.unit_halting)
+            out = ModelOutput(logits, step_logits, aux, run.active, ctx, run.depth, run.maps, run.unit_halting,
+                              merged_maps=run.merged)
         if self.time_policy is not None:
             out.active_steps = self.time_policy.active_steps()
             ctx.overhead("policy.time_gates", block=-1,

@@ -28,6 +28,7 @@ from baselines.temporal import tet_loss
 from suite.data import DataBundle, make_loader
 from suite.models import Backbone, build_model
 from suite.models.neurons import use_backend
+from suite.models.policies.calibrate import CALIBRATION_IMAGES, calibrate_gate
 from suite.models.policies.tokens import HALTING_LOSSES, loss_warmup
 from suite.names import CHECKPOINT
 from suite.train.checkpoint import (
@@ -82,6 +83,25 @@ def pick_device(name: str) -> torch.device:
 def make_model(run, data: DataBundle) -> Backbone:  # run: suite.config.RunConfig
     return build_model(run.model, run.tokens, run.time, in_channels=data.in_channels, image_size=data.image_size,
                        num_classes=data.num_classes)
+
+
+def calibrate(run, model: Backbone, data: DataBundle, device: torch.device, *, log_it: bool = True) -> None:
+    """``tokens.halting.init_fraction``: set the gate's shift on the first ``CALIBRATION_IMAGES`` training images
+    (after the parent's weights are in, when fine-tuning). The RNG is restored, so calibrating draws nothing from
+    the training's random stream (augmentation of the calibration images included)."""
+    hc = run.tokens.halting
+    if hc is None or hc.init_fraction is None:
+        return
+    rng = get_rng()
+    try:
+        n = min(CALIBRATION_IMAGES, len(data.train))
+        x, _ = next(iter(make_loader(Subset(data.train, range(n)), batch_size=n, shuffle=False, seed=0)))
+        shift, reached = calibrate_gate(model, x.to(device), hc.init_fraction)
+    finally:
+        set_rng(rng)
+    if log_it:
+        log.info("%s: halting gate calibrated to keep %.3f of the token-units (target %.3f, shift %.3f)",
+                 run.variant, reached, hc.init_fraction, shift)
 
 
 def lr_lambda(run, steps_per_epoch: int) -> Callable[[int], float]:
@@ -175,6 +195,8 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
         if main:
             log.info("%s starts from run %s%s", run.variant, run.init_run,
                      f" ({len(fresh)} tensor(s) of its own keep their initialisation)" if fresh else "")
+    if state is None:  # a resume has the calibrated shift in its checkpoint already
+        calibrate(run, model, data, device, log_it=main)
     if dist is None:
         if state is not None:
             set_rng(state["rng"])

@@ -32,6 +32,27 @@ def halting_score(z: Tensor, channel: int, gamma: Tensor | float, beta: Tensor |
     return torch.sigmoid(gamma * z[..., channel] - beta)
 
 
+def gate_features(z: Tensor, gate: str) -> Tensor:
+    """What a learned gate's head reads from the residual stream ``z`` [..., C] entering a unit: ``z`` itself
+    (``linear``), or ``z`` normalised over its channels to zero mean and unit variance (``norm_linear``: the
+    head then sees the same scale on Spikformer's spike counts and SDT's real-valued stream)."""
+    if gate == "norm_linear":
+        return torch.nn.functional.layer_norm(z, z.shape[-1:], eps=1e-5)
+    return z
+
+
+def gate_cost(gate: str, dim: int) -> tuple[float, float]:
+    """``(MACs, ACs)`` of one halting score of a token over ``dim`` channels (docs/halting_gates.md):
+    channel: one multiply-add (gamma * z - beta); linear: ``dim`` MACs (w . z, the bias folded in);
+    norm_linear: the mean (``dim`` ACs), centring (``dim`` ACs), the variance (``dim`` MACs), the scaling
+    (``dim`` MACs) and the head (``dim`` MACs). The sigmoid is not counted for any gate."""
+    if gate == "channel":
+        return 1.0, 0.0
+    if gate == "linear":
+        return float(dim), 0.0
+    return 3.0 * dim, 2.0 * dim
+
+
 def unit_step(cum: Tensor, h: Tensor, threshold: float, first: bool | Tensor = False) -> UnitStep:
     """One ACT unit: tokens with ``cum < threshold`` run; those whose sum crosses it halt here
     and their output is weighted by the remainder ``1 - cum`` (so weights of a token sum to 1).

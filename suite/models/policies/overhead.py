@@ -9,18 +9,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# One halting score sigmoid(gamma * z_c - beta): the affine step and the sigmoid (one MAC each, a lower bound for
-# the sigmoid), then the cumulative sum and the threshold test (one AC each).
-HALT_SCORE_MACS, HALT_SCORE_ACS = 2, 2
+from suite.models.policies.halting import gate_cost
+
+# One halting score sigmoid(gate(z)): the gate's own input (halting.gate_cost: one MAC for channel's gamma * z_c -
+# beta), the sigmoid (one MAC, a lower bound), then the cumulative sum and the threshold test (one AC each).
+SIGMOID_MACS, HALT_UPDATE_ACS = 1, 2
 # One exit test per image and step: softmax over K classes (one MAC per class: exp and normalise) and the running
 # mean of the logits, the max (or entropy sum) and the threshold test (2 ACs per class).
 EXIT_MACS_PER_CLASS, EXIT_ACS_PER_CLASS = 1, 2
 
 
-def halting(scored: float, mean_steps: int = 0) -> tuple[float, float]:
-    """``scored`` halting scores; with ``mean_steps`` > 0 each reads the mean of its channel over that many steps
-    (1-D halting on the time-averaged stream: one AC per step)."""
-    return HALT_SCORE_MACS * scored, (HALT_SCORE_ACS + mean_steps) * scored
+def halting(scored: float, gate: str = "channel", dim: int = 1, mean_steps: int = 0) -> tuple[float, float]:
+    """``scored`` halting scores of a ``gate`` over ``dim`` channels (``tokens.halting.gate``); with ``mean_steps``
+    > 0 (1-D halting on the time-averaged stream) each first reads the mean of what its gate reads over that many
+    steps: one AC per step and channel read (one channel for ``channel``, all ``dim`` for the heads). A token's
+    last unit has the score 1 by rule, never computed: callers leave it out of ``scored``."""
+    gate_macs, gate_acs = gate_cost(gate, dim)
+    read = 1 if gate == "channel" else dim
+    return (gate_macs + SIGMOID_MACS) * scored, (gate_acs + HALT_UPDATE_ACS + read * mean_steps) * scored
 
 
 def selector(alive: float, dim: int, hidden: int, steps: int) -> tuple[float, float]:

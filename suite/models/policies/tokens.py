@@ -10,6 +10,7 @@ token also has size 0, so it leaves the size-weighted readout. The compacted inf
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,12 @@ from baselines.tokens import RandomDrop, TokenSelector
 from suite.config import HaltingConfig, MergeConfig, TokenConfig
 from suite.models.context import Context
 from suite.models.policies import overhead
-from suite.models.policies.halting import block_units, halting_score, prior_loss, unit_step
+from suite.models.policies.halting import (
+    block_units,
+    gate_features,
+    prior_loss,
+    unit_step,
+)
 from suite.models.policies.merge import MergePlan, bipartite_soft_matching, parse_r, size_weighted_mean
 
 
@@ -32,6 +38,7 @@ class TokenRun:
     depth: Tensor  # [B, N] units each token position was processed for
     maps: Tensor | None  # [B, L, T, N] bool
     unit_halting: Tensor | None  # [U] mean halting score per unit in processing order
+    merged: Tensor | None = None  # [B, L, T, N] bool: merged away before the block (with record_maps)
 
 
 class TokenPolicy(nn.Module):
@@ -39,11 +46,22 @@ class TokenPolicy(nn.Module):
 
     def __init__(self, cfg: TokenConfig, *, depth: int, dim: int, T: int):
         super().__init__()
-        self.cfg, self.depth = cfg, depth
+        self.cfg, self.depth, self.dim = cfg, depth, dim
         hc = cfg.halting
-        if hc is not None and hc.learnable:
+        if hc is not None and hc.learnable and hc.gate == "channel":
             self.gamma = nn.Parameter(torch.full((depth,), hc.gamma))
             self.beta = nn.Parameter(torch.full((depth,), hc.beta))
+        if hc is not None and hc.gate != "channel":
+            # a per-block head; zero weights: the untrained gate scores every token alike, and its bias puts a
+            # token's halting unit at prior_target of its units (sigmoid(b) = 1 / (prior_target * units))
+            units = depth * (T if hc.mode == "2d" else 1)
+            h0 = min(0.5, 1.0 / max(1.0, hc.prior_target * units))
+            self.gate_weight = nn.Parameter(torch.zeros(depth, dim))
+            self.gate_bias = nn.Parameter(torch.full((depth,), math.log(h0 / (1 - h0))))
+        # one shift of every gate logit, set by ``calibrate_gate`` (tokens.halting.init_fraction); a buffer so it
+        # travels with the checkpoint, present only when calibrating so other state dicts keep their keys
+        self.register_buffer("gate_shift", torch.zeros(()) if hc is not None and hc.init_fraction is not None
+                             else None)
         self.keeper: nn.Module | None = None
         if cfg.drop is not None:
             self.keeper = RandomDrop(cfg.drop, dim)
@@ -59,6 +77,27 @@ class TokenPolicy(nn.Module):
         if hc.learnable:
             return self.gamma[block], self.beta[block] + hc.beta_offset
         return hc.gamma, hc.beta + hc.beta_offset
+
+    def score(self, z: Tensor, block: int) -> Tensor:
+        """Halting scores ``[...]`` of the tokens ``z`` [..., C] entering a unit of ``block`` (the gate of
+        ``tokens.halting.gate``; ``beta_offset`` lowers every gate's logit alike)."""
+        hc = self.cfg.halting
+        if hc.gate == "channel":
+            gamma, beta = self._gate(block)
+            logit = gamma * z[..., hc.channel] - beta
+        else:
+            logit = gate_features(z, hc.gate) @ self.gate_weight[block] + self.gate_bias[block] - hc.beta_offset
+        if self.gate_shift is not None:
+            logit = logit + self.gate_shift
+        return torch.sigmoid(logit)
+
+    def _count_gate(self, ctx: Context, block: int, scored: Tensor, mean_steps: int = 0) -> None:
+        """The halting gate's own operations at a unit (``overhead.halting``): one score per token that runs there
+        (``scored``: a mask of them); a 1-D gate first averages what it reads over ``mean_steps`` timesteps."""
+        if not ctx.count:
+            return
+        work = overhead.halting(float((scored > 0).sum()), self.cfg.halting.gate, self.dim, mean_steps)
+        ctx.overhead(f"policy.halting.block{block}", block=block, **dict(zip(("macs", "acs"), work)))
 
     def forward(self, blocks: nn.ModuleList, z: Tensor, ctx: Context, *, record_maps: bool = False) -> TokenRun:
         hc = self.cfg.halting
@@ -78,7 +117,8 @@ class TokenPolicy(nn.Module):
         y: Tensor | None = None
         aux: dict[str, Tensor] = {}
         unit_h: list[Tensor] = []
-        counts, maps = [], []
+        counts, maps, merged = [], [], []
+        gone = torch.zeros_like(alive, dtype=torch.bool)  # merged away so far (alive also loses dropped tokens)
         depth = torch.zeros(B, N, device=z.device)
         thr = 1.0 - hc.eps if hc is not None else 1.0
         for l, blk in enumerate(blocks):
@@ -94,23 +134,22 @@ class TokenPolicy(nn.Module):
             if hc is None:
                 active = alive.expand(T, B, N)
             elif hc.mode == "2d":
-                h = halting_score(z, hc.channel, *self._gate(l))  # [T, B, N]
+                h = self.score(z, l)  # [T, B, N]
                 if l == L - 1:  # the last unit halts every token still running
                     h = torch.cat([h[:-1], torch.ones_like(h[-1:])])
                 step, cum_next = block_units(cum, h, thr, first=l == 0)
                 active = step.active.to(z.dtype) * alive
-                ctx.overhead(f"policy.halting.block{l}", block=l,
-                             **dict(zip(("macs", "acs"), overhead.halting(float((active > 0).sum())))))
+                self._count_gate(ctx, l, active[:-1] if l == L - 1 else active)  # the last unit's score is 1
                 unit_h += list((h * (alive > 0)).sum((1, 2)) / (alive > 0).sum().clamp_min(1))
             else:
-                h = halting_score(z.mean(0), hc.channel, *self._gate(l))  # [B, N], shared by all steps
+                h = self.score(z.mean(0), l)  # [B, N], shared by all steps
                 if l == L - 1:
                     h = torch.ones_like(h)
                 step = unit_step(cum, h, thr, first=l == 0)
                 cum_next = cum + step.cum_delta
                 active = (step.active.to(z.dtype) * alive).expand(T, B, N)
-                ctx.overhead(f"policy.halting.block{l}", block=l,
-                             **dict(zip(("macs", "acs"), overhead.halting(float((active[0] > 0).sum()), T))))
+                if l < L - 1:  # the last block's score is 1 by rule, never computed
+                    self._count_gate(ctx, l, active[0], mean_steps=T)
                 unit_h.append((h * (alive > 0)).sum() / (alive > 0).sum().clamp_min(1))
             z_new, keys = blk(z, ctx, active, None if size is None else size.expand(T, B, N))
             on = active > 0
@@ -118,6 +157,7 @@ class TokenPolicy(nn.Module):
             depth += on.sum(0).float()
             if record_maps:
                 maps.append(on)
+                merged.append(gone.expand(T, B, N))
             if step is not None:
                 live = (alive > 0).to(z.dtype)
                 if hc.mode == "2d":
@@ -135,6 +175,7 @@ class TokenPolicy(nn.Module):
                     z_new = plan.merge(z_new)
                     size = plan.size
                     alive = alive * (~plan.merged).to(z.dtype)
+                    gone = gone | plan.merged
                     if y is not None:
                         y = plan.merge(y)
                         cum = plan.merge(cum.unsqueeze(-1)).squeeze(-1)
@@ -145,7 +186,8 @@ class TokenPolicy(nn.Module):
         feats, pooled = readout(self.cfg.halting, z, y, size)
         return TokenRun(feats, pooled, torch.stack(counts).permute(2, 0, 1), aux, depth,
                         torch.stack(maps).permute(2, 0, 1, 3) if record_maps else None,
-                        torch.stack(unit_h).detach() if unit_h else None)
+                        torch.stack(unit_h).detach() if unit_h else None,
+                        torch.stack(merged).permute(2, 0, 1, 3) if record_maps else None)
 
     def _time_major(self, blocks: nn.ModuleList, z: Tensor, ctx: Context, record_maps: bool) -> TokenRun:
         """2-D halting with time as the outer loop: the whole network runs one timestep at a time
@@ -166,12 +208,12 @@ class TokenPolicy(nn.Module):
                 ctx.step = slice(t, t + 1)
                 zt = z[t:t + 1]
                 for l, blk in enumerate(blocks):
-                    h = halting_score(zt[0], hc.channel, *self._gate(l))
+                    h = self.score(zt[0], l)
                     if t == T - 1 and l == L - 1:
                         h = torch.ones_like(h)
                     step = unit_step(cum, h, thr, first=t == 0 and l == 0)
-                    ctx.overhead(f"policy.halting.block{l}", block=l,
-                                 **dict(zip(("macs", "acs"), overhead.halting(float(step.active.sum())))))
+                    if not (t == T - 1 and l == L - 1):
+                        self._count_gate(ctx, l, step.active)
                     zt, _ = blk(zt, ctx, step.active.to(z.dtype).unsqueeze(0), None)
                     y = y + step.weight.unsqueeze(-1) * zt[0]
                     rho, cum = rho + step.ponder, cum + step.cum_delta
@@ -184,8 +226,9 @@ class TokenPolicy(nn.Module):
         finally:
             ctx.step = slice(None)
         feats, pooled = readout(hc, torch.cat(finals), y, None)
-        return TokenRun(feats, pooled, counts.permute(2, 0, 1), halting_losses(hc, rho, None, unit_h), depth,
-                        maps.permute(2, 0, 1, 3) if maps is not None else None, torch.stack(unit_h).detach())
+        maps = maps.permute(2, 0, 1, 3) if maps is not None else None
+        return TokenRun(feats, pooled, counts.permute(2, 0, 1), halting_losses(hc, rho, None, unit_h), depth, maps,
+                        torch.stack(unit_h).detach(), torch.zeros_like(maps) if maps is not None else None)  # no merge
 
 
 HALTING_LOSSES = ("ponder", "halting_prior")  # the aux losses ``loss_warmup_epochs`` ramps up

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from suite.report.content import Figure
 from suite.report.energy import sensitivity_figure
+from suite.report.figures.diagnostics import diagnostic_figures
 from suite.report.figures.heatmaps import heatmap_figures
 from suite.report.figures.layers import allocation_figure, depth_figure, firing_figure
 from suite.report.figures.pareto import paper_figures, pareto_axes, pareto_figure
@@ -22,7 +23,8 @@ from suite.report.published import published_for
 
 # file stems the figures write
 FIGURE_PREFIXES = ("accuracy_vs_", "token_heatmap_", "halting_depth", "timestep_allocation", "firing_rates",
-                   "temporal_similarity", "ablation", "early_exit", "energy_breakdown", "energy_sensitivity", "search_")
+                   "temporal_similarity", "ablation", "early_exit", "energy_breakdown", "energy_sensitivity", "search_",
+                   "foreground_active", "occlusion_spearman")
 PAPER_DIR = "paper"  # report/paper/: the paper-sized figures of style="paper"
 
 
@@ -54,6 +56,7 @@ def build_figures(rec: StudyRecords, out: Path) -> list[Figure]:
     axes = pareto_axes(rec.eval.costs.describe(), rec.energy_convention)
     figures = [pareto_figure(rec, axis, published, note, out) for axis in axes]
     figures += heatmap_figures(rec, out)
+    figures += diagnostic_figures(rec, out)  # none for records that predate the diagnostics
     figures += [depth_figure(rec, out), allocation_figure(rec, out), firing_figure(rec, out)]
     temporal = temporal_figure(rec, out)  # None: no run recorded it, the page does not list it
     figures += [temporal] if temporal is not None else []

@@ -13,7 +13,11 @@ from suite.report.content import Figure
 from suite.report.load import StudyRecords
 from suite.report.style import MAX_WIDTH_IN, legend_outside, save, slug
 
-TINT, TINT_ALPHA = np.array([1.0, 0.45, 0.0]), 0.55  # active tokens: orange over the grey image
+# every token state is a tint over the grey image, none is the plain image: a state never reads as dark content
+TINT, TINT_ALPHA = np.array([1.0, 0.45, 0.0]), 0.55  # active tokens: orange
+HALTED_TINT = np.array([0.2, 0.35, 1.0])  # halted (not processed, still a token): blue
+MERGED_TINT = np.array([0.0, 0.75, 0.35])  # merged away into another token: green
+INACTIVE_TINT = np.array([0.6, 0.1, 0.75])  # not processed, in records that do not tell halted from merged: purple
 TILE_IN = 0.8  # one tile (image or timestep) at most this wide
 HEATMAP_IMAGES, HEATMAP_RUNS = 4, 2
 
@@ -60,24 +64,46 @@ def upsample_mask(mask: np.ndarray, grid: tuple[int, int], shape: tuple[int, int
     return m[np.ix_(rows, cols)]
 
 
-def overlay(grey_image: np.ndarray, active: np.ndarray) -> np.ndarray:
-    """RGB: the grey image, with active pixels tinted orange."""
+def overlay(grey_image: np.ndarray, active: np.ndarray, tint: np.ndarray = TINT) -> np.ndarray:
+    """RGB: the grey image, with ``active`` pixels tinted (orange by default)."""
     rgb = np.repeat(grey_image[..., None], 3, axis=-1)
-    tinted = (1 - TINT_ALPHA) * rgb + TINT_ALPHA * TINT
+    tinted = (1 - TINT_ALPHA) * rgb + TINT_ALPHA * tint
     return np.where(active[..., None], tinted, rgb)
 
 
-def mosaic(grey_image: np.ndarray, maps: np.ndarray, grid: tuple[int, int], gap: int = 1) -> np.ndarray:
-    """One image's panels as one RGB array: rows = blocks, columns = [image, t=1..T]; white gaps between tiles."""
+def state_tile(grey_image: np.ndarray, active: np.ndarray, merged: np.ndarray | None) -> np.ndarray:
+    """RGB of one (block, step): active pixels orange; the rest blue (halted) and green (merged away), or purple
+    (not processed) when the record has no merged map."""
+    rgb = overlay(grey_image, active)
+    if merged is None:
+        return np.where(active[..., None], rgb, overlay(grey_image, ~active, INACTIVE_TINT))
+    rgb = np.where((~active & ~merged)[..., None], overlay(grey_image, ~active, HALTED_TINT), rgb)
+    return np.where((merged & ~active)[..., None], overlay(grey_image, merged, MERGED_TINT), rgb)
+
+
+def mosaic(grey_image: np.ndarray, maps: np.ndarray, grid: tuple[int, int], gap: int = 1,
+           merged: np.ndarray | None = None) -> np.ndarray:
+    """One image's panels as one RGB array: rows = blocks, columns = [image, t=1..T]; white gaps between tiles.
+    ``merged`` ([L, T, N] like ``maps``): the tokens merged away, drawn apart from halted ones."""
     L, T = maps.shape[:2]
     H, W = grey_image.shape
     out = np.ones((L * (H + gap) - gap, (T + 1) * (W + gap) - gap, 3))
     plain = np.repeat(grey_image[..., None], 3, axis=-1)
     for b in range(L):
         for col in range(T + 1):
-            tile = plain if col == 0 else overlay(grey_image, upsample_mask(maps[b, col - 1], grid, (H, W)))
+            if col == 0:
+                tile = plain
+            else:
+                up = upsample_mask(maps[b, col - 1], grid, (H, W))
+                gone = None if merged is None else upsample_mask(merged[b, col - 1], grid, (H, W))
+                tile = state_tile(grey_image, up, gone)
             out[b * (H + gap):b * (H + gap) + H, col * (W + gap):col * (W + gap) + W] = tile
     return out
+
+
+def swatch(tint: np.ndarray) -> np.ndarray:
+    """The legend colour of a tint over mid grey."""
+    return overlay(np.full((1, 1), 0.5), np.ones((1, 1), bool), tint)[0, 0]
 
 
 def heatmap_figure(rec: StudyRecords, config: str, run_id: str, out: Path, n_images: int = HEATMAP_IMAGES) -> Figure:
@@ -92,6 +118,9 @@ def heatmap_figure(rec: StudyRecords, config: str, run_id: str, out: Path, n_ima
     if images.ndim != 4 or maps.ndim != 4 or maps.shape[-1] != grid[0] * grid[1] or len(images) == 0:
         return Figure(stem, title, skipped=f"{run_id}/maps.npz: maps {maps.shape} do not fit the {grid} token grid")
     k, (L, T), (H, W) = min(n_images, len(images), len(maps)), maps.shape[1:3], images.shape[2:]
+    merged = arrays.get("merged")
+    if merged is not None and merged.shape != maps.shape:
+        return Figure(stem, title, skipped=f"{run_id}/maps.npz: merged {merged.shape} does not match maps {maps.shape}")
     ncols = min(k, 2)
     nrows = -(-k // ncols)
     tile = min(TILE_IN, (MAX_WIDTH_IN - 0.2 - 0.5 * ncols) / (ncols * (T + 1)))  # wide T shrinks tiles, not the page
@@ -100,7 +129,8 @@ def heatmap_figure(rec: StudyRecords, config: str, run_id: str, out: Path, n_ima
     for ax in axes.flat[k:]:
         ax.set_axis_off()
     for i, ax in enumerate(axes.flat[:k]):
-        ax.imshow(mosaic(grey(images[i]), maps[i], grid), interpolation="nearest")
+        ax.imshow(mosaic(grey(images[i]), maps[i], grid, merged=merged[i] if merged is not None else None),
+                  interpolation="nearest")
         ax.grid(False)
         ax.set_xticks([c * (W + 1) + (W - 1) / 2 for c in range(T + 1)], ["image"] + [f"t={t + 1}" for t in range(T)],
                       fontsize=6)
@@ -115,15 +145,22 @@ def heatmap_figure(rec: StudyRecords, config: str, run_id: str, out: Path, n_ima
         pred = f", pred {int(arrays['pred'][i])}" if "pred" in arrays else ""
         ax.set_title(label + pred, fontsize=7)
     fig.suptitle(f"{rec.name}: {config} (run {run_id})", fontsize=8)
-    legend_outside(fig, [Patch(facecolor=overlay(np.full((1, 1), 0.5), np.ones((1, 1), bool))[0, 0],
-                               label="active: processed in that block and step"),
-                         Patch(facecolor="0.5", label="not processed: halted or merged away (the records do not "
-                                                      "tell which)")], where="below")
+    handles = [Patch(facecolor=swatch(TINT), label="active: processed in that block and step")]
+    if merged is not None:
+        handles += [Patch(facecolor=swatch(HALTED_TINT), label="halted: not processed"),
+                    Patch(facecolor=swatch(MERGED_TINT), label="merged away into another token")]
+        states = "blue = halted (not processed), green = merged away into another token"
+    else:
+        handles.append(Patch(facecolor=swatch(INACTIVE_TINT), label="not processed: halted or merged away (this "
+                                                                    "record does not tell which)"))
+        states = ("purple = not processed (this record's maps.npz predates the merged map, so halted and merged "
+                  "away are drawn alike)")
+    legend_outside(fig, handles, where="below")
     caption = (f"Run {run_id}, first {k} recorded test images. Per image: rows = blocks, first column = the input in "
-               f"grey, then one column per timestep; orange = token active (processed) in that block and step, plain "
-               f"= halted or merged away (maps.npz stores one active/inactive mask per token, so the two are drawn "
-               f"alike). Token grid {grid[0]}×{grid[1]} upsampled to the {H}×{W} image; corner "
-               f"numbers = active tokens of {grid[0] * grid[1]}.")
+               f"grey, then one column per timestep; every token is tinted by its state, so none shows as plain "
+               f"(dark) image: orange = active (processed) in that block and step, {states}. Token grid "
+               f"{grid[0]}×{grid[1]} upsampled to the {H}×{W} image; corner numbers = active tokens of "
+               f"{grid[0] * grid[1]}.")
     return Figure(stem, title, caption, tuple(save(fig, out, stem)))
 
 
