@@ -33,7 +33,6 @@ from suite.evaluate import evaluate, static_metrics
 from suite.models import build_model
 from suite.models.context import Context
 from suite.models.layers import count_conv3x3
-from suite.models.policies import overhead
 from suite.records_migrate import NONBINARY_BY_STRUCTURE, TOKEN_WISE, nonbinary_layer
 
 COSTS = EnergyConfig()  # E_MAC 4.6 pJ, E_AC 0.9 pJ, 32-bit words, E_ram = 1.09e-5 x bits x values + 13.2 pJ
@@ -165,15 +164,19 @@ def _model(backbone: str, tokens: TokenConfig = TokenConfig(), time: TimeConfig 
 def test_policy_overheads_on_both_backbones(backbone: str) -> None:
     x = images(4)
     B, N, C, T = 4, 16, 16, 3
-    # 2-D halting: block l scores every token it processes, at every step
+    # 2-D halting: block l scores every token it processes, at every step, but the last unit (the last block's last
+    # step), whose score is 1 by rule; a channel score is gamma * z_c - beta and its sigmoid (2 MACs), then the
+    # cumulative sum and the threshold test (2 ACs)
     net = _model(backbone, TokenConfig(halting={"beta": 8.0}))
     with torch.no_grad():
         out = forward(net, x, count=True)
     pol = out.ctx.policy_ops
+    assert float(out.active_tokens[:, 0].sum()) > 0  # the first unit always runs
     for block in range(2):
-        scored = float(out.active_tokens[:, block].sum())
-        assert pol[f"policy.halting.block{block}"].macs == overhead.HALT_SCORE_MACS * scored
-        assert pol[f"policy.halting.block{block}"].sops_exact == overhead.HALT_SCORE_ACS * scored
+        active = out.active_tokens[:, block]  # [B, T]: tokens processed at each step
+        scored = float((active[:, :-1] if block == 1 else active).sum())
+        assert pol[f"policy.halting.block{block}"].macs == 2 * scored
+        assert pol[f"policy.halting.block{block}"].sops_exact == 2 * scored
     assert all(name not in out.ctx.ops for name in pol)  # never mixed with the synaptic layers
     # merging r = 2 tokens per image after block 0, over all steps: 8 A and 8 B tokens per image
     for mode, similarity in (("random", 0), ("similarity", 2 * C * N + C * 8 * 8)):

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pandas as pd
-from test_figures import L, N, T, capture, write_study
+from figure_records import L, N, T, capture, write_study
 
 from suite import report
 from suite.report.figures import diagnostics, heatmaps

@@ -18,8 +18,8 @@ from suite.config import HaltingConfig, MergeConfig, ModelConfig, TimeConfig, Ti
 from suite.config.study import run_id
 from suite.models import build_model
 from suite.models.compact import active_fraction, compact_forward
+from suite.models.policies import overhead
 from suite.models.policies.calibrate import calibrate_gate
-from suite.models.policies.halting import gate_cost
 from suite.train.checkpoint import load_parent_weights
 
 CFG = ModelConfig(depth=2, dim=16, heads=2, T=3)
@@ -114,10 +114,10 @@ def test_compacted_equals_masked_and_counts_stay_under_dense(gate: str, mode: st
     compact = compact_forward(model, x)
     torch.testing.assert_close(compact, out.logits, atol=1e-4 * max(1.0, float(out.logits.abs().max())), rtol=0)
     # the gate's own work is policy overhead: one score per (token, unit) that ran, except the last unit's
-    macs, acs = gate_cost(gate, CFG.dim)
-    ops = out.ctx.policy_ops
+    macs, _ = overhead.halting(1.0, gate, CFG.dim)  # per score: the gate's input and the sigmoid
+    ops = {k: v for k, v in out.ctx.policy_ops.items() if k.startswith("policy.halting.")}  # merge has its own
     scored = range(L - 1) if mode == "1d" else range(L)  # a 1-D gate's last block halts everything by rule
-    assert set(ops) == {f"halting_gate.block{b}" for b in scored} and all(o.kind == "policy" for o in ops.values())
+    assert set(ops) == {f"policy.halting.block{b}" for b in scored} and all(o.kind == "policy" for o in ops.values())
     total = sum(o.macs for o in ops.values())
     assert 0 < total <= macs * float(out.maps.sum())
     assert all(o.block == b for b, o in enumerate(ops.values()))
