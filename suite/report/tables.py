@@ -12,8 +12,11 @@ from typing import Any
 import pandas as pd
 
 from suite import records
+from suite.config.report import ReportConfig
+from suite.names import STATS_TABLE
 from suite.report.content import Table
 from suite.report.load import StudyRecords, fmt_value, off_split_note, parsed_setting
+from suite.report.stats import paired_table, report_settings
 from suite.report.style import ENERGY_UNIT, STD_NOTE, Stat, decimals, fmt_pm, slug, stat
 
 MAIN_HEADERS = ("variant", "n seeds", "accuracy (%)", "token-units (% of dense)", "timesteps (mean)",
@@ -174,12 +177,19 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
-def write_tables(rec: StudyRecords, out: Path) -> tuple[list[Table], list[Path]]:
-    """``table.md``, ``table.tex`` and (when overrides were evaluated) ``evals.md``; a stale ``evals.md`` goes."""
+def write_tables(rec: StudyRecords, out: Path, settings: ReportConfig | None = None) -> tuple[list[Table], list[Path]]:
+    """``table.md`` and ``table.tex`` (results per variant, then the paired differences), ``stats.csv`` (every
+    paired statistic, ``stats.py``) and (when overrides were evaluated) ``evals.md``; a stale ``evals.md`` goes."""
     table = main_table(rec)
-    paths = [write_text(out / "table.md", table_markdown(table)),
-             write_text(out / "table.tex", table_latex(table, f"tab:{slug(rec.name)}-results", LATEX_DROP))]
-    tables = [table]
+    paired, frame = paired_table(rec, settings or report_settings(rec))
+    tables = [table] + ([paired] if paired is not None else [])
+    label = f"tab:{slug(rec.name)}"
+    md = "\n".join(table_markdown(t) for t in tables)
+    tex = table_latex(table, f"{label}-results", LATEX_DROP)
+    if paired is not None:
+        tex += "\n" + table_latex(paired, f"{label}-paired")
+    paths = [write_text(out / "table.md", md), write_text(out / "table.tex", tex),
+             write_text(out / STATS_TABLE, frame.to_csv(index=False, float_format="%.6g"))]
     ev = evals_table(rec)
     if ev is not None:
         paths.append(write_text(out / "evals.md", table_markdown(ev)))
