@@ -136,7 +136,8 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 def _power(nc_per_effect: float, df: float, alpha: float, effect: float) -> float:
     crit = stats.t.ppf(1 - alpha / 2, df)
     nc = effect * nc_per_effect
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    power = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    return power if math.isfinite(power) else float(nc > crit)  # far in the tail scipy's series gives NaN
 
 
 def mde(nc_per_effect: float, df: float, alpha: float, power: float = POWER) -> float:
@@ -169,11 +170,16 @@ def _quiet(fn, *args, **kwargs):
 
 def bootstrap_ci(diffs: np.ndarray, confidence: float) -> tuple[float, float]:
     """BCa bootstrap interval of the mean difference (n >= ``BOOTSTRAP_MIN_N``; NaN otherwise or when degenerate)."""
-    if len(diffs) < BOOTSTRAP_MIN_N or np.ptp(diffs) == 0:
+    if len(diffs) < BOOTSTRAP_MIN_N or _constant(diffs):
         return math.nan, math.nan
     res = _quiet(stats.bootstrap, (diffs,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
                  method="BCa", rng=np.random.default_rng(BOOTSTRAP_SEED))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _constant(values: np.ndarray) -> bool:
+    """No variation beyond float rounding (token-units of a fixed keep ratio differ by ~1e-14 between seeds)."""
+    return bool(np.ptp(values) <= 1e-9 * max(1.0, float(np.abs(values).max())))
 
 
 def paired_stats(diffs: Sequence[float], confidence: float, margin: float) -> dict:
@@ -183,7 +189,7 @@ def paired_stats(diffs: Sequence[float], confidence: float, margin: float) -> di
     out = {"n": n, "mean": float(d.mean()) if n else math.nan, "sd": float(d.std(ddof=1)) if n > 1 else math.nan}
     if n < 2:
         return out
-    if out["sd"] == 0:  # every pair differs by the same amount: no test is defined, the interval is the point
+    if _constant(d):  # every pair differs by the same amount: no test is defined, the interval is the point
         out["ci"] = (out["mean"], out["mean"])
         out["p_tost"] = 0.0 if abs(out["mean"]) < margin else 1.0
         return out
@@ -206,7 +212,7 @@ def welch_stats(a: Sequence[float], b: Sequence[float], confidence: float, margi
         return out
     va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     out["sd"] = float(math.sqrt(va + vb))  # the standard error of the difference
-    if va + vb == 0:
+    if _constant(x) and _constant(y):
         out["ci"] = (out["mean"], out["mean"])
         out["p_tost"] = 0.0 if abs(out["mean"]) < margin else 1.0
         return out
@@ -240,6 +246,7 @@ def _axes(rec: StudyRecords, units: pd.DataFrame) -> list[str]:
                                                                                           "exclude", "variant")]
     for extra in (rec.study.matrix.get("include") or []) if rec.study is not None else []:
         names += [k for k in extra if k not in ("variant", "seed")]
+    names = ["T" if n == "model.T" else n for n in names]  # runs.csv names the timesteps T
     return [c for c in dict.fromkeys(names) if c in units.columns]
 
 
