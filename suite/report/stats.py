@@ -231,8 +231,12 @@ def welch_stats(a: Sequence[float], b: Sequence[float], confidence: float, margi
 
 def _units(rec: StudyRecords) -> pd.DataFrame:
     """Every finished run's main evaluation and every evaluation override on the study's split, one row each,
-    with a ``label``: the config label, plus `` @ <override>`` for an override."""
-    done = rec.done.assign(label=rec.done["config"], override="") if not rec.done.empty else rec.done
+    with a ``label``: the config label, plus `` @ <override>`` for an override. Runs of a train-stage search
+    (``search`` column set) are left out."""
+    done = rec.done
+    if "search" in done:  # a train-stage search's trial runs are settings tried, not seeds of the variant
+        done = done[done["search"].isna() | (done["search"].astype(str) == "")]
+    done = done.assign(label=done["config"], override="") if not done.empty else done
     frames = [done]
     if rec.evals is not None and not rec.evals.empty and "override" in rec.evals:
         ev = rec.evals
@@ -269,6 +273,9 @@ def _compare(label: str, mine: pd.DataFrame, ref: pd.DataFrame, role: str, axes:
         match = ref[point & (ref["seed"] == row["seed"])]
         if len(match) == 1:
             pairs.append((row, match.iloc[0]))
+    repeated = mine["seed"].duplicated().any()  # several runs per seed (a train-stage search's trials)
+    if repeated:
+        pairs = []
     ref_at = ref[at_point]
     ref_label = (pairs[0][1]["label"] if pairs else ref_at["label"].mode().iloc[0] if not ref_at.empty
                  else str(ref["variant"].iloc[0]) if not ref.empty else "")
@@ -277,22 +284,25 @@ def _compare(label: str, mine: pd.DataFrame, ref: pd.DataFrame, role: str, axes:
         if metric not in mine or metric not in ref:
             continue
         base = Result(label, ref_label, role, metric, NONE)
-        if len(pairs) >= 2:
+        if len(pairs) >= 2 or (len(pairs) == 1 and len(mine) == 1 and len(ref_at) == 1):
             a = [float(r[metric]) for r, _ in pairs]
             b = [float(s[metric]) for _, s in pairs]
             margin = settings.margin * (abs(float(np.mean(b))) / 100 if relative else 1)
             res = paired_stats(np.subtract(a, b), settings.confidence, margin)
             seeds = tuple(int(r["seed"]) for r, _ in pairs)
             note = "" if len(pairs) == len(mine) else f"{len(mine) - len(pairs)} run(s) without a pair left out"
+            note = note or ("one seed: the difference alone, no interval or test" if len(pairs) == 1 else "")
             out.append(_result(base, PAIRED, seeds, a, b, margin, res, note))
         elif len(mine) >= 2 and len(ref_at) >= 2:
             a, b = mine[metric].astype(float).tolist(), ref_at[metric].astype(float).tolist()
             margin = settings.margin * (abs(float(np.mean(b))) / 100 if relative else 1)
             res = welch_stats(a, b, settings.confidence, margin)
+            why = "several runs per seed" if repeated else "no shared seeds at this matrix point"
             out.append(_result(base, WELCH, tuple(int(s) for s in mine["seed"]), a, b, margin, res,
-                               "no shared seeds at this matrix point: unpaired"))
+                               f"{why}: unpaired"))
         else:
-            why = "no reference run at this matrix point" if ref_at.empty else "fewer than 2 runs on a side"
+            why = ("no reference run at this matrix point" if ref_at.empty else
+                   "several runs per seed and fewer than 2 reference runs" if repeated else "fewer than 2 runs on a side")
             out.append(Result(label, ref_label, role, metric, NONE, note=why))
     return out
 
@@ -377,6 +387,8 @@ def verdict(r: Result, alpha: float) -> str:
     """What the accuracy row says: a difference, equivalence at the margin, or neither."""
     if r.kind == NONE:
         return "n/a"
+    if r.n < 2:
+        return "one seed"
     if not math.isnan(r.p_holm) and r.p_holm < alpha:
         return "differs"
     if r.p_tost < alpha:
