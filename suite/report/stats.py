@@ -58,6 +58,9 @@ METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("energy_exact_uj", "energy", "µJ", True),
 )
 PAIRED, WELCH, NONE = "paired", "unpaired (Welch)", "n/a"
+STATS_COLUMNS = ("label", "reference", "role", "metric", "kind", "n", "seeds", "values", "reference_values",
+                 "differences", "mean_difference", "sd", "confidence", "t_low", "t_high", "bootstrap_low",
+                 "bootstrap_high", "p", "p_holm", "margin", "p_tost", "equivalent", "mde_80", "n_for_margin", "note")
 
 
 @dataclass(frozen=True)
@@ -354,7 +357,8 @@ def compare(rec: StudyRecords, settings: ReportConfig) -> list[Result]:
 
 
 def stats_frame(results: Sequence[Result], confidence: float) -> pd.DataFrame:
-    """The tidy ``stats.csv``: one row per comparison and metric, the per-seed values as space-separated lists."""
+    """The tidy ``stats.csv``: one row per comparison and metric, the per-seed values as space-separated lists;
+    ``sd`` is the sd of the paired differences (Welch: the standard error of the difference of means)."""
     def joined(values: Sequence[float]) -> str:
         return " ".join(f"{v:.6g}" for v in values)
 
@@ -366,7 +370,7 @@ def stats_frame(results: Sequence[Result], confidence: float) -> pd.DataFrame:
              "bootstrap_low": r.boot[0], "bootstrap_high": r.boot[1], "p": r.p, "p_holm": r.p_holm,
              "margin": r.margin, "p_tost": r.p_tost, "equivalent": bool(r.p_tost < 1 - confidence),
              "mde_80": r.mde, "n_for_margin": r.n_for_margin, "note": r.note} for r in results]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=STATS_COLUMNS)  # the header even when nothing could be compared
 
 
 def fmt_interval(r: Result, places: int = 2) -> str:
