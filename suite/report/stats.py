@@ -245,7 +245,7 @@ def _units(rec: StudyRecords) -> pd.DataFrame:
         ev = rec.evals
         frames.append(ev.assign(label=ev["config"] + " @ " + ev["override"].astype(str),
                                 override=ev["override"].astype(str)))
-    return pd.concat(frames, ignore_index=True, sort=False) if frames else done
+    return pd.concat(frames, ignore_index=True, sort=False)
 
 
 def _axes(rec: StudyRecords, units: pd.DataFrame) -> list[str]:
