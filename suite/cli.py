@@ -358,7 +358,8 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _report_dir(study_dir: Path, *, verbose: bool = False, style: str = "default") -> Path | None:
+def _report_dir(study_dir: Path, *, verbose: bool = False, style: str = "default", study: Study | None = None
+                ) -> Path | None:
     """Write the study's report; returns the page (report.html). ``style`` reaches the report writer only when it
     takes one (checked by signature, so this works with writers from before and after styles existed)."""
     from suite.report import build_report
@@ -368,6 +369,8 @@ def _report_dir(study_dir: Path, *, verbose: bool = False, style: str = "default
         kwargs["style"] = style
     elif style != "default":
         print(f"warning: this report writer has no styles; --style {style} ignored", file=sys.stderr)
+    if study is not None and "report" in inspect.signature(build_report).parameters:
+        kwargs["report"] = study.report  # the study file's report: settings win over the records' copy
     paths = build_report(study_dir, **kwargs)
     if verbose:
         for p in paths:
@@ -390,7 +393,7 @@ def _report(args) -> int:
               "or a study file)", file=sys.stderr)
         return 2
     try:
-        page = _report_dir(study_dir, verbose=args.verbose, style=args.style)
+        page = _report_dir(study_dir, verbose=args.verbose, style=args.style, study=study)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ ENVIRONMENT = "environment.json"  # machine and versions of the latest invocatio
 RUNS_TABLE = "runs.csv"  # one row per run
 EVALS_TABLE = "evals.csv"  # one row per run x evaluation override
 REPORT_DIR = "report"  # figures and tables
+STATS_TABLE = "stats.csv"  # report/: paired differences of every variant from its reference, one row per metric
 HTML_PAGE = "report.html"
 SEARCH_DIR = "search"  # search/<variant>/ with per_variant
 TRIALS_TABLE = "trials.csv"

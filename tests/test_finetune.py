@@ -129,7 +129,7 @@ def test_child_starts_from_its_parents_weights_and_shared_runs_train_once(tmp_pa
                 "act_ft": {"model": two, "tokens": {"halting": {"learnable": True}},
                            "train": {"init_from": "dense", "lr": 1.0e-12, "weight_decay": 0.0}}})
     summary = run_study(st, tmp_path, progress=False)
-    assert not summary.failed and len(summary.done) == 3
+    assert not summary.failed and len(summary.done) == 4  # with dense_ft, act_ft's compute-matched control
     runs = by_variant(expand(st))
     sdir = summary.study_dir
     dense, tome, child = (sdir / runs[v][0].run_id for v in ("dense", "tome", "act_ft"))
@@ -157,7 +157,8 @@ def test_a_failed_parent_fails_its_children_with_the_reason(tmp_path: Path):
                 "other": {"tokens": {"drop": {"keep_ratio": 0.5}}}})
     summary = run_study(st, tmp_path, progress=False)
     runs = {s.variant: s for s in expand(st)}
-    assert set(summary.failed) == {runs[v].run_id for v in ("dense", "act_ft", "act_ft2")}
+    # the compute-matched controls (dense_ft, act_ft_ft) fine-tune from the failed chain too
+    assert set(summary.failed) == {runs[v].run_id for v in ("dense", "act_ft", "act_ft2", "dense_ft", "act_ft_ft")}
     assert summary.done == [runs["other"].run_id]
     reason = summary.failed[runs["act_ft"].run_id]
     assert f"parent run {runs['dense'].run_id} failed: InjectedFault" in reason
@@ -194,7 +195,8 @@ def test_kill_9_during_a_child_resumes_it(tmp_path: Path):
     assert records.run_state(child, runs["act_ft"].run_id) == "running"
     again = Proc(path, tmp_path / "res", tmp_path / "second")
     assert again.wait() == 0, again.stderr[-3000:]
-    assert "(resuming)" in again.stderr and "starts from run" not in again.stderr  # its own checkpoint, not the parent's
+    # its own checkpoint, not the parent's (dense_ft, act_ft's compute-matched control, starts from the parent)
+    assert "(resuming)" in again.stderr and "act_ft starts from run" not in again.stderr
     assert len(history_rows(child)) == epochs
     assert records.run_state(child, runs["act_ft"].run_id) == "done"
 

@@ -121,8 +121,10 @@ def built(tmp_path_factory) -> tuple[Path, list[Path]]:
     return sdir, report.build_report(sdir)
 
 
-def parse_table(path: Path) -> tuple[list[str], list[list[str]]]:
-    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
+def parse_table(path: Path, index: int = 0) -> tuple[list[str], list[list[str]]]:
+    """The ``index``-th markdown table of a file (table.md holds the results, then the paired differences)."""
+    blocks = re.findall(r"(?:^\|.*\n)+", path.read_text(), flags=re.M)
+    lines = blocks[index].splitlines()
     cells = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
     return cells[0], cells[2:]
 
@@ -189,7 +191,8 @@ def test_latex_and_evals_tables(built):
     tex = (sdir / "report" / "table.tex").read_text()
     # no throughput column (see spikesuite bench); headers are name over unit
     assert r"\begin{tabular}{lrrrrr}" in tex and r"act\_merge" in tex and r"$\pm$" in tex and r"($\mu$J, exact)" in tex
-    assert tex.count(r" \\") == 2 + 3  # two header rows + one row per variant
+    first = tex.split(r"\end{table}")[0]  # the results; the paired differences follow in their own table
+    assert first.count(r" \\") == 2 + 3  # two header rows + one row per variant
     assert "images/s" not in tex
     evals = pd.read_csv(sdir / "evals.csv")
     headers, rows = parse_table(sdir / "report" / "evals.md")
@@ -507,12 +510,12 @@ def test_html_renders_in_headless_chromium(built, tmp_path):
     shot = tmp_path / "page.png"
     cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,3600",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,4800",
            (sdir / "report.html").resolve().as_uri()]
     subprocess.run(cmd, capture_output=True, timeout=120, check=False)
     assert shot.is_file(), "chromium wrote no screenshot"
     pixels = imread(shot)[..., :3]
-    assert pixels.shape[:2] == (3600, 1200)
+    assert pixels.shape[:2] == (4800, 1200)  # tall enough to reach the figures under both tables
     # figures drew: the variants' colours (saturated pixels) cover part of the page; a page of text and broken
     # image icons has almost none
     saturation = pixels.max(-1) - pixels.min(-1)

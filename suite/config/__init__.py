@@ -7,7 +7,7 @@ expand the matrix, layer evaluation-time updates; one module per section: ``data
 
 from suite.config.cluster import ClusterConfig, ResourcesConfig
 from suite.config.data import AugmentConfig, DatasetConfig, SyntheticConfig
-from suite.config.energy import CONVENTIONS, Convention, MemoryConfig, ReportConfig, energy_column
+from suite.config.energy import CONVENTIONS, Convention, MemoryConfig, energy_column
 from suite.config.execution import ExecutionConfig, TrackingConfig
 from suite.config.expand import (
     apply_overrides,
@@ -32,6 +32,7 @@ from suite.config.policies import (
     axis_applies,
     is_eval_time_key,
 )
+from suite.config.report import ReportConfig
 from suite.config.search import Objective, SearchConfig, SearchParam
 from suite.config.study import (
     SCHEMA_VERSION,

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from suite.names import E_RAM_ACCESS_PJ, E_RAM_PJ_PER_BIT, PRIMARY_ENERGY_CONVENTION, SPIKE_BITS, WORD_BITS
+from suite.names import E_RAM_ACCESS_PJ, E_RAM_PJ_PER_BIT, SPIKE_BITS, WORD_BITS
 
 PicoJoules = Annotated[float, Field(gt=0)]
 Bits = Annotated[int, Field(gt=0, le=64)]
@@ -79,16 +79,3 @@ class MemoryConfig(BaseModel):
     spike_bits: Bits = SPIKE_BITS
     e_ram_pj_per_bit: PicoJoules = E_RAM_PJ_PER_BIT
     e_ram_access_pj: PicoJoules = E_RAM_ACCESS_PJ
-
-
-class ReportConfig(BaseModel):
-    """``report:`` of a study (never part of a run id): what the figures show."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    energy_convention: str = PRIMARY_ENERGY_CONVENTION  # the primary convention: drives the energy figures
-
-    @field_validator("energy_convention")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return check_convention(v)

@@ -22,11 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from suite.config.cluster import ResourcesConfig
 from suite.config.data import DatasetConfig
-from suite.config.energy import ReportConfig
 from suite.config.execution import ExecutionConfig, TrackingConfig
 from suite.config.fields import added_field, omitted_at_default
 from suite.config.model import ModelConfig
 from suite.config.policies import TimeConfig, TokenConfig
+from suite.config.report import ReportConfig
 from suite.config.search import SearchConfig
 from suite.config.train import EvalConfig, TrainConfig
 from suite.names import NAME_PATTERN
@@ -68,7 +68,7 @@ class Study(BaseModel):
     tracking: TrackingConfig = TrackingConfig()
     execution: ExecutionConfig = ExecutionConfig()
     resources: ResourcesConfig = ResourcesConfig()  # what one run needs; outside every run id
-    report: ReportConfig = ReportConfig()  # what the figures show (the primary energy convention); outside run ids
+    report: ReportConfig = ReportConfig()  # paired statistics and the primary energy convention; outside run ids
 
     @field_validator("variants")
     @classmethod
@@ -77,6 +77,18 @@ class Study(BaseModel):
             if not re.match(NAME_PATTERN, name):
                 raise ValueError(f"variant name {name!r} must match {NAME_PATTERN}")
         return v
+
+    @model_validator(mode="after")
+    def _controls(self) -> Study:
+        """Every fine-tuned variant with a policy gets its compute-matched control (``controls.py``), then
+        ``report.reference`` must name a variant."""
+        from suite.config.controls import add_controls  # controls.py reads Study: imported when validating
+
+        add_controls(self)
+        ref = self.report.reference
+        if ref is not None and ref not in self.variants:
+            raise ValueError(f"report.reference: {ref!r} is not a variant of the study (have {sorted(self.variants)})")
+        return self
 
 
 class RunConfig(BaseModel):

@@ -35,6 +35,7 @@ import matplotlib
 matplotlib.use("Agg")  # before any submodule imports pyplot: the report draws off-screen only
 import matplotlib.pyplot as plt  # noqa: E402
 
+from suite.config.report import ReportConfig  # noqa: E402
 from suite.names import REPORT_DIR  # noqa: E402
 from suite.report.content import Figure, Table  # noqa: E402
 from suite.report.figures import FIGURE_PREFIXES, PAPER_DIR, build_figures, build_paper_figures  # noqa: E402
@@ -54,6 +55,7 @@ from suite.report.load import (  # noqa: E402
 from suite.report.mlflow import log_to_mlflow, mlflow_store  # noqa: E402
 from suite.report.page import write_page  # noqa: E402
 from suite.report.published import published_for, published_points  # noqa: E402
+from suite.report.stats import report_settings  # noqa: E402
 from suite.report.style import STYLE, Stat, decimals, fmt_pm, slug  # noqa: E402
 from suite.report.tables import MAIN_HEADERS, table_latex, write_tables  # noqa: E402
 
@@ -83,19 +85,23 @@ def clear_stale(out: Path) -> None:
         (out / PAPER_DIR).rmdir()
 
 
-def build_report(study_dir: Path, mlflow: bool = True, style: str = "default") -> list[Path]:
+def build_report(study_dir: Path, mlflow: bool = True, style: str = "default",
+                 report: ReportConfig | None = None) -> list[Path]:
     """Write the figures, tables and page of ``study_dir`` from its records; returns every file written (the page
     last). With ``mlflow``, the files are also attached to the study's latest invocation run, when there is one.
-    ``style="paper"`` also writes the accuracy-vs-cost figures one and two columns wide (``report/paper/``)."""
+    ``style="paper"`` also writes the accuracy-vs-cost figures one and two columns wide (``report/paper/``).
+    ``report`` (the study file's ``report:`` section) wins over the records' ``study.yaml``; bad settings raise
+    StudyError before anything is written."""
     if style not in REPORT_STYLES:
         raise ValueError(f"report style must be one of {', '.join(REPORT_STYLES)}, not {style!r}")
     rec = load_records(Path(study_dir))
+    settings = report_settings(rec, report)  # checked before anything is written
     out = rec.study_dir / REPORT_DIR
     clear_stale(out)
     with plt.rc_context(STYLE):
         figures = build_figures(rec, out)
         paper = build_paper_figures(rec, out) if style == "paper" else []
-    tables, table_paths = write_tables(rec, out)
+    tables, table_paths = write_tables(rec, out, settings)
     page = write_page(rec, tables, figures)
     for fig in figures:  # a figure that does not apply to this study is not news: --verbose shows it
         if fig.skipped is not None:

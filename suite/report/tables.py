@@ -12,9 +12,12 @@ from typing import Any
 import pandas as pd
 
 from suite import records
+from suite.config.report import ReportConfig
+from suite.names import STATS_TABLE
 from suite.report.content import Table
 from suite.report.energy import sensitivity_table
 from suite.report.load import StudyRecords, budget_note, fmt_value, off_split_note, parsed_setting
+from suite.report.stats import paired_table, report_settings
 from suite.report.style import ENERGY_UNIT, STD_NOTE, Stat, decimals, fmt_pm, slug, stat
 
 MAIN_HEADERS = ("variant", "n seeds", "accuracy (%)", "token-units (% of dense)", "timesteps (mean)",
@@ -175,13 +178,20 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
-def write_tables(rec: StudyRecords, out: Path) -> tuple[list[Table], list[Path]]:
-    """``table.md``, ``table.tex``, ``energy_sensitivity.md`` (when a variant has a dense reference) and ``evals.md``
-    (when overrides were evaluated); a stale optional table goes."""
+def write_tables(rec: StudyRecords, out: Path, settings: ReportConfig | None = None) -> tuple[list[Table], list[Path]]:
+    """``table.md`` and ``table.tex`` (results per variant, then the paired differences), ``stats.csv`` (every
+    paired statistic, ``stats.py``) and the optional ``energy_sensitivity.md`` (when a variant has a dense reference)
+    and ``evals.md`` (when overrides were evaluated); a stale optional table goes."""
     table = main_table(rec)
-    paths = [write_text(out / "table.md", table_markdown(table)),
-             write_text(out / "table.tex", table_latex(table, f"tab:{slug(rec.name)}-results"))]
-    tables = [table]
+    paired, frame = paired_table(rec, settings or report_settings(rec))
+    tables = [table] + ([paired] if paired is not None else [])
+    label = f"tab:{slug(rec.name)}"
+    md = "\n".join(table_markdown(t) for t in tables)
+    tex = table_latex(table, f"{label}-results")
+    if paired is not None:
+        tex += "\n" + table_latex(paired, f"{label}-paired")
+    paths = [write_text(out / "table.md", md), write_text(out / "table.tex", tex),
+             write_text(out / STATS_TABLE, frame.to_csv(index=False, float_format="%.6g"))]
     for name, optional in (("energy_sensitivity.md", sensitivity_table(rec)), ("evals.md", evals_table(rec))):
         if optional is not None:
             paths.append(write_text(out / name, table_markdown(optional)))
