@@ -91,20 +91,24 @@ def conclusion_sentence(frame: pd.DataFrame, primary: str) -> str:
     if frame[primary].isna().any():
         return f"The primary convention {primary} is not recorded for every config: rerun or migrate the records."
     saves = frame[primary] < 1
-    flips, ranks, absent = [], [], []
+    changed: dict[str, list[str]] = {}  # config -> the conventions under which it crosses 1x, in convention order
+    ranks, absent = [], []
     for conv in CONVENTIONS:
         if conv == primary:
             continue
         known = frame[frame[conv].notna()]
         if len(known) < len(frame):
             absent.append(f"{conv} ({len(frame) - len(known)} of {len(frame)})")
-        flips += [f"{row.config} ({row[primary]:.3f}x under {primary}, {row[conv]:.3f}x under {conv})"
-                  for _, row in known.iterrows() if (row[conv] < 1) != (row[primary] < 1)]
+        for _, row in known.iterrows():
+            if (row[conv] < 1) != (row[primary] < 1):
+                changed.setdefault(row.config, [f"{row[primary]:.3f}x under {primary}"]).append(
+                    f"{row[conv]:.3f}x under {conv}")
         if len(known) > 2:
             rho = known[primary].rank().corr(known[conv].rank())
             if rho < 1:
                 ranks.append(f"{conv} {rho:.2f}")
     text = f"Under {primary}, {int(saves.sum())} of {len(frame)} configs use less energy than their reference. "
+    flips = [f"{config} ({', '.join(where)})" for config, where in changed.items()]
     if flips:
         text += ("Whether a config saves energy changes with the convention for " + "; ".join(flips[:8])
                  + (f" and {len(flips) - 8} more" if len(flips) > 8 else "") + ". ")

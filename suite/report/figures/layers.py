@@ -34,6 +34,13 @@ LAYER_ORDER = "layer_order"  # details key: the model's layer names in forward o
 MAX_ROWS = 3  # per-variant panels stacked in one column up to this many; more wrap into two columns
 
 
+def seed_mean(arr: np.ndarray) -> np.ndarray:
+    """Mean over seeds (axis 0) of the values present; NaN, without numpy's empty-slice warning, where a layer is
+    absent from every seed (another backbone's layer in a study that compares backbones)."""
+    present = (~np.isnan(arr)).sum(0)
+    return np.where(present > 0, np.nansum(arr, 0) / np.maximum(present, 1), np.nan)
+
+
 def _columns(n: int) -> int:
     return 1 if n <= MAX_ROWS else 2
 
@@ -118,7 +125,7 @@ def allocation_figure(rec: StudyRecords, out: Path) -> Figure:
     fig, axes = panels(len(data), width, 2.2, most_columns=_columns(len(data)))
     for ax, (config, steps) in zip(axes, data.items()):
         arr = np.array([[s.get(layer, np.nan) for layer in layers] for s in steps], dtype=np.float64)
-        mean = np.nanmean(arr, 0)
+        mean = seed_mean(arr)
         err = column_ci(arr)
         color, _ = style(rec, config)
         x = np.arange(len(layers))
@@ -154,7 +161,7 @@ def firing_figure(rec: StudyRecords, out: Path) -> Figure:
     for config, rates in data.items():
         arr = np.array([[r.get(layer, np.nan) for layer in layers] for r in rates], dtype=np.float64)
         color, marker = style(rec, config)
-        ax.plot(x, np.nanmean(arr, 0), marker=marker, ms=3.5, lw=1, color=color)
+        ax.plot(x, seed_mean(arr), marker=marker, ms=3.5, lw=1, color=color)
     ax.set_xticks(x, layers, rotation=90)
     ax.set_ylabel("firing rate (spikes / processed element)")
     ax.set_title(f"{rec.name}: firing rate per LIF layer")
