@@ -62,11 +62,13 @@ FINETUNE = "name: ft\n" + BASE + """variants:
   tome: {eval: {apply: {tokens.merge: {r: 2}}}}
 """
 # one run whose epochs (about a second each) leave time to requeue and signal it between two of them
+# Long enough that each attempt still has epochs left when the next interruption comes, on an idle machine too
+# (512 images x 8 epochs finished in 8 s there, before the requeued attempt started: nothing left to resume)
 LONG = """
 name: long
-dataset: {name: synthetic, synthetic: {train_size: 512, test_size: 32}}
+dataset: {name: synthetic, synthetic: {train_size: 2048, test_size: 32}}
 model: {depth: 1, dim: 16, heads: 2, T: 2}
-train: {epochs: 8, batch_size: 16, warmup_epochs: 0}
+train: {epochs: 12, batch_size: 16, warmup_epochs: 0}
 eval: {heatmap_images: 0}
 tracking: {enabled: false}
 variants: {dense: {}}
@@ -167,17 +169,18 @@ def test_fine_tuning_children_wait_for_their_parents_job_through_afterany(tmp_pa
     results = tmp_path / "results"
     assert main(["run", str(study), "--parallel-config", str(cluster_file(tmp_path)), "--results", str(results),
                  "--no-report"]) == 0
-    assert "ft: 3 runs: 3 run now" in capsys.readouterr().out
+    assert "ft: 4 runs: 4 run now" in capsys.readouterr().out  # dense, act_ft, tome and act_ft's control dense_ft
     runs = {s.variant: s for s in expand(parse_study(FINETUNE))}
     jobs = {v: job_of(results, "ft", s.run_id) for v, s in runs.items()}
     parent = jobs["dense"].split("_")[0]
     child = jobs["act_ft"].split("_")[0]
-    assert child == jobs["tome"].split("_")[0] != parent  # both children: one array, submitted after the parent
+    # every child (act_ft, tome, the control dense_ft): one array, submitted after the parent
+    assert child == jobs["tome"].split("_")[0] == jobs["dense_ft"].split("_")[0] != parent
     script = (tmp_path / "submitit" / child / f"{child}_submission.sh").read_text()
     assert f"#SBATCH --dependency=afterany:{parent}\n" in script
     times = {line["JobID"]: line for line in sacct([parent, child], "JobID,State,Start,End")}
     assert {line["State"] for line in times.values()} == {"COMPLETED"}
-    for task in (jobs["act_ft"], jobs["tome"]):  # SLURM started the children once the parent's job had ended
+    for task in (jobs["act_ft"], jobs["tome"], jobs["dense_ft"]):  # SLURM started the children after the parent
         assert times[task]["Start"] >= times[jobs["dense"]]["End"], times
     status = {v: json.loads((results / "ft" / s.run_id / "status.json").read_text()) for v, s in runs.items()}
     assert {s["state"] for s in status.values()} == {"done"}

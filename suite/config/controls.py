@@ -20,10 +20,18 @@ declared variants, so no declared run changes its id, its order or the run it sh
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # study.py imports this module inside its validator
-    from suite.config.study import Study, VariantConfig
+from suite.config.variant import VariantConfig
+
+
+class Study(Protocol):
+    """What these rules read of a ``suite.config.study.Study`` (which imports this module: no arrow back)."""
+
+    variants: dict[str, VariantConfig]
+    train: Any
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]: ...
 
 METHOD_TRAIN_KEYS = ("loss", "tet_lambda")  # part of a method (SEENN's TET), not of the compute budget
 POLICY_EVAL_KEYS = ("apply", "overrides")  # evaluation-time settings of a policy
@@ -76,8 +84,6 @@ def control_of(study: Study, name: str) -> str | None:
     or the study has none (a study validated as ``Study`` always has one: ``with_controls``)."""
     if not needs_control(study, name):
         return None
-    from suite.config.study import VariantConfig
-
     want = resolved_sections(study, VariantConfig(**control_settings(study, study.variants[name])))
     for other, variant in study.variants.items():
         if not has_policy(variant) and _parent(study, variant) == _parent(study, study.variants[name]) \
@@ -88,8 +94,6 @@ def control_of(study: Study, name: str) -> str | None:
 
 def add_controls(study: Study) -> None:
     """Append to ``study.variants`` a control for every fine-tuned variant with a policy that has none."""
-    from suite.config.study import VariantConfig
-
     for name in list(study.variants):
         if not needs_control(study, name) or control_of(study, name) is not None:
             continue  # no control needed, or one declared (or added for an earlier sibling) already

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from suite.config.cluster import ResourcesConfig
+from suite.config.controls import add_controls
 from suite.config.data import DatasetConfig
 from suite.config.execution import ExecutionConfig, TrackingConfig
 from suite.config.fields import added_field, omitted_at_default
@@ -29,6 +30,7 @@ from suite.config.policies import TimeConfig, TokenConfig
 from suite.config.report import ReportConfig
 from suite.config.search import SearchConfig
 from suite.config.train import EvalConfig, TrainConfig
+from suite.config.variant import VariantConfig
 from suite.names import NAME_PATTERN
 
 SCHEMA_VERSION = 1
@@ -38,19 +40,6 @@ class StudyError(Exception):
     def __init__(self, source: str, problems: list[str]):
         self.source, self.problems = source, problems
         super().__init__(f"{source}:\n" + "\n".join(f"  {p}" for p in problems))
-
-
-class VariantConfig(BaseModel):
-    """A named method setting: token and time policies plus optional model/train overrides."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    description: str = ""
-    tokens: TokenConfig = TokenConfig()
-    time: TimeConfig = TimeConfig()
-    model: dict[str, Any] = {}  # partial overrides of the study's model section
-    train: dict[str, Any] = {}  # partial overrides of the study's train section
-    eval: dict[str, Any] = {}  # partial overrides of the study's eval section
 
 
 class Study(BaseModel):
@@ -82,8 +71,6 @@ class Study(BaseModel):
     def _controls(self) -> Study:
         """Every fine-tuned variant with a policy gets its compute-matched control (``controls.py``), then
         ``report.reference`` must name a variant."""
-        from suite.config.controls import add_controls  # controls.py reads Study: imported when validating
-
         add_controls(self)
         ref = self.report.reference
         if ref is not None and ref not in self.variants:

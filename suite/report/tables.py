@@ -134,7 +134,7 @@ def table_markdown(table: Table) -> str:
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
         # the report's non-ASCII symbols in math mode: no package (textcomp, siunitx) needed
-        "±": r"$\pm$", "×": r"$\times$", "µ": r"$\mu$", "≤": r"$\leq$", "≥": r"$\geq$", "–": "--", "—": "---"}
+        "±": r"$\pm$", "×": r"$\times$", "µ": r"$\mu$", "≤": r"$\leq$", "≥": r"$\geq$", "Δ": r"$\Delta$", "−": "-", "–": "--", "—": "---"}
 
 
 def tex_escape(text: str) -> str:
