@@ -158,11 +158,12 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
             m["temporal_similarity"] = mean_sim
     details["ops"] = {k: vars(v) for k, v in ops.items()}  # as counted: over all T steps, before any exit
     details["policy_ops"] = {k: vars(v) for k, v in policy_ops.items()}
-    details["neuron_updates"] = sum(c for _, c in spikes.values()) / seen  # LIF elements updated per image
+    fired, updated = (sum(v[i] for v in spikes.values()) for i in (0, 1))  # spikes, LIF element-steps
+    details["neuron_updates"] = updated / seen  # LIF elements updated per image
     details["static_input"] = static_input
     m.update(neurobench_metrics(details["ops"], seen))
     m.update(static_metrics(model))
-    m["ActivationSparsity"] = 1.0 - sum(s for s, _ in spikes.values()) / max(sum(c for _, c in spikes.values()), 1.0)
+    m["ActivationSparsity"] = 1.0 - fired / max(updated, 1.0)
     m["neuron_updates"] = details["neuron_updates"]
     m["policy_macs"] = sum(r.macs for r in policy_ops.values()) / seen
     m["policy_acs"] = sum(r.sops_exact for r in policy_ops.values()) / seen

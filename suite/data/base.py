@@ -9,6 +9,7 @@ of the training pool (see :func:`_stratified_order`), so the same config always 
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -127,11 +128,17 @@ class DataBundle:
     mean: tuple[float, ...] | None = None  # normalisation applied to every split, None if disabled
     std: tuple[float, ...] | None = None
 
+    @cached_property
+    def split_digests(self) -> dict[str, str]:
+        """``split_digest`` of every split, once per bundle: a worker's runs share one loaded bundle
+        (``cached_data``), so a large image folder is listed once, not once per run."""
+        splits = {"train": self.train, "val": self.val, "test": self.test}
+        return {k: split_digest(ds) for k, ds in splits.items() if ds is not None}
+
     def describe(self) -> dict[str, Any]:
         """Plain, JSON-friendly summary for logs and run records, with a digest of every split it reads
         (``split_digest``) and one over all of them (``digest``): two runs with one digest read the same data."""
-        splits = {"train": self.train, "val": self.val, "test": self.test}
-        digests = {k: split_digest(ds) for k, ds in splits.items() if ds is not None}
+        digests = dict(self.split_digests)
         return {
             "name": self.name,
             "digest": hashlib.sha256("".join(digests.values()).encode()).hexdigest()[:16],
