@@ -69,7 +69,8 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     ds = data.test if ec.split == "test" or data.val is None else data.val
     model.eval()
     amp = device.type == "cuda" and run.train.amp == "auto"
-    loader = make_loader(ds, batch_size=run.train.eval_batch_size, shuffle=False, seed=0)
+    loader = make_loader(ds, batch_size=run.train.eval_batch_size, shuffle=False, seed=0,
+                         num_workers=run.train.num_workers, pin_memory=device.type == "cuda")
     L, T = model.depth, model.T
     per_step = float(model.depth * model.num_tokens)  # the dense model's token-units per timestep
     ops: dict = {}

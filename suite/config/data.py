@@ -10,7 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-DatasetName = Literal["digits", "fashion_mnist", "cifar10", "cifar100", "tinyimagenet", "synthetic"]
+from suite.config.fields import added_field
+
+DatasetName = Literal["digits", "fashion_mnist", "cifar10", "cifar100", "tinyimagenet", "imagenet", "synthetic"]
 
 TINYIMAGENET_DEFAULT_ROOT = Path("data/tiny-imagenet-200")
 TINYIMAGENET_HINT = (
@@ -19,12 +21,22 @@ TINYIMAGENET_HINT = (
     f"(default root {TINYIMAGENET_DEFAULT_ROOT}); torchvision cannot download it."
 )
 
+IMAGENET_DEFAULT_ROOT = Path("data/imagenet")
+IMAGENET_HINT = (
+    "Set dataset.root to the ImageNet-1k folder. ImageNet-1k (ILSVRC2012) cannot be downloaded automatically: register at https://image-net.org/download.php, "
+    "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar, and extract them in the ImageFolder layout "
+    "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG (the val archive is flat: sort it into class folders, "
+    "e.g. with the valprep.sh script of the PyTorch examples, imagenet/extract_ILSVRC.sh) "
+    f"(default root {IMAGENET_DEFAULT_ROOT})."
+)
+IMAGENET_SIZE = 224  # the published resolution of Spikformer/SDT/QKFormer ImageNet results (no image_size: 224)
+
 
 # Images in each dataset's training pool before any subset (the pool the validation split is carved from): known
 # without loading, so a study's validation size can be checked by ``spikesuite plan``. digits: 1797 images less
 # the 20 % test split sklearn's set lacks (suite/data/digits.py).
 TRAIN_POOL = {"digits": 1797 - round(0.2 * 1797), "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
-              "tinyimagenet": 100_000}
+              "tinyimagenet": 100_000, "imagenet": 1_281_167}
 
 
 def val_count(pool: int, val_fraction: float) -> int:
@@ -44,6 +56,9 @@ class AugmentConfig(BaseModel):
     horizontal_flip: bool = False
     randaugment: bool = False  # RandAugment(num_ops=1, magnitude=9): Spikformer's rand-m9-n1
     random_erasing: float = Field(default=0.0, ge=0.0, le=1.0)  # probability of v2.RandomErasing
+    # RandomResizedCrop(size, scale=(random_resized_crop_min, 1), ratio=(3/4, 4/3)) as timm's ImageNet training
+    # transform (imagenet: instead of its resize-and-centre-crop; other sets: after their resize); 0 = off.
+    random_resized_crop_min: float = added_field(0.0, ge=0.0, lt=1.0)  # timm default scale (0.08, 1.0): 0.08
 
 
 class SyntheticConfig(BaseModel):
@@ -96,4 +111,6 @@ class DatasetConfig(BaseModel):
         # no download, so the flag is harmless there.
         if self.download and self.name == "tinyimagenet":
             raise ValueError("dataset.download is not supported for tinyimagenet. " + TINYIMAGENET_HINT)
+        if self.download and self.name == "imagenet":
+            raise ValueError("dataset.download is not supported for imagenet. " + IMAGENET_HINT)
         return self

@@ -21,8 +21,13 @@ class NeuronConfig(BaseModel):
     v_threshold: float = Field(1.0, gt=0)  # spikingjelly default
     v_reset: float | None = 0.0  # hard reset to 0 (spikingjelly default); None = soft reset
     detach_reset: bool = True  # Spikformer: detach_reset=True
-    surrogate: Literal["sigmoid", "atan"] = "sigmoid"  # spikingjelly default surrogate.Sigmoid
+    # triangle: spikingjelly PiecewiseQuadratic (gradient alpha - alpha^2 |x| for |x| <= 1/alpha); rectangle:
+    # spikingjelly Rect (gradient alpha for |x| < 0.5/alpha). alpha is each function's own parameter.
+    surrogate: Literal["sigmoid", "atan", "triangle", "rectangle"] = "sigmoid"  # spikingjelly default Sigmoid
     alpha: float = Field(4.0, gt=0)  # surrogate.Sigmoid(alpha=4.0) default
+    # lif: LIFNode(tau); plif: ParametricLIFNode, tau learnt per layer from init_tau = tau (Fang et al., ICCV 2021);
+    # if: IFNode (no leak, tau unused)
+    type: Literal["lif", "plif", "if"] = added_field("lif")
     # The kernel spikingjelly runs the LIF layers on (suite.models.neurons): auto is the fastest available on the
     # device; cupy is spikingjelly 2.0's compiled CUDA kernels (successor of 1.x's CuPy backend); triton; torch.
     backend: Literal["auto", "torch", "cupy", "triton"] = added_field("auto")

@@ -90,6 +90,17 @@ class ImageFileDataset(Dataset):
         return image, int(self.labels[index])
 
 
+IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
+
+
+def list_images(directory: Path) -> list[Path]:
+    """The image files directly in ``directory`` (none when it does not exist), sorted so that indices (and hence
+    splits) do not depend on the filesystem's listing order."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def split_digest(ds: Dataset) -> str:
     """16 hex characters of a sha256 over what a split reads: the stored images and labels of an in-memory split
     (before transforms, which ``DataBundle.describe`` states apart), or the class folder, name, size and label of
@@ -207,16 +218,23 @@ def _select_test(labels: np.ndarray, cfg: DatasetConfig) -> np.ndarray:
 
 
 def _build_transforms(
-    cfg: DatasetConfig, size: tuple[int, int], mean: Sequence[float] | None, std: Sequence[float] | None
+    cfg: DatasetConfig, size: tuple[int, int], mean: Sequence[float] | None, std: Sequence[float] | None,
+    sizing: tuple[list[Callable[..., Any]], list[Callable[..., Any]]] | None = None,
 ) -> tuple[Transform | None, Transform | None]:
-    """(train, eval) pipelines operating on float [C, H, W] tensors in [0, 1]."""
+    """(train, eval) pipelines operating on float [C, H, W] tensors in [0, 1].
+
+    ``sizing``: the (train, eval) steps that bring every image to ``size``, for sets whose images differ in size
+    (imagenet: a random resized crop / a resize and centre crop); by default a ``Resize`` when ``image_size`` is
+    set, and ``augment.random_resized_crop_min`` adds a random resized crop after it."""
+    aug = cfg.augment
     common: list[Callable[..., Any]] = []
-    if cfg.image_size is not None:
+    if sizing is None and cfg.image_size is not None:
         common.append(v2.Resize(size, antialias=True))
     normalize = [v2.Normalize(list(mean), list(std))] if mean is not None and std is not None else []
 
-    aug = cfg.augment
     geometric: list[Callable[..., Any]] = []
+    if sizing is None and aug.random_resized_crop_min > 0:
+        geometric.append(v2.RandomResizedCrop(size, scale=(aug.random_resized_crop_min, 1.0), antialias=True))
     if aug.random_crop_padding > 0:
         geometric.append(v2.RandomCrop(size, padding=aug.random_crop_padding))
     if aug.horizontal_flip:
@@ -227,8 +245,9 @@ def _build_transforms(
     # Erasing after Normalize (as in timm/Spikformer) so the erased value 0 is the dataset mean.
     erasing = [v2.RandomErasing(p=aug.random_erasing)] if aug.random_erasing > 0 else []
 
-    train_steps = common + geometric + normalize + erasing
-    eval_steps = common + normalize
+    train_sizing, eval_sizing = sizing if sizing is not None else (common, common)
+    train_steps = train_sizing + geometric + normalize + erasing
+    eval_steps = eval_sizing + normalize
     return (v2.Compose(train_steps) if train_steps else None, v2.Compose(eval_steps) if eval_steps else None)
 
 

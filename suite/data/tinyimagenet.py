@@ -18,15 +18,13 @@ from suite.data.base import (
     _build_transforms,
     _select_test,
     _split_train,
+    list_images,
 )
 from suite.data.registry import DataSource, _not_found, register_source
 
 # Computing Tiny-ImageNet statistics would mean decoding all 100k training images, so the commonly
 # published values are used instead.
 _TINYIMAGENET_STATS = ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821))
-
-_IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
-
 
 def _tinyimagenet_candidates(cfg: DatasetConfig) -> list[Path]:
     if not cfg.root:
@@ -59,13 +57,6 @@ def _locate_tinyimagenet(cfg: DatasetConfig) -> tuple[Path | None, list[tuple[Pa
     return None, tried
 
 
-def _list_images(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        return []
-    # Sorted so that indices (and hence splits) do not depend on filesystem listing order.
-    return sorted(p for p in directory.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-
-
 def _check_tinyimagenet(cfg: DatasetConfig) -> None:
     """Raise if no candidate directory has the expected layout; it cannot be downloaded."""
     directory, tried = _locate_tinyimagenet(cfg)
@@ -86,7 +77,7 @@ def _load_tinyimagenet(cfg: DatasetConfig) -> DataBundle:
     train_paths: list[Path] = []
     train_labels: list[int] = []
     for wnid in wnids:
-        files = _list_images(directory / "train" / wnid / "images")
+        files = list_images(directory / "train" / wnid / "images")
         train_paths += files
         train_labels += [class_of[wnid]] * len(files)
     if not train_paths:

@@ -1,0 +1,102 @@
+"""imagenet: ImageNet-1k (ILSVRC2012) in the ImageFolder layout ``<root>/train/<wnid>/*.JPEG``,
+``<root>/val/<wnid>/*.JPEG``, file-backed (decoded with PIL on access, as tinyimagenet).
+
+Classes are the sorted ``train/`` folder names (torchvision's ``ImageFolder`` rule, so wnid order = label order).
+The labelled ``val/`` split (50 images per class) serves as test, as in every published ImageNet number; a
+validation hold-out is carved from train by ``dataset.val_fraction`` like every other set. Images are brought to
+``image_size`` (default 224, the published resolution) the way timm's ImageNet transforms do: training takes a
+``RandomResizedCrop`` when ``augment.random_resized_crop_min`` is set, evaluation resizes the shorter side to
+``size / 0.875`` and centre-crops ``size`` (timm's default ``crop_pct``). It cannot be downloaded.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+from torchvision.transforms import v2
+
+from suite.config import DatasetConfig
+from suite.config.data import IMAGENET_HINT, IMAGENET_SIZE
+from suite.data.base import (
+    DataBundle,
+    ImageFileDataset,
+    Transform,
+    _build_transforms,
+    _select_test,
+    _split_train,
+    list_images,
+)
+from suite.data.registry import (
+    DataSource,
+    _not_found,
+    imagenet_available,
+    imagenet_directory,
+    register_source,
+)
+
+# torchvision / timm IMAGENET_DEFAULT_MEAN and IMAGENET_DEFAULT_STD
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# timm's DEFAULT_CROP_PCT: evaluation resizes the shorter side to floor(size / 0.875) (256 at 224), then centre-crops
+CROP_PCT = 0.875
+
+
+def _class_folders(split: Path) -> list[str]:
+    return sorted(p.name for p in split.iterdir() if p.is_dir())
+
+
+def _read_split(split: Path, class_of: dict[str, int]) -> tuple[list[Path], list[int]]:
+    """Every image of ``split/<wnid>/`` with its class index; a class folder train lacks is an error naming it."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    for wnid in _class_folders(split):
+        if wnid not in class_of:
+            raise ValueError(f"{split / wnid}: class folder absent from {split.parent / 'train'} "
+                             "(dataset.root: train/ and val/ must hold the same wnids)")
+        files = list_images(split / wnid)
+        paths += files
+        labels += [class_of[wnid]] * len(files)
+    if not paths:
+        raise ValueError(f"{split}: no images (.JPEG/.jpg/.png) under its <wnid>/ folders (dataset.root)")
+    return paths, labels
+
+
+def _sizing(cfg: DatasetConfig, size: int) -> tuple[list, list]:
+    """(train, eval) steps to ``size`` x ``size``: timm's random resized crop (when set) / resize + centre crop."""
+    evaluate = [v2.Resize(math.floor(size / CROP_PCT), antialias=True), v2.CenterCrop(size)]
+    lo = cfg.augment.random_resized_crop_min
+    train = [v2.RandomResizedCrop(size, scale=(lo, 1.0), antialias=True)] if lo > 0 else evaluate
+    return train, evaluate
+
+
+def _load_imagenet(cfg: DatasetConfig) -> DataBundle:
+    directory, tried = imagenet_directory(cfg)
+    if directory is None:
+        raise _not_found("imagenet", tried, IMAGENET_HINT)
+    wnids = _class_folders(directory / "train")
+    class_of = {w: i for i, w in enumerate(wnids)}
+    train_paths, train_labels = _read_split(directory / "train", class_of)
+    test_paths, test_labels = _read_split(directory / "val", class_of)
+
+    train_idx, val_idx = _split_train(np.asarray(train_labels), cfg)
+    test_idx = _select_test(np.asarray(test_labels), cfg)
+    mean, std = IMAGENET_STATS if cfg.normalize else (None, None)
+    side = cfg.image_size or IMAGENET_SIZE
+    train_tf, eval_tf = _build_transforms(cfg, (side, side), mean, std, sizing=_sizing(cfg, side))
+
+    def part(paths: list[Path], labels: list[int], idx: np.ndarray, tf: Transform | None) -> ImageFileDataset:
+        return ImageFileDataset([paths[i] for i in idx], [labels[i] for i in idx], tf)
+
+    return DataBundle(
+        train=part(train_paths, train_labels, train_idx, train_tf),
+        val=None if val_idx is None else part(train_paths, train_labels, val_idx, eval_tf),
+        test=part(test_paths, test_labels, test_idx, eval_tf),
+        num_classes=len(wnids),
+        in_channels=3,
+        image_size=(side, side),
+        name=cfg.name,
+        mean=mean,
+        std=std,
+    )
+
+
+register_source(DataSource(names=("imagenet",), check=imagenet_available, load=_load_imagenet))
