@@ -58,17 +58,39 @@ def test_imagefolder_classes_labels_and_transforms(tmp_path: Path):
                                               "randaugment": True}))
     assert normed.mean == pytest.approx((0.485, 0.456, 0.406)) and normed.image_size == (32, 32)
     assert normed.train[0][0].shape == normed.test[0][0].shape == (3, 32, 32)
+    steps = {type(t).__name__: t for t in normed.train.transform.transforms}
+    assert steps["RandomResizedCrop"].scale == (0.08, 1.0) and "RandomHorizontalFlip" in steps
+    assert (steps["RandAugment"].num_ops, steps["RandAugment"].magnitude) == (1, 9)  # what randaugment: true ran
+    assert steps["RandAugment"].num_magnitude_bins == 31
+    assert [type(t).__name__ for t in normed.test.transform.transforms] == ["Resize", "CenterCrop", "Normalize"]
+    assert normed.test.transform.transforms[0].size == [36]  # floor(32 / 0.875): timm's default crop_pct
+
+    # the official Spikformer ImageNet recipe: crop_pct 1.0, scale (1, 1), timm's rand-m9 with its default n = 2
+    official = load_data(DatasetConfig(name="imagenet", root=str(tmp_path / "in1k"), image_size=32, crop_pct=1.0,
+                                       augment={"random_resized_crop_min": 1.0, "randaugment": True,
+                                                "randaugment_ops": 2, "randaugment_scale": "timm"}))
+    steps = {type(t).__name__: t for t in official.train.transform.transforms}
+    assert steps["RandomResizedCrop"].scale == (1.0, 1.0)
+    ra = steps["RandAugment"]
+    assert (ra.num_ops, ra.magnitude, ra.num_magnitude_bins) == (2, 9, 11)  # 9 / 10 of each op's range, as timm
+    assert official.test.transform.transforms[0].size == [32]
+    assert official.train[0][0].shape == official.test[0][0].shape == (3, 32, 32)
 
 
 def test_stems_give_196_tokens_at_224():
     assert stem_pool_count(224) == 4 and stem_pool_count(32) == 2 and stem_pool_count(64) == 3  # CIFAR/TIN unchanged
-    for backbone in ("spikformer", "sdt"):
-        cfg = ModelConfig(backbone=backbone, depth=1, dim=16, heads=2, T=1)
+    # (backbone, model.stem_pool) -> the side of the first stem LIF's spikes: pooled before the LIF or after it
+    cases = {("spikformer", None): 112, ("spikformer", "after_lif"): 224, ("sdt", None): 224, ("sdt", "before_lif"): 112}
+    for (backbone, order), side in cases.items():
+        cfg = ModelConfig(backbone=backbone, depth=1, dim=16, heads=2, T=1, stem_pool=order)
         model = build_model(cfg, TokenConfig(), TimeConfig(), in_channels=3, image_size=(224, 224), num_classes=5).eval()
         assert model.num_tokens == 196 and model.grid == (14, 14)
+        shapes = []
+        model.stem.stages[0].lif.register_forward_hook(lambda m, i, o, seen=shapes: seen.append(tuple(o.shape)))
         with torch.no_grad():
             out = model(torch.rand(1, 3, 224, 224))
         assert out.logits.shape == (1, 5) and out.active_tokens.shape[-1] == 1
+        assert shapes == [(1, 1, 2, side, side)], (backbone, order)
 
 
 STUDY = """

@@ -26,7 +26,7 @@ IMAGENET_HINT = (
     "Set dataset.root to the ImageNet-1k folder. ImageNet-1k (ILSVRC2012) cannot be downloaded automatically: register at https://image-net.org/download.php, "
     "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar, and extract them in the ImageFolder layout "
     "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG (the val archive is flat: sort it into class folders, "
-    "e.g. with the valprep.sh script of the PyTorch examples, imagenet/extract_ILSVRC.sh) "
+    "e.g. with imagenet/extract_ILSVRC.sh of github.com/pytorch/examples) "
     f"(default root {IMAGENET_DEFAULT_ROOT})."
 )
 IMAGENET_SIZE = 224  # the published resolution of Spikformer/SDT/QKFormer ImageNet results (no image_size: 224)
@@ -55,10 +55,16 @@ class AugmentConfig(BaseModel):
     random_crop_padding: int = Field(default=0, ge=0)  # RandomCrop(size, padding=p) when > 0
     horizontal_flip: bool = False
     randaugment: bool = False  # RandAugment(num_ops=1, magnitude=9): Spikformer's rand-m9-n1
+    # RandAugment's ops per image (timm's n: rand-m9-n1 -> 1; timm's default when n is absent: 2) and magnitude, on
+    # torchvision's scale (magnitude / 30 of each op's range: the default 9 is what randaugment: true always ran) or
+    # timm's (magnitude / 10: timm's m9 is 90 % of the range). timm's mstd/inc options have no torchvision peer.
+    randaugment_ops: int = added_field(1, ge=1, le=14)
+    randaugment_magnitude: int = added_field(9, ge=0, le=30)
+    randaugment_scale: Literal["torchvision", "timm"] = added_field("torchvision")
     random_erasing: float = Field(default=0.0, ge=0.0, le=1.0)  # probability of v2.RandomErasing
     # RandomResizedCrop(size, scale=(random_resized_crop_min, 1), ratio=(3/4, 4/3)) as timm's ImageNet training
     # transform (imagenet: instead of its resize-and-centre-crop; other sets: after their resize); 0 = off.
-    random_resized_crop_min: float = added_field(0.0, ge=0.0, lt=1.0)  # timm default scale (0.08, 1.0): 0.08
+    random_resized_crop_min: float = added_field(0.0, ge=0.0, le=1.0)  # timm default scale (0.08, 1.0): 0.08
 
 
 class SyntheticConfig(BaseModel):
@@ -88,6 +94,9 @@ class DatasetConfig(BaseModel):
     train_subset: int | None = Field(default=None, ge=1)
     test_subset: int | None = Field(default=None, ge=1)
     normalize: bool = True
+    # imagenet's evaluation: resize the shorter side to floor(size / crop_pct), centre-crop size (timm's crop_pct;
+    # 0.875 is timm's default, 256 -> 224; 1.0 resizes straight to the crop). Other sets have one native size.
+    crop_pct: float = added_field(0.875, gt=0.0, le=1.0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
@@ -111,6 +120,12 @@ class DatasetConfig(BaseModel):
         # no download, so the flag is harmless there.
         if self.download and self.name == "tinyimagenet":
             raise ValueError("dataset.download is not supported for tinyimagenet. " + TINYIMAGENET_HINT)
+        aug = self.augment
+        if aug.randaugment_scale == "timm" and aug.randaugment_magnitude > 10:
+            raise ValueError(f"dataset.augment.randaugment_magnitude ({aug.randaugment_magnitude}) must be at most 10 "
+                             "on timm's scale (randaugment_scale: timm)")
+        if self.crop_pct != 0.875 and self.name != "imagenet":
+            raise ValueError(f"dataset.crop_pct is for imagenet (images of varying size) only, not {self.name}")
         if self.download and self.name == "imagenet":
             raise ValueError("dataset.download is not supported for imagenet. " + IMAGENET_HINT)
         return self

@@ -52,6 +52,9 @@ class ModelConfig(BaseModel):
     attn_scale: float = Field(0.125, gt=0)  # fixed 0.125 in the official code, independent of head dim
     attn_v_threshold: float = Field(0.5, gt=0)  # attn_lif threshold in the official code
     stem_pools: int | None = Field(None, ge=0, le=4)  # None: chosen from the input size (see stem_pool_count)
+    # Where a stem stage max-pools: before its LIF (Spikformer's CIFAR code: conv-BN-pool-LIF) or after it
+    # (Spikformer's ImageNet code and SDT: conv-BN-LIF-pool). None: the backbone's own (spikformer before, sdt after).
+    stem_pool: Literal["before_lif", "after_lif"] | None = added_field(None)
     linear_bias: bool = False  # spikingjelly's spikformer_cifar10 (9.31M params) has none; the official code has
     neuron: NeuronConfig = NeuronConfig()
 

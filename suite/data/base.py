@@ -241,7 +241,9 @@ def _build_transforms(
         geometric.append(v2.RandomHorizontalFlip())
     if aug.randaugment:
         # Photometric ops assume [0, 1] intensities, so RandAugment must run before Normalize.
-        geometric.append(v2.RandAugment(num_ops=1, magnitude=9))
+        bins = 11 if aug.randaugment_scale == "timm" else 31  # magnitude / (bins - 1) of each op's range
+        geometric.append(v2.RandAugment(num_ops=aug.randaugment_ops, magnitude=aug.randaugment_magnitude,
+                                        num_magnitude_bins=bins))
     # Erasing after Normalize (as in timm/Spikformer) so the erased value 0 is the dataset mean.
     erasing = [v2.RandomErasing(p=aug.random_erasing)] if aug.random_erasing > 0 else []
 

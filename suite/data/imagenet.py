@@ -6,7 +6,7 @@ The labelled ``val/`` split (50 images per class) serves as test, as in every pu
 validation hold-out is carved from train by ``dataset.val_fraction`` like every other set. Images are brought to
 ``image_size`` (default 224, the published resolution) the way timm's ImageNet transforms do: training takes a
 ``RandomResizedCrop`` when ``augment.random_resized_crop_min`` is set, evaluation resizes the shorter side to
-``size / 0.875`` and centre-crops ``size`` (timm's default ``crop_pct``). It cannot be downloaded.
+``size / dataset.crop_pct`` (timm's default 0.875: 256 at 224) and centre-crops ``size``. It cannot be downloaded.
 """
 
 import math
@@ -36,10 +36,6 @@ from suite.data.registry import (
 
 # torchvision / timm IMAGENET_DEFAULT_MEAN and IMAGENET_DEFAULT_STD
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# timm's DEFAULT_CROP_PCT: evaluation resizes the shorter side to floor(size / 0.875) (256 at 224), then centre-crops
-CROP_PCT = 0.875
-
-
 def _class_folders(split: Path) -> list[str]:
     return sorted(p.name for p in split.iterdir() if p.is_dir())
 
@@ -62,7 +58,7 @@ def _read_split(split: Path, class_of: dict[str, int]) -> tuple[list[Path], list
 
 def _sizing(cfg: DatasetConfig, size: int) -> tuple[list, list]:
     """(train, eval) steps to ``size`` x ``size``: timm's random resized crop (when set) / resize + centre crop."""
-    evaluate = [v2.Resize(math.floor(size / CROP_PCT), antialias=True), v2.CenterCrop(size)]
+    evaluate = [v2.Resize(math.floor(size / cfg.crop_pct), antialias=True), v2.CenterCrop(size)]
     lo = cfg.augment.random_resized_crop_min
     train = [v2.RandomResizedCrop(size, scale=(lo, 1.0), antialias=True)] if lo > 0 else evaluate
     return train, evaluate

@@ -26,7 +26,6 @@ from suite.config import ModelConfig
 from suite.models.context import Context, LayerShape
 from suite.models.policies import overhead
 
-
 # The stems (Spikformer's SPS, SDT's) have four stages and pool after at most each of them.
 MAX_STEM_POOLS = 4
 
