@@ -188,7 +188,8 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     m.update(energy_metrics(ops, seen, ec.costs))
     conventions = convention_metrics(Counts(
         details["ops"], seen, T, model.cfg.stem, static_input, details.get("exit_step_share"),
-        details.get("active_steps"), details["policy_ops"], details["neuron_updates"]), ec.costs)
+        details.get("active_steps"), details["policy_ops"], details["neuron_updates"],
+        model.cfg.neuron.type != "if"), ec.costs)
     # exact and paper stay as energy_metrics gives them (with their per-kind parts); the registry recomputes them
     m.update({k: v for k, v in conventions.items() if k not in m})
     if out.unit_halting is not None:

@@ -313,3 +313,42 @@ def test_bad_recipe_values_exit_2_naming_the_key(tmp_path: Path, capsys, section
     assert cli.main(["run", str(study), "--results", str(results), "--no-progress"]) == 2
     assert key in capsys.readouterr().err
     assert not results.exists()
+
+
+def test_if_neurons_are_charged_no_leak_multiply():
+    """The neuron_updates and lemaire2022 conventions add a leak MAC per neuron update; an IF neuron has none."""
+    from suite.config.train import EnergyConfig
+    from suite.energy import Counts, convention_uj
+
+    cfg = EnergyConfig()
+    lif = Counts({}, 1.0, 4, policy_ops={}, neuron_updates=1000.0)
+    iff = Counts({}, 1.0, 4, policy_ops={}, neuron_updates=1000.0, leaky=False)
+    saved = convention_uj("neuron_updates", lif, cfg) - convention_uj("neuron_updates", iff, cfg)
+    assert saved == pytest.approx(cfg.e_mac_pj * 1000.0 * 1e-6)
+    assert convention_uj("neuron_updates", iff, cfg) == pytest.approx(cfg.e_ac_pj * 1000.0 * 1e-6)
+
+
+DDP_STUDY = """
+name: rddp
+dataset: {name: synthetic, synthetic: {train_size: 40, test_size: 16}, val_fraction: 0.2}
+model: {depth: 1, dim: 16, heads: 2, T: 2}
+train: {epochs: 3, batch_size: 8, warmup_epochs: 1, warmup_lr: 1.0e-5, cooldown_epochs: 1, cutmix: 1.0,
+        ema: 0.5, repeated_aug: 3}
+eval: {heatmap_images: 0}
+tracking: {enabled: false}
+variants: {dense: {}}
+"""
+
+
+def test_recipe_on_two_ranks(tmp_path: Path):
+    """Repeated augmentation, cutmix and the EMA on 2 spawned DDP ranks: every rank takes as many steps (else the
+    collectives would hang), rank 0 keeps the EMA, the checkpoint has it and the run's weights are it."""
+    from suite.run.unit import RunUnit, run_one
+
+    spec = expand(parse_study(DDP_STUDY))[0]
+    res = run_one(RunUnit(spec, tmp_path / "rddp", device="cpu", progress=False, nproc_per_run=2))
+    assert res.outcome == "done", res.reason
+    ckpt = load_checkpoint(tmp_path / "rddp" / spec.run_id / "checkpoint.pt", "cpu")
+    assert ckpt["world_size"] == 2 and ckpt["epoch"] == 3 and "ema" in ckpt
+    assert any(not torch.equal(ckpt["model"][k], v) for k, v in ckpt["ema"].items() if v.is_floating_point())
+    assert ckpt["history"][-1]["lr"] == pytest.approx(spec.config.train.min_lr)

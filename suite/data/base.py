@@ -313,3 +313,36 @@ def _bundle_from_tensors(
         mean=mean,
         std=std,
     )
+
+
+def _bundle_from_files(
+    cfg: DatasetConfig,
+    train: tuple[list[Path], list[int]],
+    test: tuple[list[Path], list[int]],
+    num_classes: int,
+    size: tuple[int, int],
+    stats: tuple[Sequence[float], Sequence[float]],
+    sizing: tuple[list[Callable[..., Any]], list[Callable[..., Any]]] | None = None,
+) -> DataBundle:
+    """Split/subset file-backed (path, label) lists and wrap them, decoded on access: the file-backed sets'
+    ``_bundle_from_tensors``. ``stats``: the published normalisation (decoding every image to compute it would
+    cost an epoch), used when ``cfg.normalize``; ``sizing`` as in ``_build_transforms``."""
+    train_idx, val_idx = _split_train(np.asarray(train[1]), cfg)
+    test_idx = _select_test(np.asarray(test[1]), cfg)
+    mean, std = (tuple(stats[0]), tuple(stats[1])) if cfg.normalize else (None, None)
+    train_tf, eval_tf = _build_transforms(cfg, size, mean, std, sizing)
+
+    def part(split: tuple[list[Path], list[int]], idx: np.ndarray, tf: Transform | None) -> ImageFileDataset:
+        return ImageFileDataset([split[0][i] for i in idx], [split[1][i] for i in idx], tf)
+
+    return DataBundle(
+        train=part(train, train_idx, train_tf),
+        val=None if val_idx is None else part(train, val_idx, eval_tf),
+        test=part(test, test_idx, eval_tf),
+        num_classes=num_classes,
+        in_channels=3,
+        image_size=size,
+        name=cfg.name,
+        mean=mean,
+        std=std,
+    )

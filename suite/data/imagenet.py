@@ -12,20 +12,11 @@ validation hold-out is carved from train by ``dataset.val_fraction`` like every 
 import math
 from pathlib import Path
 
-import numpy as np
 from torchvision.transforms import v2
 
 from suite.config import DatasetConfig
 from suite.config.data import IMAGENET_HINT, IMAGENET_SIZE
-from suite.data.base import (
-    DataBundle,
-    ImageFileDataset,
-    Transform,
-    _build_transforms,
-    _select_test,
-    _split_train,
-    list_images,
-)
+from suite.data.base import DataBundle, _bundle_from_files, list_images
 from suite.data.registry import (
     DataSource,
     _not_found,
@@ -73,26 +64,9 @@ def _load_imagenet(cfg: DatasetConfig) -> DataBundle:
     train_paths, train_labels = _read_split(directory / "train", class_of)
     test_paths, test_labels = _read_split(directory / "val", class_of)
 
-    train_idx, val_idx = _split_train(np.asarray(train_labels), cfg)
-    test_idx = _select_test(np.asarray(test_labels), cfg)
-    mean, std = IMAGENET_STATS if cfg.normalize else (None, None)
     side = cfg.image_size or IMAGENET_SIZE
-    train_tf, eval_tf = _build_transforms(cfg, (side, side), mean, std, sizing=_sizing(cfg, side))
-
-    def part(paths: list[Path], labels: list[int], idx: np.ndarray, tf: Transform | None) -> ImageFileDataset:
-        return ImageFileDataset([paths[i] for i in idx], [labels[i] for i in idx], tf)
-
-    return DataBundle(
-        train=part(train_paths, train_labels, train_idx, train_tf),
-        val=None if val_idx is None else part(train_paths, train_labels, val_idx, eval_tf),
-        test=part(test_paths, test_labels, test_idx, eval_tf),
-        num_classes=len(wnids),
-        in_channels=3,
-        image_size=(side, side),
-        name=cfg.name,
-        mean=mean,
-        std=std,
-    )
+    return _bundle_from_files(cfg, (train_paths, train_labels), (test_paths, test_labels), len(wnids),
+                              (side, side), IMAGENET_STATS, _sizing(cfg, side))
 
 
 register_source(DataSource(names=("imagenet",), check=imagenet_available, load=_load_imagenet))
