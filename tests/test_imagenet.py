@@ -62,17 +62,23 @@ def test_imagefolder_classes_labels_and_transforms(tmp_path: Path):
     assert steps["RandomResizedCrop"].scale == (0.08, 1.0) and "RandomHorizontalFlip" in steps
     assert (steps["RandAugment"].num_ops, steps["RandAugment"].magnitude) == (1, 9)  # what randaugment: true ran
     assert steps["RandAugment"].num_magnitude_bins == 31
+    assert steps["RandAugment"].interpolation.value == "nearest"  # torchvision's default, as before
+    assert steps["RandomResizedCrop"].interpolation.value == "bilinear"
     assert [type(t).__name__ for t in normed.test.transform.transforms] == ["Resize", "CenterCrop", "Normalize"]
     assert normed.test.transform.transforms[0].size == [36]  # floor(32 / 0.875): timm's default crop_pct
 
     # the official Spikformer ImageNet recipe: crop_pct 1.0, scale (1, 1), timm's rand-m9 with its default n = 2
     official = load_data(DatasetConfig(name="imagenet", root=str(tmp_path / "in1k"), image_size=32, crop_pct=1.0,
                                        augment={"random_resized_crop_min": 1.0, "randaugment": True,
-                                                "randaugment_ops": 2, "randaugment_scale": "timm"}))
+                                                "randaugment_ops": 2, "randaugment_scale": "timm"},
+                                       interpolation="bicubic"))
     steps = {type(t).__name__: t for t in official.train.transform.transforms}
     assert steps["RandomResizedCrop"].scale == (1.0, 1.0)
     ra = steps["RandAugment"]
     assert (ra.num_ops, ra.magnitude, ra.num_magnitude_bins) == (2, 9, 11)  # 9 / 10 of each op's range, as timm
+    assert steps["RandomResizedCrop"].interpolation.value == "bicubic"
+    assert ra.interpolation.value == "bilinear"  # torchvision's affine ops refuse bicubic on tensors
+    assert official.test.transform.transforms[0].interpolation.value == "bicubic"
     assert official.test.transform.transforms[0].size == [32]
     assert official.train[0][0].shape == official.test[0][0].shape == (3, 32, 32)
 

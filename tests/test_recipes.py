@@ -118,6 +118,21 @@ def test_warmup_starts_at_warmup_lr_and_cooldown_holds_min_lr():
     assert old[-1] * lr > lo and old[8] == pytest.approx(1.0)
 
 
+def test_timm_epoch_schedule_is_timms_cosine_per_epoch():
+    """train.lr_schedule: timm_epoch, timm's CosineLRScheduler as train.py steps it (checked against timm 0.5.4 and
+    1.0.31 to 1e-16 outside CI, where timm is not installed): one value per epoch, warm-up from warmup_lr, the cosine
+    over epochs - cooldown counted from epoch 0, min_lr in the cooldown."""
+    lr, lo, wlr, spe = 5e-4, 1e-5, 1e-6, 3
+    f = _factors(spe, epochs=31, cooldown_epochs=1, warmup_epochs=2, lr=lr, min_lr=lo, warmup_lr=wlr,
+                 lr_schedule="timm_epoch")
+    per_epoch = [f[e * spe] * lr for e in range(31)]
+    assert all(f[e * spe + s] == f[e * spe] for e in range(31) for s in range(spe))  # constant within an epoch
+    assert per_epoch[0] == pytest.approx(wlr) and per_epoch[1] == pytest.approx(wlr + (lr - wlr) / 2)
+    for e in range(2, 30):  # the cosine at epoch e of 30, not of 28: the warm-up overrode its start
+        assert per_epoch[e] == pytest.approx(lo + 0.5 * (lr - lo) * (1 + math.cos(math.pi * e / 30)))
+    assert per_epoch[30] == pytest.approx(lo)
+
+
 # ------------------------------------------------------------------------------------------------ repeated aug
 
 
@@ -297,6 +312,8 @@ variants: {dense: {}}
     ("train", "cooldown_epochs: 3", "cooldown_epochs"),
     ("train", "warmup_lr: 1.0", "warmup_lr"),
     ("train", "repeated_aug: 0", "train.repeated_aug"),
+    ("train", "lr_schedule: step", "train.lr_schedule"),
+    ("dataset", "interpolation: lanczos", "dataset.interpolation"),
     ("model", "neuron: {type: alif}", "model.neuron.type"),
     ("model", "neuron: {surrogate: erf}", "model.neuron.surrogate"),
     ("dataset", "augment: {random_resized_crop_min: 1.5}", "dataset.augment.random_resized_crop_min"),

@@ -97,6 +97,11 @@ class DatasetConfig(BaseModel):
     # imagenet's evaluation: resize the shorter side to floor(size / crop_pct), centre-crop size (timm's crop_pct;
     # 0.875 is timm's default, 256 -> 224; 1.0 resizes straight to the crop). Other sets have one native size.
     crop_pct: float = added_field(0.875, gt=0.0, le=1.0)
+    # How images are resampled: bilinear (what the suite always did: bilinear resizes and crops, RandAugment's
+    # geometric ops nearest, torchvision's defaults) or bicubic (timm's interpolation / train_interpolation bicubic,
+    # as the official Spikformer and SDT configs: resizes and crops; RandAugment's geometric ops bilinear, since
+    # torchvision's affine ops refuse bicubic on tensors).
+    interpolation: Literal["bilinear", "bicubic"] = added_field("bilinear")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 

@@ -45,6 +45,11 @@ class TrainConfig(BaseModel):
     # epochs: 310, cooldown_epochs: 10).
     warmup_lr: float | None = added_field(None, ge=0)
     cooldown_epochs: int = added_field(0, ge=0)
+    # per_step: the suite's schedule, set at every optimizer step, the cosine starting after the warm-up;
+    # timm_epoch: timm's CosineLRScheduler as the official train.py scripts run it (t_in_epochs, no warmup_prefix):
+    # one value per epoch, warm-up from warmup_lr (unset: min_lr) over warmup_epochs, the cosine over
+    # epochs - cooldown_epochs counted from epoch 0 (the warm-up overrides its start), then min_lr.
+    lr_schedule: Literal["per_step", "timm_epoch"] = added_field("per_step")
     # Repeated augmentation (timm RASampler, DeiT): every image of an epoch's permutation is taken this many times,
     # spread over the run's ranks (each copy augmented apart); the epoch keeps about len(train) images. 1 = off.
     repeated_aug: int = added_field(1, ge=1, le=16)

@@ -217,6 +217,11 @@ def _select_test(labels: np.ndarray, cfg: DatasetConfig) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
+def resampling(cfg: DatasetConfig) -> v2.InterpolationMode:
+    """``dataset.interpolation`` as torchvision's mode (resizes and crops)."""
+    return v2.InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
+
+
 def _build_transforms(
     cfg: DatasetConfig, size: tuple[int, int], mean: Sequence[float] | None, std: Sequence[float] | None,
     sizing: tuple[list[Callable[..., Any]], list[Callable[..., Any]]] | None = None,
@@ -227,14 +232,16 @@ def _build_transforms(
     (imagenet: a random resized crop / a resize and centre crop); by default a ``Resize`` when ``image_size`` is
     set, and ``augment.random_resized_crop_min`` adds a random resized crop after it."""
     aug = cfg.augment
+    resample = resampling(cfg)
     common: list[Callable[..., Any]] = []
     if sizing is None and cfg.image_size is not None:
-        common.append(v2.Resize(size, antialias=True))
+        common.append(v2.Resize(size, interpolation=resample, antialias=True))
     normalize = [v2.Normalize(list(mean), list(std))] if mean is not None and std is not None else []
 
     geometric: list[Callable[..., Any]] = []
     if sizing is None and aug.random_resized_crop_min > 0:
-        geometric.append(v2.RandomResizedCrop(size, scale=(aug.random_resized_crop_min, 1.0), antialias=True))
+        geometric.append(v2.RandomResizedCrop(size, scale=(aug.random_resized_crop_min, 1.0), interpolation=resample,
+                                              antialias=True))
     if aug.random_crop_padding > 0:
         geometric.append(v2.RandomCrop(size, padding=aug.random_crop_padding))
     if aug.horizontal_flip:
@@ -242,8 +249,11 @@ def _build_transforms(
     if aug.randaugment:
         # Photometric ops assume [0, 1] intensities, so RandAugment must run before Normalize.
         bins = 11 if aug.randaugment_scale == "timm" else 31  # magnitude / (bins - 1) of each op's range
+        # bilinear keeps torchvision's nearest for RandAugment (what the suite always ran); bicubic resamples its
+        # geometric ops bilinearly, the nearest torchvision offers: its affine ops refuse bicubic on tensors
+        ra_resample = v2.InterpolationMode.NEAREST if cfg.interpolation == "bilinear" else v2.InterpolationMode.BILINEAR
         geometric.append(v2.RandAugment(num_ops=aug.randaugment_ops, magnitude=aug.randaugment_magnitude,
-                                        num_magnitude_bins=bins))
+                                        num_magnitude_bins=bins, interpolation=ra_resample))
     # Erasing after Normalize (as in timm/Spikformer) so the erased value 0 is the dataset mean.
     erasing = [v2.RandomErasing(p=aug.random_erasing)] if aug.random_erasing > 0 else []
 

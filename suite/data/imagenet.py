@@ -16,7 +16,7 @@ from torchvision.transforms import v2
 
 from suite.config import DatasetConfig
 from suite.config.data import IMAGENET_HINT, IMAGENET_SIZE
-from suite.data.base import DataBundle, _bundle_from_files, list_images
+from suite.data.base import DataBundle, _bundle_from_files, list_images, resampling
 from suite.data.registry import (
     DataSource,
     _not_found,
@@ -49,9 +49,12 @@ def _read_split(split: Path, class_of: dict[str, int]) -> tuple[list[Path], list
 
 def _sizing(cfg: DatasetConfig, size: int) -> tuple[list, list]:
     """(train, eval) steps to ``size`` x ``size``: timm's random resized crop (when set) / resize + centre crop."""
-    evaluate = [v2.Resize(math.floor(size / cfg.crop_pct), antialias=True), v2.CenterCrop(size)]
+    resample = resampling(cfg)
+    evaluate = [v2.Resize(math.floor(size / cfg.crop_pct), interpolation=resample, antialias=True),
+                v2.CenterCrop(size)]
     lo = cfg.augment.random_resized_crop_min
-    train = [v2.RandomResizedCrop(size, scale=(lo, 1.0), antialias=True)] if lo > 0 else evaluate
+    train = [v2.RandomResizedCrop(size, scale=(lo, 1.0), interpolation=resample, antialias=True)] if lo > 0 \
+        else evaluate
     return train, evaluate
 
 

@@ -41,7 +41,7 @@ from suite.train.checkpoint import (
     state_digest,
 )
 from suite.train.precision import amp_dtype, autocast, grad_scaler
-from suite.train.recipe import ModelEma, mix_batch, mixing, repeated_indices
+from suite.train.recipe import ModelEma, mix_batch, mixing, repeated_indices, timm_epoch_lambda
 
 log = logging.getLogger("spikesuite")
 
@@ -111,6 +111,8 @@ def lr_lambda(run, steps_per_epoch: int) -> Callable[[int], float]:
     epoch); unset, it keeps the suite's first rule (first step at min_lr + one step's rise), so existing runs
     train as before."""
     tc = run.train
+    if tc.lr_schedule == "timm_epoch":
+        return timm_epoch_lambda(tc, steps_per_epoch)
     warm = int(tc.warmup_epochs * steps_per_epoch)
     total = max(1, (tc.epochs - tc.cooldown_epochs) * steps_per_epoch)  # the cosine ends where the cooldown starts
     floor = tc.min_lr / tc.lr

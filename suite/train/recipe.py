@@ -1,6 +1,7 @@
 """The pieces of timm's training recipe that the official spiking-transformer code uses, each behind a ``train.*``
 key: mixup / cutmix with timm's switch (``mix_batch``), the weights' EMA (``ModelEma``) and repeated augmentation
-(``repeated_indices``). The LR schedule (warm-up from ``warmup_lr``, cooldown at ``min_lr``) is ``loop.lr_lambda``.
+(``repeated_indices``), and timm's per-epoch cosine schedule (``timm_epoch_lambda``, ``train.lr_schedule: timm_epoch``;
+the suite's own per-step schedule, with ``warmup_lr`` and the cooldown at ``min_lr``, is ``loop.lr_lambda``).
 
 Random draws come from numpy's and torch's global generators, which the checkpoint restores (``get_rng``), so a
 resumed run mixes exactly as an uninterrupted one."""
@@ -92,3 +93,25 @@ def repeated_indices(n: int, *, world: int, rank: int, seed: int, repeats: int) 
     total = math.ceil(len(rep) / world) * world
     rep += rep[: total - len(rep)]
     return rep[rank:total:world][: math.ceil(n / world)]
+
+
+def timm_epoch_lambda(tc, steps_per_epoch: int):
+    """timm's ``CosineLRScheduler`` (``t_in_epochs=True``, ``warmup_prefix=False``, one cycle) as the official
+    train.py scripts step it, once per epoch, as a factor of ``lr`` per optimizer step: epoch ``e`` takes
+    ``warmup_lr + e (lr - warmup_lr) / warmup_epochs`` while ``e < warmup_epochs``, then
+    ``min_lr + (lr - min_lr) (1 + cos(pi e / t)) / 2`` with ``t = epochs - cooldown_epochs`` (counted from epoch 0:
+    the warm-up replaces the cosine's start), then ``min_lr`` for the cooldown. ``warmup_lr`` unset: ``min_lr``."""
+    start = tc.min_lr if tc.warmup_lr is None else tc.warmup_lr
+    cycle = tc.epochs - tc.cooldown_epochs
+
+    def factor(step: int) -> float:
+        epoch = step // max(1, steps_per_epoch)
+        if epoch < tc.warmup_epochs:
+            lr = start + epoch * (tc.lr - start) / tc.warmup_epochs
+        elif epoch < cycle:
+            lr = tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * epoch / cycle))
+        else:
+            lr = tc.min_lr
+        return lr / tc.lr
+
+    return factor
