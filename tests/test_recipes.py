@@ -53,6 +53,16 @@ def test_cutmix_boxes_carry_area_weighted_labels():
     assert seen_partial > 50
 
 
+def test_reversed_pairing_is_timms_flip():
+    np.random.seed(4)
+    x, y = _numbered()
+    mixed, target = mix_batch(x, y, 8, TrainConfig(mixup=0.0, cutmix=1.0, mixup_pairing="reversed"))
+    for i in range(8):
+        assert set(mixed[i, 0].unique().tolist()) <= {float(i), float(7 - i)}
+        assert set(target[i].nonzero().flatten().tolist()) <= {i, 7 - i}
+    assert (mixed != x).any()
+
+
 def test_switch_probability_and_mix_probability():
     x, y = _numbered()
 

@@ -37,6 +37,9 @@ class TrainConfig(BaseModel):
     cutmix: float = added_field(0.0, ge=0)
     mixup_switch_prob: float = added_field(0.5, ge=0, le=1)
     mixup_prob: float = added_field(1.0, ge=0, le=1)
+    # the partner each image is mixed with: a random permutation of the batch (the suite's rule) or the batch
+    # reversed, image i with image B-1-i (timm's x.flip(0))
+    mixup_pairing: Literal["permutation", "reversed"] = added_field("permutation")
     # An exponential moving average of the weights (timm ModelEmaV2: ema = decay * ema + (1 - decay) * w after every
     # optimizer step, buffers too); when set, validation, evaluation and the run's weights are the EMA model's.
     ema: float | None = added_field(None, gt=0, lt=1)

@@ -37,7 +37,8 @@ def cutmix_box(height: int, width: int, lam: float) -> tuple[int, int, int, int]
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, tc) -> tuple[torch.Tensor, torch.Tensor]:
     """timm ``Mixup`` in batch mode: ``(images, soft targets)``, or ``(x, y)`` unchanged when this batch is not
-    mixed (probability ``1 - mixup_prob``). Each image is paired with the image ``perm`` puts beside it. Mixup blends
+    mixed (probability ``1 - mixup_prob``). Each image is paired with the image ``perm`` puts beside it (a random
+    permutation, or the reversed batch as timm: ``mixup_pairing``). Mixup blends
     whole images with ``lam ~ Beta(mixup, mixup)``; cutmix pastes the partner's pixels inside ``cutmix_box`` and
     weighs the two labels by area, ``lam = 1 - box area / image area`` (timm ``correct_lam``). With both on, cutmix
     is taken with probability ``mixup_switch_prob``. Label smoothing is applied by the loss (``task_loss``), which
@@ -46,7 +47,10 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, tc) -> tuple[t
         return x, y
     use_cutmix = tc.cutmix > 0 and (tc.mixup <= 0 or np.random.rand() < tc.mixup_switch_prob)
     lam = float(np.random.beta(tc.cutmix, tc.cutmix) if use_cutmix else np.random.beta(tc.mixup, tc.mixup))
-    perm = torch.randperm(x.shape[0], device=x.device)
+    if tc.mixup_pairing == "reversed":  # timm: x.flip(0); no draw
+        perm = torch.arange(x.shape[0] - 1, -1, -1, device=x.device)
+    else:
+        perm = torch.randperm(x.shape[0], device=x.device)
     if use_cutmix:
         top, bottom, left, right = cutmix_box(x.shape[-2], x.shape[-1], lam)
         x = x.clone()
