@@ -21,8 +21,13 @@ class NeuronConfig(BaseModel):
     v_threshold: float = Field(1.0, gt=0)  # spikingjelly default
     v_reset: float | None = 0.0  # hard reset to 0 (spikingjelly default); None = soft reset
     detach_reset: bool = True  # Spikformer: detach_reset=True
-    surrogate: Literal["sigmoid", "atan"] = "sigmoid"  # spikingjelly default surrogate.Sigmoid
+    # triangle: spikingjelly PiecewiseQuadratic (gradient alpha - alpha^2 |x| for |x| <= 1/alpha); rectangle:
+    # spikingjelly Rect (gradient alpha for |x| < 0.5/alpha). alpha is each function's own parameter.
+    surrogate: Literal["sigmoid", "atan", "triangle", "rectangle"] = "sigmoid"  # spikingjelly default Sigmoid
     alpha: float = Field(4.0, gt=0)  # surrogate.Sigmoid(alpha=4.0) default
+    # lif: LIFNode(tau); plif: ParametricLIFNode, tau learnt per layer from init_tau = tau (Fang et al., ICCV 2021);
+    # if: IFNode (no leak, tau unused)
+    type: Literal["lif", "plif", "if"] = added_field("lif")
     # The kernel spikingjelly runs the LIF layers on (suite.models.neurons): auto is the fastest available on the
     # device; cupy is spikingjelly 2.0's compiled CUDA kernels (successor of 1.x's CuPy backend); triton; torch.
     backend: Literal["auto", "torch", "cupy", "triton"] = added_field("auto")
@@ -47,6 +52,9 @@ class ModelConfig(BaseModel):
     attn_scale: float = Field(0.125, gt=0)  # fixed 0.125 in the official code, independent of head dim
     attn_v_threshold: float = Field(0.5, gt=0)  # attn_lif threshold in the official code
     stem_pools: int | None = Field(None, ge=0, le=4)  # None: chosen from the input size (see stem_pool_count)
+    # Where a stem stage max-pools: before its LIF (Spikformer's CIFAR code: conv-BN-pool-LIF) or after it
+    # (Spikformer's ImageNet code and SDT: conv-BN-LIF-pool). None: the backbone's own (spikformer before, sdt after).
+    stem_pool: Literal["before_lif", "after_lif"] | None = added_field(None)
     linear_bias: bool = False  # spikingjelly's spikformer_cifar10 (9.31M params) has none; the official code has
     neuron: NeuronConfig = NeuronConfig()
 

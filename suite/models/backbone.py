@@ -26,11 +26,15 @@ from suite.config import ModelConfig
 from suite.models.context import Context, LayerShape
 from suite.models.policies import overhead
 
+# The stems (Spikformer's SPS, SDT's) have four stages and pool after at most each of them.
+MAX_STEM_POOLS = 4
+
 
 def stem_pool_count(image_size: int) -> int:
     """Max-pools in the stem so the token grid is at most ~8x8: 8x8 digits -> 4x4 (16 tokens),
-    28x28 -> 7x7 (49), 32x32 CIFAR -> 8x8 (64, as the official code), 64x64 TinyImageNet -> 8x8."""
-    return max(1, math.ceil(math.log2(image_size / 8))) if image_size > 8 else 1
+    28x28 -> 7x7 (49), 32x32 CIFAR -> 8x8 (64, as the official code), 64x64 TinyImageNet -> 8x8; at most the
+    stem's four, so 224x224 ImageNet -> 14x14 (196 tokens, as the official ImageNet code)."""
+    return min(MAX_STEM_POOLS, max(1, math.ceil(math.log2(image_size / 8)))) if image_size > 8 else 1
 
 
 def _pooled(size: int, pools: int) -> int:

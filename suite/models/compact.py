@@ -72,7 +72,10 @@ class LIFParams:
 
 
 def lif_params(node: neuron.LIFNode) -> LIFParams:
-    """Read the constants of a spikingjelly LIF neuron."""
+    """Read the constants of a spikingjelly LIF neuron (compacted inference reimplements LIF only: a PLIF or IF
+    layer, ``model.neuron.type``, is refused rather than run with the wrong dynamics)."""
+    if not isinstance(node, neuron.LIFNode):
+        raise TypeError(f"compacted inference runs LIF neurons only (model.neuron.type: lif), not {type(node).__name__}")
     return LIFParams(float(node.tau), float(node.v_threshold),
                      None if node.v_reset is None else float(node.v_reset), bool(node.decay_input))
 

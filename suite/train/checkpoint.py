@@ -20,9 +20,16 @@ def load_checkpoint(path: Path, device: torch.device | str) -> dict[str, Any]:
     return torch.load(path, map_location=device, weights_only=True)
 
 
+def eval_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint's run is evaluated with: its EMA's when it trained one (``train.ema``), else the
+    trained model's (``"model"`` always holds the raw weights, which a resume continues from)."""
+    return state.get("ema", state["model"])
+
+
 def load_weights(run_dir: Path, device: torch.device | str) -> dict[str, torch.Tensor]:
-    """The trained model's state dict of a finished run (``run_dir/checkpoint.pt``)."""
-    return load_checkpoint(run_dir / CHECKPOINT, device)["model"]
+    """The evaluated weights of a finished run (``run_dir/checkpoint.pt``, ``eval_weights``): what re-evaluation,
+    searches and a fine-tuned child (``train.init_from``) start from."""
+    return eval_weights(load_checkpoint(run_dir / CHECKPOINT, device))
 
 
 def load_parent_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:

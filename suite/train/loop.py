@@ -41,6 +41,7 @@ from suite.train.checkpoint import (
     state_digest,
 )
 from suite.train.precision import amp_dtype, autocast, grad_scaler
+from suite.train.recipe import ModelEma, mix_batch, mixing, repeated_indices, timm_epoch_lambda
 
 log = logging.getLogger("spikesuite")
 
@@ -105,15 +106,21 @@ def calibrate(run, model: Backbone, data: DataBundle, device: torch.device, *, l
 
 
 def lr_lambda(run, steps_per_epoch: int) -> Callable[[int], float]:
-    """Linear warmup to lr, then cosine to min_lr, per optimizer step (as a factor of lr)."""
+    """Linear warmup to lr, then cosine to min_lr, then ``cooldown_epochs`` at min_lr, per optimizer step (as a
+    factor of lr). The warm-up starts at ``warmup_lr`` (its first step takes exactly warmup_lr, as timm's first
+    epoch); unset, it keeps the suite's first rule (first step at min_lr + one step's rise), so existing runs
+    train as before."""
     tc = run.train
+    if tc.lr_schedule == "timm_epoch":
+        return timm_epoch_lambda(tc, steps_per_epoch)
     warm = int(tc.warmup_epochs * steps_per_epoch)
-    total = max(1, tc.epochs * steps_per_epoch)
+    total = max(1, (tc.epochs - tc.cooldown_epochs) * steps_per_epoch)  # the cosine ends where the cooldown starts
     floor = tc.min_lr / tc.lr
+    start, shift = (floor, 1) if tc.warmup_lr is None else (tc.warmup_lr / tc.lr, 0)
 
     def factor(step: int) -> float:
         if step < warm:
-            return floor + (1 - floor) * (step + 1) / warm
+            return start + (1 - start) * (step + shift) / warm
         progress = min(1.0, (step - warm) / max(1, total - warm))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -197,6 +204,9 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
                      f" ({len(fresh)} tensor(s) of its own keep their initialisation)" if fresh else "")
     if state is None:  # a resume has the calibrated shift in its checkpoint already
         calibrate(run, model, data, device, log_it=main)
+    ema = ModelEma(model, tc.ema) if tc.ema is not None and main else None  # rank 0 alone validates and saves
+    if ema is not None and state is not None and "ema" in state:
+        ema.module.load_state_dict(state["ema"])
     if dist is None:
         if state is not None:
             set_rng(state["rng"])
@@ -211,7 +221,7 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
     train_model = torch.compile(train_model) if tc.compile else train_model
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.perf_counter()
-        row = _train_epoch(run, train_model, model, data, (opt, sched, scaler), epoch, device, amp, local_bs,
+        row = _train_epoch(run, train_model, model, data, (opt, sched, scaler, ema), epoch, device, amp, local_bs,
                            progress and main, dist)
         if dist is not None:
             dist.broadcast_buffers(model)  # BN running statistics: rank 0's, so every rank holds the checkpoint's
@@ -220,7 +230,8 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
         failure: BaseException | None = None
         if main:
             try:
-                row.update(_validate(model, data, device, amp, tc.eval_batch_size))
+                row.update(_validate(model if ema is None else ema.module, data, device, amp, tc.eval_batch_size,
+                                     tc.num_workers))
                 spent += time.perf_counter() - t0
                 row.update(epoch=epoch + 1, lr=opt.param_groups[0]["lr"], epoch_time_s=time.perf_counter() - t0)
                 history.append(row)
@@ -228,6 +239,8 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
                         "history": history, "epoch": epoch + 1, "train_time_s": spent, "rng": get_rng()}
                 if scaler.is_enabled():
                     ckpt["scaler"] = scaler.state_dict()
+                if ema is not None:  # the evaluated weights (checkpoint.eval_weights); "model" resumes training
+                    ckpt["ema"] = ema.module.state_dict()
                 if dist is not None:
                     ckpt.update(world_size=dist.world, rng_ranks=rngs)
                 save_checkpoint(ckpt_path, ckpt)
@@ -241,7 +254,7 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
                 raise StoppedByRankZero(f"rank 0 stopped the run after epoch {epoch + 1}: {reason}")
         if failure is not None:
             raise failure
-    return FitResult(model, history, spent, start_epoch)
+    return FitResult(model if ema is None else ema.module, history, spent, start_epoch)
 
 
 class _Ranks:
@@ -327,20 +340,25 @@ def _check_identical(dist: _Ranks, model: nn.Module, epoch: int) -> None:
 def _train_epoch(run, train_model: nn.Module, model: Backbone, data: DataBundle, optim: tuple, epoch: int,
                  device: torch.device, amp: torch.dtype | None, bs: int, progress: bool,
                  dist: _Ranks | None = None) -> dict[str, float]:
-    """One epoch; ``optim`` is (optimizer, scheduler, grad scaler); ``bs`` is this rank's batch. With ``dist``, the
-    row's sums are taken over every rank."""
+    """One epoch; ``optim`` is (optimizer, scheduler, grad scaler, weights' EMA or None); ``bs`` is this rank's
+    batch. With ``dist``, the row's sums are taken over every rank."""
     tc = run.train
-    opt, sched, scaler = optim
+    opt, sched, scaler, ema = optim
     model.train()
     seed = run.seed * 100_003 + epoch
-    if dist is None:
+    if tc.repeated_aug > 1:  # timm RASampler: the copies of an image go to consecutive ranks (one rank: one batch)
+        world, rank = (dist.world, dist.rank) if dist is not None else (1, 0)
+        picked = repeated_indices(len(data.train), world=world, rank=rank, seed=seed, repeats=tc.repeated_aug)
+        loader = make_loader(Subset(data.train, picked), batch_size=bs, shuffle=False, seed=seed * 1_009 + rank,
+                             num_workers=tc.num_workers, pin_memory=device.type == "cuda")
+    elif dist is None:
         loader = make_loader(data.train, batch_size=bs, shuffle=True, seed=seed, num_workers=tc.num_workers,
                              pin_memory=device.type == "cuda")
     else:
         shard = Subset(data.train, shard_indices(len(data.train), world=dist.world, rank=dist.rank, seed=seed))
         loader = make_loader(shard, batch_size=bs, shuffle=False, seed=seed * 1_009 + dist.rank,
                              num_workers=tc.num_workers, pin_memory=device.type == "cuda")
-    mix = tc.mixup > 0 and (tc.mixup_off_epoch is None or epoch < tc.mixup_off_epoch)
+    mix = mixing(tc, epoch)
     sums = torch.zeros(3, device=device)  # loss sum, correct, seen: kept on device (no sync per step)
     aux_sums: dict[str, torch.Tensor] = {}
     bar = tqdm(loader, desc=f"{run.variant} s{run.seed} ep {epoch + 1}/{tc.epochs}", leave=False,
@@ -349,11 +367,7 @@ def _train_epoch(run, train_model: nn.Module, model: Backbone, data: DataBundle,
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         target = y
         if mix:
-            lam = float(np.random.beta(tc.mixup, tc.mixup))
-            perm = torch.randperm(x.shape[0], device=device)
-            x = lam * x + (1 - lam) * x[perm]
-            onehot = F.one_hot(y, data.num_classes).float()
-            target = lam * onehot + (1 - lam) * onehot[perm]
+            x, target = mix_batch(x, y, data.num_classes, tc)
         with autocast(amp, device):
             out = train_model(x)
             ramp = loss_warmup(run.tokens.halting, epoch + i / len(loader))
@@ -372,6 +386,8 @@ def _train_epoch(run, train_model: nn.Module, model: Backbone, data: DataBundle,
         scaler.step(opt)  # skipped where fp16 gradients overflowed; the scale then shrinks
         scaler.update()
         sched.step()
+        if ema is not None:
+            ema.update(model)
         functional.reset_net(model)  # neurons are stateful: every batch starts from rest (on every rank)
         with torch.no_grad():
             sums += torch.stack([loss.detach().float() * x.shape[0],
@@ -407,13 +423,14 @@ def _guard(loss_sum: torch.Tensor, dist: _Ranks | None = None) -> None:
 
 @torch.no_grad()
 def _validate(model: Backbone, data: DataBundle, device: torch.device, amp: torch.dtype | None,
-              bs: int) -> dict[str, float]:
+              bs: int, workers: int = 0) -> dict[str, float]:
     if data.val is None or len(data.val) == 0:
         return {}
     model.eval()
     correct = seen = 0
     units = torch.zeros((), device=device)
-    for x, y in make_loader(data.val, batch_size=bs, shuffle=False, seed=0):
+    for x, y in make_loader(data.val, batch_size=bs, shuffle=False, seed=0, num_workers=workers,
+                            pin_memory=device.type == "cuda"):
         x, y = x.to(device), y.to(device)
         with autocast(amp, device):
             out = model(x)

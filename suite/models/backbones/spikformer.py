@@ -21,15 +21,17 @@ from suite.models.registry import register_backbone
 
 
 class SPS(nn.Module):
-    """Spiking Patch Splitting: 4 conv stages (dim/8, dim/4, dim/2, dim), pools on the last stages,
-    then a relative-position conv whose spikes are added to the stage-4 spikes (values 0..2)."""
+    """Spiking Patch Splitting: 4 conv stages (dim/8, dim/4, dim/2, dim), pools on the last stages (before each
+    stage's LIF as the official CIFAR code, or after it as the official ImageNet code: ``pool_after_lif``), then a
+    relative-position conv whose spikes are added to the stage-4 spikes (values 0..2)."""
 
-    def __init__(self, in_channels: int, dim: int, pools: int, neuron: NeuronConfig):
+    def __init__(self, in_channels: int, dim: int, pools: int, neuron: NeuronConfig, pool_after_lif: bool = False):
         super().__init__()
         widths = [dim // 8, dim // 4, dim // 2, dim]
         cins = [in_channels] + widths[:-1]
         self.stages = nn.ModuleList(
-            ConvBNLIF(cin, cout, pool=i >= 4 - pools, neuron=neuron, name=f"stem.{i}", analog=i == 0)
+            ConvBNLIF(cin, cout, pool=i >= 4 - pools, neuron=neuron, name=f"stem.{i}", analog=i == 0,
+                      pool_after_lif=pool_after_lif)
             for i, (cin, cout) in enumerate(zip(cins, widths))
         )
         self.rpe = ConvBNLIF(dim, dim, pool=False, neuron=neuron, name="stem.rpe")
@@ -134,7 +136,7 @@ class Spikformer(Backbone):
                  token_policy: nn.Module | None = None, time_policy: nn.Module | None = None):
         super().__init__()
         pools = self._setup(cfg, image_size, num_classes)
-        self.stem = SPS(in_channels, cfg.dim, pools, cfg.neuron)
+        self.stem = SPS(in_channels, cfg.dim, pools, cfg.neuron, pool_after_lif=cfg.stem_pool == "after_lif")
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
         self.head = nn.Linear(cfg.dim, num_classes)
         self.token_policy = token_policy
