@@ -152,6 +152,11 @@ class Backbone(nn.Module):
         """Stage ``stage - 1``'s tokens ``[T, B, N, C]`` -> stage ``stage``'s (multi-stage backbones only)."""
         raise NotImplementedError(f"{type(self).__name__} has one stage")
 
+    def stage_kwargs(self) -> dict:
+        """What a token policy's run needs to cross stages (``TokenPolicy.forward``): nothing for one stage."""
+        stages = self.stages
+        return {"stages": stages, "transition": self.transition} if len(stages) > 1 else {}
+
     def block_tokens(self) -> list[int]:
         """Tokens each block sees in the dense model, in block order."""
         return [st.num_tokens for st in self.stages for _ in st.blocks]
@@ -189,9 +194,7 @@ class Backbone(nn.Module):
                               maps=torch.ones(B, self.depth, T, self.num_tokens, dtype=torch.bool, device=z.device)
                               if record_maps else None)
         else:
-            stages = self.stages
-            run = self.token_policy(self.blocks, z, ctx, record_maps=record_maps,
-                                    **({"stages": stages, "transition": self.transition} if len(stages) > 1 else {}))
+            run = self.token_policy(self.blocks, z, ctx, record_maps=record_maps, **self.stage_kwargs())
             aux.update(run.aux)
             logits, step_logits = self.readout(run, ctx)
             out = ModelOutput(logits, step_logits, aux, run.active, ctx, run.depth, run.maps, run.unit_halting,

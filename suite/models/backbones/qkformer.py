@@ -121,6 +121,21 @@ class QKBlock(nn.Module):
         x = x + self.mlp2(self.mlp1(x, ctx, active), ctx, active)
         return x, k
 
+    def forward_packed(self, x: Tensor, call) -> tuple[Tensor, Tensor]:
+        """The same block on packed rows ``x`` [M, C] (compacted inference, ``suite.models.compact``): the token
+        mask is per row; the channel mask sums Q over each (step, image)'s packed rows, merged tokens by size."""
+        q, k = call.linear_lif(self.q, x), call.linear_lif(self.k, x)
+        M, C = q.shape
+        h = self.heads
+        if self.token:
+            mask = call.lif(f"{self.name}.attn", self.attn_lif, q.view(M, h, C // h).sum(-1))  # [M, h]
+            a = (mask.unsqueeze(-1) * k.view(M, h, C // h)).view(M, C)
+        else:
+            a = k * call.segment_lif(f"{self.name}.attn", self.attn_lif, call.segment_sum(q))[call.rows.segment]
+        x = x + call.linear_lif(self.proj, a)
+        x = x + call.linear_lif(self.mlp2, call.linear_lif(self.mlp1, x))
+        return x, k
+
     def _count_attention(self, ctx: Context, q: Tensor, k: Tensor, a: Tensor, active: Tensor | None) -> None:
         """docs/counting.md, "Q-K attention": ``qk`` = Q summed into the mask (exact: every Q spike added once;
         paper: rate(Q) x N_a C, the same for spikes), ``mask`` = mask * K (exact: the non-zero products; paper:
