@@ -95,6 +95,8 @@ class RunConfig(BaseModel):
     # The run whose final checkpoint this run starts from: ``train.init_from`` resolved by ``expand`` (so
     # retraining the parent, which changes its id, changes this run's id too).
     init_run: str | None = added_field(None, pattern=r"^[0-9a-f]{12}$")
+    # The sha256 of ``train.init_from.checkpoint``'s file, set by ``expand`` (another file, another run).
+    init_sha256: str | None = added_field(None, pattern=r"^[0-9a-f]{64}$")
 
     @model_validator(mode="after")
     def _gate_fits_backbone(self) -> RunConfig:

@@ -260,7 +260,7 @@ def read_state_dict(path: Path, fmt: str) -> dict[str, Tensor]:
     return obj
 
 
-def load_checkpoint(model: nn.Module, model_cfg: ModelConfig, path: Path, fmt: str) -> list[str]:
+def import_checkpoint(model: nn.Module, model_cfg: ModelConfig, path: Path, fmt: str) -> list[str]:
     """Copy a checkpoint of ``fmt`` into ``model``'s backbone (strict, ``convert``); a token or time policy's own
     tensors keep their initialisation. Returns those names."""
     own = model.state_dict()

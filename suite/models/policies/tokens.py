@@ -27,8 +27,8 @@ from suite.models.policies.halting import (
     prior_loss,
     unit_step,
 )
-from suite.models.policies.stages import carry, to_first_grid
 from suite.models.policies.merge import MergePlan, bipartite_soft_matching, parse_r, size_weighted_mean
+from suite.models.policies.stages import carry, to_first_grid
 
 
 @dataclass
