@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import forward
+from helpers import fire_peer, forward
 from spikingjelly.activation_based import functional
 from torch import nn
 
@@ -17,17 +17,6 @@ from suite import cli
 from suite.config import ModelConfig, TimeConfig, TokenConfig, expand, load_study
 from suite.models import build_model
 from suite.models.convert import CheckpointError, convert, key_map, read_state_dict
-
-
-def _firing(peer: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in peer.modules():
-            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-                m.weight.copy_(3 * torch.rand(m.weight.shape, generator=g))
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) + 1.2)
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-    return peer.eval()
 
 
 def _ours(cfg: ModelConfig, classes: int = 5, channels: int = 3, image: int = 16) -> nn.Module:
@@ -52,7 +41,7 @@ def test_spikingjelly_state_dicts_give_the_peer_logits(backbone: str) -> None:
     else:
         peer = SpikeDrivenTransformer(T=2, in_channels=3, num_classes=5, embed_dims=32, num_heads=4, depths=1,
                                       mlp_ratio=4.0, pooling_stat="0011")
-    peer = _firing(peer)
+    peer = fire_peer(peer)
     cfg = ModelConfig(backbone=backbone, depth=1, dim=32, heads=4, T=2, stem_pools=2)
     ours = _ours(cfg)
     ours.load_state_dict(convert(key_map("spikingjelly", cfg), peer.state_dict(), ours.state_dict(), "peer"))
@@ -75,19 +64,24 @@ def _cbn(cin: int, cout: int, k: int = 3, bias: bool = False, conv=nn.Conv2d, bn
     return conv(cin, cout, k, bias=bias), bn(cout)
 
 
+def _sps(cin: int, dim: int) -> nn.Module:
+    """The official Spikformer SPS and SDT MS_SPS parameters: proj_conv{,1,2,3}/proj_bn{,1,2,3}, rpe_conv/rpe_bn."""
+    pe = nn.Module()
+    widths = [cin, dim // 8, dim // 4, dim // 2, dim]
+    for i, suffix in enumerate(["", "1", "2", "3"]):
+        conv, bn = _cbn(widths[i], widths[i + 1])
+        setattr(pe, f"proj_conv{suffix}", conv)
+        setattr(pe, f"proj_bn{suffix}", bn)
+    pe.rpe_conv, pe.rpe_bn = _cbn(dim, dim)
+    return pe
+
+
 class _OfficialSpikformer(nn.Module):
     """ZK-Zhou/spikformer cifar10/model.py: attribute names and shapes (SPS, Block with SSA and MLP, head)."""
 
     def __init__(self, dim: int, depth: int, classes: int, cin: int):
         super().__init__()
-        pe = nn.Module()
-        widths = [cin, dim // 8, dim // 4, dim // 2, dim]
-        for i, suffix in enumerate(["", "1", "2", "3"]):
-            conv, bn = _cbn(widths[i], widths[i + 1])
-            setattr(pe, f"proj_conv{suffix}", conv)
-            setattr(pe, f"proj_bn{suffix}", bn)
-        pe.rpe_conv, pe.rpe_bn = _cbn(dim, dim)
-        self.patch_embed = pe
+        self.patch_embed = _sps(cin, dim)
         self.block = nn.ModuleList()
         for _ in range(depth):
             blk, attn, mlp = nn.Module(), nn.Module(), nn.Module()
@@ -107,14 +101,7 @@ class _OfficialSDT(nn.Module):
 
     def __init__(self, dim: int, depth: int, heads: int, classes: int, cin: int):
         super().__init__()
-        pe = nn.Module()
-        widths = [cin, dim // 8, dim // 4, dim // 2, dim]
-        for i, suffix in enumerate(["", "1", "2", "3"]):
-            conv, bn = _cbn(widths[i], widths[i + 1])
-            setattr(pe, f"proj_conv{suffix}", conv)
-            setattr(pe, f"proj_bn{suffix}", bn)
-        pe.rpe_conv, pe.rpe_bn = _cbn(dim, dim)
-        self.patch_embed = pe
+        self.patch_embed = _sps(cin, dim)
         self.block = nn.ModuleList()
         for _ in range(depth):
             blk, attn, mlp = nn.Module(), nn.Module(), nn.Module()

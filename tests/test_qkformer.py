@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import fire_in_eval, forward, images
+from helpers import fire_in_eval, fire_peer, forward, images
 from spikingjelly.activation_based import functional
 from torch import Tensor, nn
 
@@ -76,16 +76,8 @@ def _sj_peer(qka: str) -> nn.Module:
     from spikingjelly.activation_based.model.qkformer import QKFormer
 
     torch.manual_seed(0)
-    peer = QKFormer(T=2, in_channels=3, num_classes=5, embed_dims=64, num_heads=(4, 4, 4), depths=(1, 1, 1),
-                    qka_type=qka)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in peer.modules():
-            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-                m.weight.copy_(3 * torch.rand(m.weight.shape, generator=g))
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) + 1.2)
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-    return peer.eval()
+    return fire_peer(QKFormer(T=2, in_channels=3, num_classes=5, embed_dims=64, num_heads=(4, 4, 4),
+                              depths=(1, 1, 1), qka_type=qka))
 
 
 @pytest.mark.parametrize("kind", ["token", "channel"])

@@ -113,16 +113,22 @@ def official_sdt(depth: int) -> list[Rule]:
     return rules + _blocks(depth, "block", names) + HEAD
 
 
-def official_qkformer(depths: tuple[int, ...]) -> list[Rule]:
-    """zhouchenlin2096/QKFormer ``cifar10/model.py`` (``patch_embed: cifar``) -> ours."""
-    rules = [*_layer("stem.stages.0", "patch_embed1.proj_conv", "patch_embed1.proj_bn"),
-             *_layer("stem.conv2", "patch_embed1.proj1_conv", "patch_embed1.proj1_bn"),
-             *_layer("stem.res", "patch_embed1.proj_res_conv", "patch_embed1.proj_res_bn")]
+def _qk_embeds(stem: dict[str, tuple[str, str]], stage: dict[str, tuple[str, str]]) -> list[Rule]:
+    """QKFormer's patch embeddings: our ``stem.<layer>`` from ``patch_embed1.<conv>/<bn>`` (``stem``), and each
+    transition's ``embeds.<s-1>.<layer>`` from ``patch_embed<s+1>.<conv>/<bn>`` (``stage``)."""
+    rules = [r for ours, (c, b) in stem.items() for r in _layer(f"stem.{ours}", f"patch_embed1.{c}", f"patch_embed1.{b}")]
     for s in (1, 2):
         p = f"patch_embed{s + 1}"
-        rules += [*_layer(f"embeds.{s - 1}.conv1", f"{p}.proj3_conv", f"{p}.proj3_bn"),
-                  *_layer(f"embeds.{s - 1}.conv2", f"{p}.proj4_conv", f"{p}.proj4_bn"),
-                  *_layer(f"embeds.{s - 1}.res", f"{p}.proj_res_conv", f"{p}.proj_res_bn")]
+        rules += [r for ours, (c, b) in stage.items() for r in _layer(f"embeds.{s - 1}.{ours}", f"{p}.{c}", f"{p}.{b}")]
+    return rules
+
+
+def official_qkformer(depths: tuple[int, ...]) -> list[Rule]:
+    """zhouchenlin2096/QKFormer ``cifar10/model.py`` (``patch_embed: cifar``) -> ours."""
+    rules = _qk_embeds({"stages.0": ("proj_conv", "proj_bn"), "conv2": ("proj1_conv", "proj1_bn"),
+                        "res": ("proj_res_conv", "proj_res_bn")},
+                       {"conv1": ("proj3_conv", "proj3_bn"), "conv2": ("proj4_conv", "proj4_bn"),
+                        "res": ("proj_res_conv", "proj_res_bn")})
     b = 0
     for s, n in enumerate(depths):
         attn, names = ("ssa", "qkv") if s == 2 else ("tssa", "qk")
@@ -138,15 +144,9 @@ def official_qkformer(depths: tuple[int, ...]) -> list[Rule]:
 
 def sj_qkformer(depths: tuple[int, ...]) -> list[Rule]:
     """spikingjelly 2.0 ``model.qkformer.QKFormer`` -> ours (``patch_embed: imagenet``)."""
-    rules = [*_layer("stem.stages.0", "patch_embed1.conv1", "patch_embed1.bn1"),
-             *_layer("stem.conv2", "patch_embed1.conv2", "patch_embed1.bn2"),
-             *_layer("stem.conv3", "patch_embed1.conv3", "patch_embed1.bn3"),
-             *_layer("stem.res", "patch_embed1.shortcut.0", "patch_embed1.shortcut.1")]
-    for s in (1, 2):
-        p = f"patch_embed{s + 1}"
-        rules += [*_layer(f"embeds.{s - 1}.conv1", f"{p}.conv1", f"{p}.bn1"),
-                  *_layer(f"embeds.{s - 1}.conv2", f"{p}.conv2", f"{p}.bn2"),
-                  *_layer(f"embeds.{s - 1}.res", f"{p}.shortcut.0", f"{p}.shortcut.1")]
+    short = ("shortcut.0", "shortcut.1")
+    rules = _qk_embeds({"stages.0": ("conv1", "bn1"), "conv2": ("conv2", "bn2"), "conv3": ("conv3", "bn3"),
+                        "res": short}, {"conv1": ("conv1", "bn1"), "conv2": ("conv2", "bn2"), "res": short})
     b = 0
     for s, n in enumerate(depths):
         for j in range(n):
