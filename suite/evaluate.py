@@ -72,7 +72,7 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     loader = make_loader(ds, batch_size=run.train.eval_batch_size, shuffle=False, seed=0,
                          num_workers=run.train.num_workers, pin_memory=device.type == "cuda")
     L, T = model.depth, model.T
-    per_step = float(model.depth * model.num_tokens)  # the dense model's token-units per timestep
+    per_step = float(sum(model.block_tokens()))  # the dense model's token-units per timestep
     ops: dict = {}
     policy_ops: dict = {}  # a policy's own work (Context.overhead), apart from the synaptic layers
     spikes: dict = {}

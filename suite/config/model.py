@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from suite.config.fields import added_field
 
 # The registered backbones (suite.models.registry; a test keeps both lists equal). Extend both to add one.
-BackboneName = Literal["spikformer", "sdt"]
+BackboneName = Literal["spikformer", "sdt", "qkformer"]
+MULTI_STAGE: tuple[str, ...] = ("qkformer",)  # backbones whose token grid and width change between stages
 
 
 class NeuronConfig(BaseModel):
@@ -57,6 +58,14 @@ class ModelConfig(BaseModel):
     stem_pool: Literal["before_lif", "after_lif"] | None = added_field(None)
     linear_bias: bool = False  # spikingjelly's spikformer_cifar10 (9.31M params) has none; the official code has
     neuron: NeuronConfig = NeuronConfig()
+    # QKFormer only (suite/models/backbones/qkformer.py): blocks per stage (None: the official CIFAR rule 1, 1,
+    # depth - 2; qkformer_10_384 is [1, 2, 7]); their sum must be ``depth``. Stage widths are dim/4, dim/2, dim.
+    depths: tuple[int, int, int] | None = added_field(None)
+    # Q-K attention of stages 1-2: token (a binary mask over tokens, Q summed over channels) | channel
+    qk_attention: Literal["token", "channel"] = added_field("token")
+    # imagenet: spikingjelly's QKFormer (stem /4, then /2, /2; its conv biases); cifar: the official CIFAR model
+    # (zhouchenlin2096/QKFormer cifar10/model.py: no downsampling before stage 1, then /2, /2; its biases)
+    patch_embed: Literal["imagenet", "cifar"] = added_field("imagenet")
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:
@@ -64,4 +73,29 @@ class ModelConfig(BaseModel):
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if self.dim % 8:
             raise ValueError(f"dim ({self.dim}) must be divisible by 8 (the stem widths are dim/8, dim/4, dim/2)")
+        if self.backbone != "qkformer":
+            if self.depths is not None:
+                raise ValueError(f"model.depths: only the multi-stage backbones {MULTI_STAGE} have stages")
+            return self
+        depths = self.stage_depths
+        if sum(depths) != self.depth or min(depths) < 1:
+            raise ValueError(f"model.depths {list(depths)}: every stage needs a block and they must add up to "
+                             f"model.depth ({self.depth})")
+        for width in self.stage_dims:
+            if width % self.heads:
+                raise ValueError(f"model.heads ({self.heads}) must divide every stage width {self.stage_dims}")
         return self
+
+    @property
+    def stage_depths(self) -> tuple[int, ...]:
+        """Blocks per stage (one stage for single-stage backbones)."""
+        if self.backbone != "qkformer":
+            return (self.depth,)
+        return self.depths if self.depths is not None else (1, 1, self.depth - 2)
+
+    @property
+    def stage_dims(self) -> tuple[int, ...]:
+        """Token width per stage."""
+        if self.backbone != "qkformer":
+            return (self.dim,)
+        return (self.dim // 4, self.dim // 2, self.dim)

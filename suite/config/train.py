@@ -4,13 +4,31 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from suite.config.energy import MemoryConfig
 from suite.config.fields import added_field
 from suite.names import E_AC_PJ, E_MAC_PJ, NAME_PATTERN
 
 PicoJoules = Annotated[float, Field(gt=0)]
+VariantName = Annotated[str, Field(pattern=NAME_PATTERN)]
+# the key maps of suite/models/convert.py (docs/checkpoints.md); suite = our own checkpoint.pt
+CheckpointFormat = Literal["spikingjelly", "spikformer_official", "sdt_official", "qkformer_official", "suite"]
+
+
+class CheckpointInit(BaseModel):
+    """``train.init_from: {checkpoint: PATH, format: F}``: start from a file's weights (a pretrained dense model).
+    The file's sha256 enters the run id (``RunConfig.init_sha256``, set when the study is expanded)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    checkpoint: str = Field(min_length=1)  # a path, relative to the working directory
+    format: CheckpointFormat
+
+
+# a string names a variant, a mapping a checkpoint file (one branch each, so an error names the right keys)
+InitFrom = Annotated[Annotated[VariantName, Tag("variant")] | Annotated[CheckpointInit, Tag("file")],
+                     Discriminator(lambda v: "variant" if isinstance(v, str) else "file")]
 
 
 class TrainConfig(BaseModel):
@@ -64,7 +82,8 @@ class TrainConfig(BaseModel):
     inject_fault: Literal["none", "nan", "error"] = "none"  # for robustness tests: a NaN loss / an exception at epoch 1
     # Fine-tuning: start from the final weights of this variant's run with the same seed (and matrix point), then
     # train for this section's own epochs and schedule. The parent's run id enters the run id (RunConfig.init_run).
-    init_from: str | None = added_field(None, pattern=NAME_PATTERN)
+    # Or {checkpoint: PATH, format: F}: a file's weights, converted by format F's key map (docs/checkpoints.md).
+    init_from: InitFrom | None = added_field(None)
 
     @field_validator("amp", mode="before")
     @classmethod

@@ -362,7 +362,9 @@ def compact_forward(model: Backbone, x: Tensor) -> Tensor:
         ctx = Context(T=model.T, time_masks=masks)
         z = model.embed(x, ctx)
         blocks = [CompactBlock(b, need_keys=_need_keys(policy)) for b in model.blocks]
-        return model.readout(policy(blocks, z, ctx), ctx)[0]  # the readout of Backbone.forward
+        # a multi-stage backbone's transitions run on the dense map, halted and merged-away tokens included (as in
+        # the masked path); only the blocks are packed
+        return model.readout(policy(blocks, z, ctx, **model.stage_kwargs()), ctx)[0]  # Backbone.forward's readout
     finally:
         functional.reset_net(model)
 

@@ -45,6 +45,23 @@ def load_parent_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], 
     return [k for k in own if k not in state]
 
 
+def start_from_checkpoint(model: torch.nn.Module, run) -> list[str]:
+    """``train.init_from: {checkpoint, format}``: the file's weights through the format's key map
+    (``suite.models.convert``), after checking that the file is the one the run id was computed from."""
+    from suite.models.convert import CheckpointError, import_checkpoint
+
+    init = run.train.init_from
+    path = Path(init.checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if digest != run.init_sha256:
+        raise CheckpointError(f"{path}: the file changed since the study was planned (sha256 {digest[:12]}..., the run "
+                              f"id has {run.init_sha256[:12]}...)")
+    return import_checkpoint(model, run.model, path, init.format)
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write then rename, so a kill mid-write never leaves a truncated checkpoint behind."""
     tmp = path.with_suffix(f".tmp{os.getpid()}")

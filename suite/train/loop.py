@@ -38,6 +38,7 @@ from suite.train.checkpoint import (
     load_weights,
     save_checkpoint,
     set_rng,
+    start_from_checkpoint,
     state_digest,
 )
 from suite.train.precision import amp_dtype, autocast, grad_scaler
@@ -197,6 +198,11 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
         history, start_epoch, spent = state["history"], state["epoch"], state["train_time_s"]
         if "scaler" in state:  # fp16 loss scale (absent from checkpoints written without one)
             scaler.load_state_dict(state["scaler"])
+    elif run.init_sha256 is not None:  # a checkpoint file (train.init_from: {checkpoint, format})
+        fresh = start_from_checkpoint(model, run)
+        if main:
+            log.info("%s starts from %s (%s)%s", run.variant, run.train.init_from.checkpoint, run.train.init_from.format,
+                     f" ({len(fresh)} tensor(s) of its own keep their initialisation)" if fresh else "")
     elif run.init_run is not None:  # fine-tuning starts from the parent's final weights (a resume from its own)
         fresh = load_parent_weights(model, load_weights(run_dir.parent / run.init_run, device), run.init_run)
         if main:

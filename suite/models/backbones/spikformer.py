@@ -50,18 +50,22 @@ class SPS(nn.Module):
 class Block(nn.Module):
     """``x = x + SSA(x); x = x + MLP(x)`` with spiking self-attention (no softmax, fixed scale)."""
 
-    def __init__(self, cfg: ModelConfig, index: int):
+    def __init__(self, cfg: ModelConfig, index: int, *, dim: int | None = None,
+                 biases: tuple[bool, bool, bool] | None = None):
+        """``dim`` (default ``cfg.dim``) and ``biases`` (Q/K/V, projection, MLP; default ``cfg.linear_bias`` for
+        all) let a multi-stage backbone use this block in one of its stages (QKFormer's last stage)."""
         super().__init__()
-        d, n, b = cfg.dim, cfg.neuron, cfg.linear_bias
+        d, n = cfg.dim if dim is None else dim, cfg.neuron
+        bq, bp, bm = (cfg.linear_bias,) * 3 if biases is None else biases
         name = f"block{index}"
-        self.q = LinearBNLIF(d, d, n, f"{name}.q", "attention", index, b)
-        self.k = LinearBNLIF(d, d, n, f"{name}.k", "attention", index, b)
-        self.v = LinearBNLIF(d, d, n, f"{name}.v", "attention", index, b)
+        self.q = LinearBNLIF(d, d, n, f"{name}.q", "attention", index, bq)
+        self.k = LinearBNLIF(d, d, n, f"{name}.k", "attention", index, bq)
+        self.v = LinearBNLIF(d, d, n, f"{name}.v", "attention", index, bq)
         self.attn_lif = make_lif(n, v_threshold=cfg.attn_v_threshold)
-        self.proj = LinearBNLIF(d, d, n, f"{name}.proj", "attention", index, b)
+        self.proj = LinearBNLIF(d, d, n, f"{name}.proj", "attention", index, bp)
         hidden = int(d * cfg.mlp_ratio)
-        self.mlp1 = LinearBNLIF(d, hidden, n, f"{name}.mlp1", "mlp", index, b)
-        self.mlp2 = LinearBNLIF(hidden, d, n, f"{name}.mlp2", "mlp", index, b)
+        self.mlp1 = LinearBNLIF(d, hidden, n, f"{name}.mlp1", "mlp", index, bm)
+        self.mlp2 = LinearBNLIF(hidden, d, n, f"{name}.mlp2", "mlp", index, bm)
         self.heads, self.scale, self.index, self.name = cfg.heads, cfg.attn_scale, index, name
 
     def forward(self, x: Tensor, ctx: Context, active: Tensor | None = None,
