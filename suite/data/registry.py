@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from suite.config import DatasetConfig
-from suite.config.data import TINYIMAGENET_DEFAULT_ROOT, TINYIMAGENET_HINT, DatasetName
+from suite.config.data import RECORDED_EVENT_DATASETS, TINYIMAGENET_DEFAULT_ROOT, TINYIMAGENET_HINT, DatasetName
+from suite.data.dvs_layout import event_available
 
 if TYPE_CHECKING:
     from suite.data.base import DataBundle
@@ -66,7 +67,7 @@ _SOURCES: dict[str, DataSource] = {}
 
 # Every source module of this package; importing one registers it.  Imported on the first lookup by name, not
 # with the package, because they import torch (seconds) and checking paths needs none of it.
-SOURCE_MODULES = ("cifar", "digits", "fashion_mnist", "synthetic", "tinyimagenet")
+SOURCE_MODULES = ("cifar", "digits", "dvs", "fashion_mnist", "simulated_events", "synthetic", "tinyimagenet")
 _imported = False
 
 
@@ -291,6 +292,11 @@ def _tinyimagenet_available(cfg: DatasetConfig) -> None:
     raise _not_found("tinyimagenet", tried, TINYIMAGENET_HINT)
 
 
+def _simulated_events_available(cfg: DatasetConfig) -> None:
+    """The static source the events are simulated from (the cache is rebuilt from it when absent)."""
+    _AVAILABILITY[cfg.simulated.source](DatasetConfig(name=cfg.simulated.source))
+
+
 _AVAILABILITY: dict[str, Callable[[DatasetConfig], None]] = {
     "cifar10": _cifar_available,
     "cifar100": _cifar_available,
@@ -298,4 +304,6 @@ _AVAILABILITY: dict[str, Callable[[DatasetConfig], None]] = {
     "fashion_mnist": _fashion_mnist_available,
     "synthetic": _synthetic_available,
     "tinyimagenet": _tinyimagenet_available,
+    "simulated_events": _simulated_events_available,
+    **{name: event_available for name in RECORDED_EVENT_DATASETS},
 }
