@@ -265,6 +265,42 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
+def _bundle_from_files(
+    cfg: DatasetConfig,
+    train: tuple[Sequence[Path], Sequence[int]],
+    test: tuple[Sequence[Path], Sequence[int]],
+    *,
+    num_classes: int,
+    in_channels: int,
+    size: tuple[int, int],
+    stats: tuple[Sequence[float], Sequence[float]] | None,
+    dataset: type[ImageFileDataset] = ImageFileDataset,
+) -> DataBundle:
+    """Split/subset file-backed data (``(paths, labels)`` of the train pool and the test split) and wrap it in
+    ``dataset``; ``stats`` are the normalisation used when ``cfg.normalize`` (None: never normalised)."""
+    train_paths, train_labels = list(train[0]), list(train[1])
+    test_paths, test_labels = list(test[0]), list(test[1])
+    train_idx, val_idx = _split_train(np.asarray(train_labels), cfg)
+    test_idx = _select_test(np.asarray(test_labels), cfg)
+    mean, std = (tuple(stats[0]), tuple(stats[1])) if cfg.normalize and stats is not None else (None, None)
+    train_tf, eval_tf = _build_transforms(cfg, size, mean, std)
+
+    def part(paths: list[Path], labels: list[int], idx: np.ndarray, tf: Transform | None) -> ImageFileDataset:
+        return dataset([paths[i] for i in idx], [labels[i] for i in idx], tf)
+
+    return DataBundle(
+        train=part(train_paths, train_labels, train_idx, train_tf),
+        val=None if val_idx is None else part(train_paths, train_labels, val_idx, eval_tf),
+        test=part(test_paths, test_labels, test_idx, eval_tf),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=size,
+        name=cfg.name,
+        mean=mean,
+        std=std,
+    )
+
+
 def _bundle_from_tensors(
     cfg: DatasetConfig,
     train_images: torch.Tensor,

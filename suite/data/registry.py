@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from suite.config import DatasetConfig
-from suite.config.data import RECORDED_EVENT_DATASETS, TINYIMAGENET_DEFAULT_ROOT, TINYIMAGENET_HINT, DatasetName
+from suite.config.data import (
+    RECORDED_EVENT_DATASETS,
+    TINYIMAGENET_DEFAULT_ROOT,
+    TINYIMAGENET_HINT,
+    DatasetName,
+)
 from suite.data.dvs_layout import event_available
 
 if TYPE_CHECKING:
@@ -37,6 +42,13 @@ class DatasetNotFoundError(FileNotFoundError):
     def __init__(self, message: str, *, tried: Sequence[Path | str] = ()) -> None:
         super().__init__(message)
         self.tried: tuple[str, ...] = tuple(str(p) for p in tried)
+
+
+class DatasetCorruptError(DatasetNotFoundError):
+    """A dataset file is there but malformed (truncated, empty, not the format): the message names the file.
+
+    A subclass of the not-found error so that every availability check (``spikesuite plan``, the preflight of
+    ``spikesuite run``) reports it before anything is written, with the same exit code."""
 
 
 def _not_found(dataset: str, tried: Sequence[tuple[Path, str]], hint: str) -> DatasetNotFoundError:
