@@ -36,8 +36,8 @@ import torch
 from suite.config import DatasetConfig
 from suite.config.data import RECORDED_EVENT_DATASETS
 from suite.data.base import DataBundle, ImageFileDataset, _bundle_from_files
-from suite.data.dvs_layout import event_available, event_root, frames_dir
-from suite.data.registry import DatasetCorruptError, DataSource, register_source
+from suite.data.dvs_layout import event_root, frames_dir
+from suite.data.registry import DatasetCorruptError, DataSource, event_available, register_source
 
 
 class EventFrameDataset(ImageFileDataset):

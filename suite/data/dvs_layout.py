@@ -29,11 +29,14 @@ EXTRACT_NEEDS: dict[str, tuple[str, ...]] = {
 EVENT_HINTS = {
     "nmnist": "Download Train.zip and Test.zip from https://www.garrickorchard.com/datasets/n-mnist and unzip both "
               "into <root>/extract/ (so that <root>/extract/Train/0/*.bin exists).",
-    "cifar10_dvs": "Download the ten class archives (airplane.zip ... truck.zip) from "
-                   "https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 and unzip them into <root>/extract/ "
-                   "(so that <root>/extract/airplane/cifar10_airplane_0.aedat exists).",
-    "dvs128_gesture": "Download DvsGesture.tar.gz from https://research.ibm.com/interactive/dvsgesture/ and extract it "
-                      "into <root>/extract/ (so that <root>/extract/DvsGesture/trials_to_train.txt exists).",
+    "cifar10_dvs": "Download the ten class archives airplane.zip ... truck.zip (figshare; their URLs and MD5s are "
+                   "listed by spikingjelly.datasets.CIFAR10DVS.resource_url_md5(), airplane.zip being "
+                   "https://ndownloader.figshare.com/files/7712788) and unzip them into <root>/extract/ (so that "
+                   "<root>/extract/airplane/cifar10_airplane_0.aedat exists).",
+    "dvs128_gesture": "Download DvsGesture.tar.gz from IBM "
+                      "(https://ibm.ent.box.com/s/3hiq58ww1pbbjrinh367ykfdf60xsfm8/folder/50167556794, as "
+                      "spikingjelly.datasets.DVS128Gesture.resource_url_md5() lists) and extract it into "
+                      "<root>/extract/ (so that <root>/extract/DvsGesture/trials_to_train.txt exists).",
 }
 
 
@@ -62,19 +65,6 @@ def missing_stage(cfg: DatasetConfig) -> list[tuple[Path, str]]:
         return []
     tried.append((extract, "directory does not exist" if not extract.is_dir() else "missing " + ", ".join(missing)))
     return tried
-
-
-def event_available(cfg: DatasetConfig) -> None:
-    """Raise ``DatasetNotFoundError`` (every stage tried, and where to get the files) unless a stage is there, or
-    ``DatasetCorruptError`` naming each raw file spikingjelly could not parse (``malformed_files``)."""
-    from suite.data.registry import DatasetCorruptError, _not_found
-
-    tried = missing_stage(cfg)
-    if tried:
-        raise _not_found(cfg.name, tried, EVENT_HINTS[cfg.name])
-    if bad := malformed_files(cfg):
-        raise DatasetCorruptError(f"{cfg.name}: malformed event files (nothing was read or written):\n"
-                                  + "\n".join(f"  - {b}" for b in bad), tried=[b.split(": ", 1)[0] for b in bad])
 
 
 # --------------------------------------------------------------------------------------------------

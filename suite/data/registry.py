@@ -30,7 +30,7 @@ from suite.config.data import (
     TINYIMAGENET_HINT,
     DatasetName,
 )
-from suite.data.dvs_layout import event_available
+from suite.data.dvs_layout import EVENT_HINTS, malformed_files, missing_stage
 
 if TYPE_CHECKING:
     from suite.data.base import DataBundle
@@ -302,6 +302,18 @@ def _tinyimagenet_available(cfg: DatasetConfig) -> None:
             return
         tried.append((directory, "missing " + ", ".join(missing)))
     raise _not_found("tinyimagenet", tried, TINYIMAGENET_HINT)
+
+
+def event_available(cfg: DatasetConfig) -> None:
+    """A recorded event set (``suite.data.dvs_layout``): ``DatasetNotFoundError`` with every stage tried and where
+    to get the files unless one is there, or ``DatasetCorruptError`` naming each raw file spikingjelly could not
+    parse.  The source's own check (``suite.data.dvs``) is this function."""
+    tried = missing_stage(cfg)
+    if tried:
+        raise _not_found(cfg.name, tried, EVENT_HINTS[cfg.name])
+    if bad := malformed_files(cfg):
+        raise DatasetCorruptError(f"{cfg.name}: malformed event files (nothing was read or written):\n"
+                                  + "\n".join(f"  - {b}" for b in bad), tried=[b.split(": ", 1)[0] for b in bad])
 
 
 def _simulated_events_available(cfg: DatasetConfig) -> None:
