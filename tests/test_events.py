@@ -246,3 +246,19 @@ def test_bad_input_exits_2_naming_the_key_or_file_and_writes_nothing(case, tmp_p
     assert expect in capsys.readouterr().err
     assert not results.exists()
     assert sorted(p for p in tmp_path.rglob("*") if p != path) == before  # no events_np, no frames
+
+
+@pytest.mark.parametrize(("kw", "key"), [
+    ({"name": "nmnist"}, "dataset.frames"),                                                  # event data needs frames
+    ({"name": "digits", "frames": 4}, "dataset.frames"),
+    ({"name": "digits", "augment": {"event_roll": 2}}, "dataset.augment.event_roll"),
+    ({"name": "nmnist", "frames": 4, "augment": {"randaugment": True}}, "dataset.augment.randaugment"),
+    ({"name": "digits", "simulated": {"saccades": 2}}, "dataset.simulated"),
+    ({"name": "nmnist", "frames": 4, "dvs_split": "tebn"}, "dataset.dvs_split"),
+])
+def test_event_keys_only_where_they_mean_something(kw, key):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=key.replace(".", r"\.")):
+        DatasetConfig(**kw)
+    assert DatasetConfig().model_dump() == DatasetConfig(frames=None).model_dump()  # the defaults stay valid

@@ -173,6 +173,8 @@ class DatasetConfig(BaseModel):
             raise ValueError("dataset.augment.randaugment: photometric operations are not defined on event counts")
         if self.is_events and self.download:
             raise ValueError(f"dataset.download: {self.name} cannot be downloaded here; see docs/data.md")
+        if self.name != "simulated_events" and self.simulated != SimulatedEventsConfig():
+            raise ValueError(f"dataset.simulated: only for simulated_events, not {self.name}")
         if self.dvs_split != "first90" and self.name != "cifar10_dvs":
             raise ValueError("dataset.dvs_split: only cifar10_dvs has a choice of split")
         return self

@@ -120,10 +120,10 @@ def _frame_set(cfg: DatasetConfig, sj_cls: type, train: bool | None) -> list[tup
         _discard_unfinished(frames_dir(cfg))
         raise DatasetCorruptError(f"{cfg.name}: spikingjelly could not integrate {event_root(cfg) / 'events_np'} "
                                   f"into {cfg.frames} frames split by {cfg.split_by}: {exc!r}") from exc
-    return [(path, _class_id(cfg.name, Path(path), ds.classes[idx])) for path, idx in ds.samples]
+    return [(path, _class_id(ds.classes[idx])) for path, idx in ds.samples]
 
 
-def _class_id(name: str, path: Path, folder: str) -> int:
+def _class_id(folder: str) -> int:
     """The class of a sample from its folder: an integer folder is the id itself (N-MNIST digits, gestures), a
     CIFAR10-DVS class name is its alphabetical rank (spikingjelly's order, CIFAR-10's class order)."""
     if folder.isdigit():

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -158,12 +159,12 @@ def cache_key(cfg: DatasetConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _cached(path: Path, build: object) -> dict[str, torch.Tensor]:
+def _cached(path: Path, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The tensors stored at ``path``, built and saved atomically first when absent (parallel workers may race:
     each writes its own temporary file and the rename is atomic)."""
     if path.is_file():
         return torch.load(path, weights_only=True)
-    data = build()  # type: ignore[operator]
+    data = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(data, tmp)
