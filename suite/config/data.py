@@ -126,6 +126,12 @@ class DatasetConfig(BaseModel):
     dvs_split: Literal["first90", "tebn"] = added_field("first90")
     simulated: SimulatedEventsConfig = added_field(SimulatedEventsConfig())
 
+    @classmethod
+    def default_for(cls, name: str) -> DatasetConfig:
+        """The default config of dataset ``name`` (one frame where event data must state its frames), e.g. to
+        check every dataset's availability."""
+        return cls(name=name, frames=1 if name in EVENT_DATASETS else None)  # type: ignore[arg-type]
+
     @property
     def is_events(self) -> bool:
         """Items are frame sequences ``[T, 2, H, W]`` (not a simulated source in its static representation)."""
