@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import event_files as ef
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -262,3 +263,15 @@ def test_event_keys_only_where_they_mean_something(kw, key):
     with pytest.raises(ValidationError, match=key.replace(".", r"\.")):
         DatasetConfig(**kw)
     assert DatasetConfig().model_dump() == DatasetConfig(frames=None).model_dump()  # the defaults stay valid
+
+
+def test_heatmap_draws_each_step_over_its_own_frame():
+    from suite.report.figures.heatmaps import mosaic
+
+    grid, steps = (2, 2), np.stack([np.eye(4), np.flipud(np.eye(4))])  # two different frames
+    maps = np.ones((1, 2, 4), dtype=bool)  # one block, two steps, every token active
+    still = mosaic(np.zeros((4, 4)), maps, grid)
+    moving = mosaic(np.zeros((4, 4)), maps, grid, steps=steps)
+    t1, t2 = moving[:, 5:9], moving[:, 10:14]  # columns: image, gap, t=1, gap, t=2
+    assert not np.array_equal(t1, t2) and np.array_equal(still[:, :4], moving[:, :4])
+    assert np.array_equal(t1.mean(-1) > still[:, 5:9].mean(-1), steps[0] > 0)  # bright where frame 1 has events
