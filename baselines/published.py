@@ -31,7 +31,7 @@ __all__ = [
 Confidence = Literal["read", "code", "memory", "inferred"]
 """Digest tags: read=[READ], code=[CODE], memory=[MEM] (unverified), inferred=[INFER]."""
 
-Dataset = Literal["cifar10", "cifar100", "imagenet", "tinyimagenet", "other"]
+Dataset = Literal["cifar10", "cifar100", "imagenet", "tinyimagenet", "cifar10_dvs", "dvs128_gesture", "other"]
 
 CONFIDENCE_LEVELS: tuple[str, ...] = get_args(Confidence)
 DATASETS: tuple[str, ...] = get_args(Dataset)

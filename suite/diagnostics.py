@@ -104,7 +104,8 @@ class Occlusion:
 
 @torch.no_grad()
 def occlusion(model, x: Tensor, y: Tensor, acc: Occlusion) -> None:
-    """Add images ``x`` [B, C, H, W] with labels ``y`` to ``acc``: each token's patch occluded in turn."""
+    """Add images ``x`` [B, C, H, W] (or event frames [B, T, C, H, W]) with labels ``y`` to ``acc``: each token's
+    patch occluded in turn (on every frame of an event sample: its events there removed, as the minimum is 0)."""
     grid = model.grid
     B, N = x.shape[0], grid[0] * grid[1]
     out = model(x, record_maps=True)
@@ -112,7 +113,7 @@ def occlusion(model, x: Tensor, y: Tensor, acc: Occlusion) -> None:
     units = out.maps.sum((1, 2)).double().cpu()  # [B, N]
     base = out.logits.float().gather(1, y[:, None]).squeeze(1)
     owner = patch_owner(grid, tuple(x.shape[-2:]), x.device)
-    lo = x.flatten(1).min(1).values.view(B, 1, 1, 1)
+    lo = x.flatten(1).min(1).values.view(B, *([1] * (x.dim() - 1)))
     drops = torch.zeros(B, N, dtype=torch.float64)
     for k in range(N):
         xk = torch.where(owner == k, lo, x)

@@ -150,7 +150,7 @@ def datasets(study: Study | None) -> list[Check]:
     from suite.data.registry import check_available, names
 
     used = {s.config.dataset.model_dump_json(): s.config.dataset for s in expand(study)} if study else {}
-    configs = list(used.values()) + [DatasetConfig(name=n) for n in names() if n not in
+    configs = list(used.values()) + [DatasetConfig.default_for(n) for n in names() if n not in
                                      {c.name for c in used.values()}]
     out = []
     for cfg in configs:

@@ -42,6 +42,10 @@ DATASET_CONTEXT = "training"  # the ``mlflow.data.context`` tag of a run's datas
 # params: a setting that changes nothing only adds noise). Absent token/time policies are dropped too.
 NOT_APPLICABLE: tuple[tuple[str, Callable[[RunConfig], bool]], ...] = (
     ("dataset.synthetic", lambda c: c.dataset.name != "synthetic"),  # the generated data set's shape
+    ("dataset.simulated", lambda c: c.dataset.name != "simulated_events"),  # the camera-motion model
+    ("dataset.frames", lambda c: c.dataset.frames is None),  # event data only
+    ("dataset.split_by", lambda c: not c.dataset.is_events),
+    ("dataset.dvs_split", lambda c: c.dataset.name != "cifar10_dvs"),
     ("dataset.root", lambda c: c.dataset.name in ("digits", "synthetic")),  # nothing read from disk
     ("dataset.download", lambda c: c.dataset.name in ("digits", "synthetic")),  # nothing to download
     ("model.stem_integrate", lambda c: c.model.stem != "integrate"),

@@ -95,8 +95,9 @@ def test_params_leave_out_what_does_not_apply():
     by_variant = {s.variant: s for s in expand(parse_study(DIGITS))}
     dense, merge = by_variant["dense"], by_variant["act_merge"]
     before, after = flatten(dense.config.model_dump(mode="json")), run_params(dense.config)
-    assert not [k for k in after if k.startswith(("dataset.synthetic", "tokens.", "time."))]
-    assert {"dataset.root", "dataset.download", "train.tet_lambda", "train.init_from", "init_run"}.isdisjoint(after)
+    assert not [k for k in after if k.startswith(("dataset.synthetic", "dataset.simulated", "tokens.", "time."))]
+    assert {"dataset.root", "dataset.download", "train.tet_lambda", "train.init_from", "init_run", "dataset.frames",
+            "dataset.split_by", "dataset.dvs_split"}.isdisjoint(after)
     assert {"dataset.name", "model.depth", "train.lr", "eval.split", "seed", "variant"} <= set(after)
     assert all(after[k] == before[k] for k in after)  # nothing renamed, only left out
     merged = run_params(merge.config)

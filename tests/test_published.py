@@ -132,6 +132,19 @@ def test_spike_driven_transformer_and_stas_entries(by_id: dict[str, PublishedRes
         assert published_points(frame, metric, pd.DataFrame()).empty
 
 
+def test_event_camera_entries(by_id: dict[str, PublishedResult]) -> None:
+    # wave3.md "Event datasets": the QKFormer log is read there, the Spikformer numbers are marked unverified
+    qk = by_id["qkformer-cifar10_dvs"]
+    assert (qk.dataset, qk.timesteps, qk.accuracy, qk.confidence) == ("cifar10_dvs", 16, 84.1, "read")
+    assert qk.other["params_m"] == pytest.approx(1.50)
+    for key, dataset, steps, accuracy in (("spikformer-cifar10_dvs-t10", "cifar10_dvs", 10, 78.9),
+                                          ("spikformer-2-256-cifar10_dvs", "cifar10_dvs", 16, 80.9),
+                                          ("spikformer-dvs128_gesture-t10", "dvs128_gesture", 10, 96.9),
+                                          ("spikformer-dvs128_gesture-t16", "dvs128_gesture", 16, 98.3)):
+        entry = by_id[key]
+        assert (entry.dataset, entry.timesteps, entry.accuracy, entry.confidence) == (dataset, steps, accuracy, "memory")
+
+
 def test_every_energy_names_its_script(shipped: list[PublishedResult]) -> None:
     for r in shipped:
         if r.energy_mj is not None:

@@ -12,7 +12,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from suite.config.fields import added_field
 
-DatasetName = Literal["digits", "fashion_mnist", "cifar10", "cifar100", "tinyimagenet", "imagenet", "synthetic"]
+DatasetName = Literal["digits", "fashion_mnist", "cifar10", "cifar100", "tinyimagenet", "imagenet", "synthetic",
+                      "cifar10_dvs", "dvs128_gesture", "nmnist", "simulated_events"]
+
+# Recorded event-camera sets, read through spikingjelly.datasets (suite/data/dvs.py), and every source whose items
+# are frame sequences [T, 2, H, W] rather than one image (docs/data.md, "Event data").
+RECORDED_EVENT_DATASETS = ("cifar10_dvs", "dvs128_gesture", "nmnist")
+EVENT_DATASETS = (*RECORDED_EVENT_DATASETS, "simulated_events")
+# Where each recorded set is looked for without dataset.root (spikingjelly's layout inside it; docs/data.md).
+EVENT_DEFAULT_ROOTS = {"cifar10_dvs": Path("data/CIFAR10DVS"), "dvs128_gesture": Path("data/DVS128Gesture"),
+                       "nmnist": Path("data/NMNIST")}
+# Where simulated event streams are cached without dataset.root.
+SIMULATED_EVENTS_DEFAULT_ROOT = Path("data/cache/simulated_events")
 
 TINYIMAGENET_DEFAULT_ROOT = Path("data/tiny-imagenet-200")
 TINYIMAGENET_HINT = (
@@ -35,8 +46,11 @@ IMAGENET_SIZE = 224  # the published resolution of Spikformer/SDT/QKFormer Image
 # Images in each dataset's training pool before any subset (the pool the validation split is carved from): known
 # without loading, so a study's validation size can be checked by ``spikesuite plan``. digits: 1797 images less
 # the 20 % test split sklearn's set lacks (suite/data/digits.py).
+# cifar10_dvs: 900 of each class's 1000 recordings under either split; dvs128_gesture: the official 1176 training
+# samples; nmnist: the 60 000 saccade recordings of MNIST's training set.
 TRAIN_POOL = {"digits": 1797 - round(0.2 * 1797), "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
-              "tinyimagenet": 100_000, "imagenet": 1_281_167}
+              "tinyimagenet": 100_000, "imagenet": 1_281_167, "cifar10_dvs": 9_000, "dvs128_gesture": 1_176,
+              "nmnist": 60_000}
 
 
 def val_count(pool: int, val_fraction: float) -> int:
@@ -65,6 +79,9 @@ class AugmentConfig(BaseModel):
     # RandomResizedCrop(size, scale=(random_resized_crop_min, 1), ratio=(3/4, 4/3)) as timm's ImageNet training
     # transform (imagenet: instead of its resize-and-centre-crop; other sets: after their resize); 0 = off.
     random_resized_crop_min: float = added_field(0.0, ge=0.0, le=1.0)  # timm default scale (0.08, 1.0): 0.08
+    # Event data only: roll every frame of a sample by one random (dy, dx) in [-r, r] pixels (torch.roll, wrapping
+    # round), the random translation of the published DVS recipes; horizontal_flip flips all frames together.
+    event_roll: int = added_field(0, ge=0)
 
 
 class SyntheticConfig(BaseModel):
@@ -78,6 +95,29 @@ class SyntheticConfig(BaseModel):
     train_size: int = Field(default=256, ge=1)
     test_size: int = Field(default=128, ge=1)
     noise: float = Field(default=0.3, ge=0.0)
+
+
+class SimulatedEventsConfig(BaseModel):
+    """The camera-motion model that turns a static dataset into event streams (suite/data/simulated_events.py).
+
+    N-MNIST style: the image moves along ``saccades`` straight strokes of an isosceles triangle of side
+    ``amplitude`` pixels, sampled at ``substeps`` positions per stroke; a pixel emits an ON (OFF) event each time its
+    log intensity rises (falls) by ``threshold`` from the level at its last event; the events are binned into
+    ``dataset.frames`` frames.  ``noise`` adds that many random events per pixel and stroke (seeded).
+    ``representation: static`` gives the same padded canvas as one still image instead (the repeated-image arm
+    of a comparison on the same samples)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["digits", "fashion_mnist"] = "digits"
+    representation: Literal["events", "static"] = "events"
+    saccades: int = Field(default=3, ge=1, le=12)
+    substeps: int = Field(default=8, ge=1, le=64)
+    amplitude: float = Field(default=2.0, gt=0.0, le=16.0)
+    pad: int = Field(default=2, ge=0, le=16)  # blank border, so the moving image stays on the sensor
+    threshold: float = Field(default=0.2, gt=0.0)  # log-intensity contrast threshold (DVS C)
+    noise: float = Field(default=0.0, ge=0.0, le=1.0)
+    seed: int = 0  # the saccade start vertex per sample and the noise events
 
 
 class DatasetConfig(BaseModel):
@@ -104,10 +144,35 @@ class DatasetConfig(BaseModel):
     interpolation: Literal["bilinear", "bicubic"] = added_field("bilinear")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    # Event data (EVENT_DATASETS): frames per sample, which is model.T (one frame per timestep, no repeat), and how
+    # spikingjelly cuts a recording into them: equal event counts (number) or equal durations (time).
+    frames: int | None = added_field(None, ge=1, le=64)
+    split_by: Literal["number", "time"] = added_field("number")
+    # CIFAR10-DVS has no split of its own: first90 trains on the first 90 % of each class in spikingjelly's file
+    # order (Spikformer/QKFormer code, 9000/1000); tebn tests on recordings 0-99 of each class (spikingjelly's
+    # CIFAR10DVSTEBNSplit, 9000/1000).
+    dvs_split: Literal["first90", "tebn"] = added_field("first90")
+    simulated: SimulatedEventsConfig = added_field(SimulatedEventsConfig())
+
+    @classmethod
+    def default_for(cls, name: str) -> DatasetConfig:
+        """The default config of dataset ``name`` (one frame where event data must state its frames), e.g. to
+        check every dataset's availability."""
+        return cls(name=name, frames=1 if name in EVENT_DATASETS else None)  # type: ignore[arg-type]
+
+    @property
+    def is_events(self) -> bool:
+        """Items are frame sequences ``[T, 2, H, W]`` (not a simulated source in its static representation)."""
+        return self.name in RECORDED_EVENT_DATASETS or (
+            self.name == "simulated_events" and self.simulated.representation == "events")
 
     def full_pool(self) -> int:
         """Images in the dataset's whole training pool (no subset)."""
-        return self.synthetic.train_size if self.name == "synthetic" else TRAIN_POOL[self.name]
+        if self.name == "synthetic":
+            return self.synthetic.train_size
+        if self.name == "simulated_events":
+            return TRAIN_POOL[self.simulated.source]
+        return TRAIN_POOL[self.name]
 
     def train_pool(self) -> int:
         """Images in the training pool this config draws from (its train_subset, when smaller)."""
@@ -133,4 +198,25 @@ class DatasetConfig(BaseModel):
             raise ValueError(f"dataset.crop_pct is for imagenet (images of varying size) only, not {self.name}")
         if self.download and self.name == "imagenet":
             raise ValueError("dataset.download is not supported for imagenet. " + IMAGENET_HINT)
+        return self
+
+    @model_validator(mode="after")
+    def _event_keys(self) -> DatasetConfig:
+        """Event keys only where they mean something, and frames wherever events are binned."""
+        if self.is_events and self.frames is None:
+            raise ValueError(f"dataset.frames: {self.name} gives frame sequences; set frames (= model.T)")
+        # A simulated source in its static representation may keep frames (= model.T, the repeats of the still
+        # image), so that one study sweeps dataset.simulated.representation on a single matrix axis.
+        if self.frames is not None and self.name not in EVENT_DATASETS:
+            raise ValueError(f"dataset.frames: only event data is binned into frames, not {self.name}")
+        if self.name not in EVENT_DATASETS and self.augment.event_roll:
+            raise ValueError(f"dataset.augment.event_roll: only for event data, not {self.name}")
+        if self.is_events and self.augment.randaugment:
+            raise ValueError("dataset.augment.randaugment: photometric operations are not defined on event counts")
+        if self.is_events and self.download:
+            raise ValueError(f"dataset.download: {self.name} cannot be downloaded here; see docs/data.md")
+        if self.name != "simulated_events" and self.simulated != SimulatedEventsConfig():
+            raise ValueError(f"dataset.simulated: only for simulated_events, not {self.name}")
+        if self.dvs_split != "first90" and self.name != "cifar10_dvs":
+            raise ValueError("dataset.dvs_split: only cifar10_dvs has a choice of split")
         return self

@@ -111,6 +111,19 @@ class RunConfig(BaseModel):
             stage_refusal(self.tokens)
         return self
 
+    @model_validator(mode="after")
+    def _events_fit_model(self) -> RunConfig:
+        """Event data brings its own time axis: one frame per timestep, so model.T is dataset.frames (nothing is
+        repeated), and the stem runs at every step (``once``/``integrate`` assume one static image)."""
+        ds = self.dataset
+        if ds.frames is not None and self.model.T != ds.frames:
+            raise ValueError(f"model.T: {self.model.T} differs from dataset.frames: {ds.frames}; event data gives one "
+                             "frame per timestep, so set model.T to dataset.frames")
+        if ds.is_events and self.model.stem != "per_step":
+            raise ValueError(f"model.stem: {self.model.stem} runs the stem on one static image and repeats its tokens; "
+                             f"{ds.name} gives a different frame at every timestep, so use stem: per_step")
+        return self
+
 
 def stage_refusal(tokens: TokenConfig) -> None:
     """The token settings a multi-stage backbone (docs/models.md, "Stages") cannot run, refused with the reason."""

@@ -15,6 +15,9 @@ Where data is looked for, by default:
 * ``tinyimagenet``: ``data/tiny-imagenet-200``.
 * ``imagenet``: ``data/imagenet`` (ImageFolder layout ``train/<wnid>/``, ``val/<wnid>/``; file-backed).
 * ``synthetic``: generated in memory.
+* ``nmnist`` / ``cifar10_dvs`` / ``dvs128_gesture``: ``data/NMNIST``, ``data/CIFAR10DVS``, ``data/DVS128Gesture``
+  (spikingjelly's layout; their frame caches beside the files; docs/data.md).
+* ``simulated_events``: simulated from digits / Fashion-MNIST, cached under ``data/cache/simulated_events``.
 
 Layout: ``registry.py`` is the one dispatcher over dataset names (:func:`load_data` and
 :func:`check_available` go through it); ``base.py`` holds what every source shares (datasets, the bundle,

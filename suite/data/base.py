@@ -29,7 +29,8 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 class TensorImageDataset(Dataset):
-    """In-memory images ``[N, C, H, W]`` (uint8 in 0..255 or float in [0, 1]) with int labels.
+    """In-memory images ``[N, C, H, W]`` (uint8 in 0..255 or float in [0, 1]) with int labels, or event frame
+    sequences ``[N, T, C, H, W]`` (float or integer counts, never uint8: that would be read as 0..255 intensity).
 
     ``source_indices`` records where each item sits in the dataset's original split (file order), so
     splits can be logged, audited for overlap and compared across runs.
@@ -42,8 +43,8 @@ class TensorImageDataset(Dataset):
         transform: Transform | None = None,
         source_indices: torch.Tensor | None = None,
     ) -> None:
-        if images.ndim != 4:
-            raise ValueError(f"expected images of shape [N, C, H, W], got {tuple(images.shape)}")
+        if images.ndim not in (4, 5):
+            raise ValueError(f"expected images [N, C, H, W] or frames [N, T, C, H, W], got {tuple(images.shape)}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
@@ -78,13 +79,16 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def read(self, index: int) -> torch.Tensor:
+        """The item at ``index`` before transforms."""
         from PIL import Image
 
         with Image.open(self.paths[index]) as img:
             # Tiny-ImageNet contains some greyscale JPEGs; converting keeps every item [3, H, W].
-            image = v2.functional.pil_to_tensor(img.convert("RGB"))
-        image = _to_unit_float(image)
+            return _to_unit_float(v2.functional.pil_to_tensor(img.convert("RGB")))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.read(index)
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])
@@ -226,7 +230,8 @@ def _build_transforms(
     cfg: DatasetConfig, size: tuple[int, int], mean: Sequence[float] | None, std: Sequence[float] | None,
     sizing: tuple[list[Callable[..., Any]], list[Callable[..., Any]]] | None = None,
 ) -> tuple[Transform | None, Transform | None]:
-    """(train, eval) pipelines operating on float [C, H, W] tensors in [0, 1].
+    """(train, eval) pipelines operating on float [C, H, W] tensors in [0, 1], or on event frames [T, C, H, W]
+    (every v2 geometric transform treats leading dimensions as a batch, so all frames move together).
 
     ``sizing``: the (train, eval) steps that bring every image to ``size``, for sets whose images differ in size
     (imagenet: a random resized crop / a resize and centre crop); by default a ``Resize`` when ``image_size`` is
@@ -246,6 +251,8 @@ def _build_transforms(
         geometric.append(v2.RandomCrop(size, padding=aug.random_crop_padding))
     if aug.horizontal_flip:
         geometric.append(v2.RandomHorizontalFlip())
+    if aug.event_roll > 0:
+        geometric.append(RandomRoll(aug.event_roll))
     if aug.randaugment:
         # Photometric ops assume [0, 1] intensities, so RandAugment must run before Normalize.
         bins = 11 if aug.randaugment_scale == "timm" else 31  # magnitude / (bins - 1) of each op's range
@@ -263,6 +270,22 @@ def _build_transforms(
     return (v2.Compose(train_steps) if train_steps else None, v2.Compose(eval_steps) if eval_steps else None)
 
 
+class RandomRoll:
+    """Roll all frames of a sample by one random ``(dy, dx)`` in ``[-max_shift, max_shift]`` pixels, wrapping round:
+    the random translation of the published DVS recipes (``dataset.augment.event_roll``); drawn from torch's global
+    generator, which the loader seeds per worker."""
+
+    def __init__(self, max_shift: int) -> None:
+        self.max_shift = max_shift
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        dy, dx = (int(v) for v in torch.randint(-self.max_shift, self.max_shift + 1, (2,)))
+        return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+
+    def __repr__(self) -> str:
+        return f"RandomRoll(max_shift={self.max_shift})"
+
+
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean/std over all pixels of ``images`` ([N, C, H, W], uint8 or [0, 1] float)."""
     x = _to_unit_float(images).transpose(0, 1).reshape(images.shape[1], -1).to(torch.float64)
@@ -271,6 +294,45 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     std = x.std(dim=1, unbiased=False)
     std = torch.where(std < 1e-6, torch.ones_like(std), std)
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _bundle_from_files(
+    cfg: DatasetConfig,
+    train: tuple[Sequence[Path], Sequence[int]],
+    test: tuple[Sequence[Path], Sequence[int]],
+    *,
+    num_classes: int,
+    in_channels: int,
+    size: tuple[int, int],
+    stats: tuple[Sequence[float], Sequence[float]] | None,
+    dataset: type[ImageFileDataset] = ImageFileDataset,
+    sizing: tuple[list[Callable[..., Any]], list[Callable[..., Any]]] | None = None,
+) -> DataBundle:
+    """Split/subset file-backed data (``(paths, labels)`` of the train pool and the test split), decoded on access,
+    and wrap it in ``dataset``: the file-backed sets' ``_bundle_from_tensors``. ``stats``: the published
+    normalisation used when ``cfg.normalize`` (decoding every image to compute it would cost an epoch; None: never
+    normalised); ``sizing`` as in ``_build_transforms``."""
+    train_paths, train_labels = list(train[0]), list(train[1])
+    test_paths, test_labels = list(test[0]), list(test[1])
+    train_idx, val_idx = _split_train(np.asarray(train_labels), cfg)
+    test_idx = _select_test(np.asarray(test_labels), cfg)
+    mean, std = (tuple(stats[0]), tuple(stats[1])) if cfg.normalize and stats is not None else (None, None)
+    train_tf, eval_tf = _build_transforms(cfg, size, mean, std, sizing)
+
+    def part(paths: list[Path], labels: list[int], idx: np.ndarray, tf: Transform | None) -> ImageFileDataset:
+        return dataset([paths[i] for i in idx], [labels[i] for i in idx], tf)
+
+    return DataBundle(
+        train=part(train_paths, train_labels, train_idx, train_tf),
+        val=None if val_idx is None else part(train_paths, train_labels, val_idx, eval_tf),
+        test=part(test_paths, test_labels, test_idx, eval_tf),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=size,
+        name=cfg.name,
+        mean=mean,
+        std=std,
+    )
 
 
 def _bundle_from_tensors(
@@ -296,13 +358,14 @@ def _bundle_from_tensors(
 
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    if cfg.normalize:
+    # Event frames are counts, fed as they are (as the published DVS code does): never normalised.
+    if cfg.normalize and train_images.ndim == 4:
         if stats is None:
             mean, std = _channel_stats(train_images[torch.as_tensor(train_idx)])
         else:
             mean, std = tuple(stats[0]), tuple(stats[1])
 
-    native = (int(train_images.shape[2]), int(train_images.shape[3]))
+    native = (int(train_images.shape[-2]), int(train_images.shape[-1]))
     size = native if cfg.image_size is None else (cfg.image_size, cfg.image_size)
     train_tf, eval_tf = _build_transforms(cfg, size, mean, std)
 
@@ -317,42 +380,10 @@ def _bundle_from_tensors(
         val=None if val_idx is None else part(train_images, train_labels, train_ids, val_idx, eval_tf),
         test=part(test_images, test_labels, test_ids, test_idx, eval_tf),
         num_classes=num_classes,
-        in_channels=int(train_images.shape[1]),
+        in_channels=int(train_images.shape[-3]),
         image_size=size,
         name=cfg.name,
         mean=mean,
         std=std,
     )
 
-
-def _bundle_from_files(
-    cfg: DatasetConfig,
-    train: tuple[list[Path], list[int]],
-    test: tuple[list[Path], list[int]],
-    num_classes: int,
-    size: tuple[int, int],
-    stats: tuple[Sequence[float], Sequence[float]],
-    sizing: tuple[list[Callable[..., Any]], list[Callable[..., Any]]] | None = None,
-) -> DataBundle:
-    """Split/subset file-backed (path, label) lists and wrap them, decoded on access: the file-backed sets'
-    ``_bundle_from_tensors``. ``stats``: the published normalisation (decoding every image to compute it would
-    cost an epoch), used when ``cfg.normalize``; ``sizing`` as in ``_build_transforms``."""
-    train_idx, val_idx = _split_train(np.asarray(train[1]), cfg)
-    test_idx = _select_test(np.asarray(test[1]), cfg)
-    mean, std = (tuple(stats[0]), tuple(stats[1])) if cfg.normalize else (None, None)
-    train_tf, eval_tf = _build_transforms(cfg, size, mean, std, sizing)
-
-    def part(split: tuple[list[Path], list[int]], idx: np.ndarray, tf: Transform | None) -> ImageFileDataset:
-        return ImageFileDataset([split[0][i] for i in idx], [split[1][i] for i in idx], tf)
-
-    return DataBundle(
-        train=part(train, train_idx, train_tf),
-        val=None if val_idx is None else part(train, val_idx, eval_tf),
-        test=part(test, test_idx, eval_tf),
-        num_classes=num_classes,
-        in_channels=3,
-        image_size=size,
-        name=cfg.name,
-        mean=mean,
-        std=std,
-    )

@@ -68,8 +68,8 @@ def _load_imagenet(cfg: DatasetConfig) -> DataBundle:
     test_paths, test_labels = _read_split(directory / "val", class_of)
 
     side = cfg.image_size or IMAGENET_SIZE
-    return _bundle_from_files(cfg, (train_paths, train_labels), (test_paths, test_labels), len(wnids),
-                              (side, side), IMAGENET_STATS, _sizing(cfg, side))
+    return _bundle_from_files(cfg, (train_paths, train_labels), (test_paths, test_labels), num_classes=len(wnids),
+                              in_channels=3, size=(side, side), stats=IMAGENET_STATS, sizing=_sizing(cfg, side))
 
 
 register_source(DataSource(names=("imagenet",), check=imagenet_available, load=_load_imagenet))

@@ -27,10 +27,12 @@ from suite.config import DatasetConfig
 from suite.config.data import (
     IMAGENET_DEFAULT_ROOT,
     IMAGENET_HINT,
+    RECORDED_EVENT_DATASETS,
     TINYIMAGENET_DEFAULT_ROOT,
     TINYIMAGENET_HINT,
     DatasetName,
 )
+from suite.data.dvs_layout import EVENT_HINTS, malformed_files, missing_stage
 
 if TYPE_CHECKING:
     from suite.data.base import DataBundle
@@ -42,6 +44,13 @@ class DatasetNotFoundError(FileNotFoundError):
     def __init__(self, message: str, *, tried: Sequence[Path | str] = ()) -> None:
         super().__init__(message)
         self.tried: tuple[str, ...] = tuple(str(p) for p in tried)
+
+
+class DatasetCorruptError(DatasetNotFoundError):
+    """A dataset file is there but malformed (truncated, empty, not the format): the message names the file.
+
+    A subclass of the not-found error so that every availability check (``spikesuite plan``, the preflight of
+    ``spikesuite run``) reports it before anything is written, with the same exit code."""
 
 
 def _not_found(dataset: str, tried: Sequence[tuple[Path, str]], hint: str) -> DatasetNotFoundError:
@@ -72,7 +81,8 @@ _SOURCES: dict[str, DataSource] = {}
 
 # Every source module of this package; importing one registers it.  Imported on the first lookup by name, not
 # with the package, because they import torch (seconds) and checking paths needs none of it.
-SOURCE_MODULES = ("cifar", "digits", "fashion_mnist", "imagenet", "synthetic", "tinyimagenet")
+SOURCE_MODULES = ("cifar", "digits", "dvs", "fashion_mnist", "imagenet", "simulated_events", "synthetic",
+                  "tinyimagenet")
 _imported = False
 
 
@@ -327,6 +337,23 @@ def imagenet_available(cfg: DatasetConfig) -> None:
         raise _not_found("imagenet", tried, IMAGENET_HINT)
 
 
+def event_available(cfg: DatasetConfig) -> None:
+    """A recorded event set (``suite.data.dvs_layout``): ``DatasetNotFoundError`` with every stage tried and where
+    to get the files unless one is there, or ``DatasetCorruptError`` naming each raw file spikingjelly could not
+    parse.  The source's own check (``suite.data.dvs``) is this function."""
+    tried = missing_stage(cfg)
+    if tried:
+        raise _not_found(cfg.name, tried, EVENT_HINTS[cfg.name])
+    if bad := malformed_files(cfg):
+        raise DatasetCorruptError(f"{cfg.name}: malformed event files (nothing was read or written):\n"
+                                  + "\n".join(f"  - {b}" for b in bad), tried=[b.split(": ", 1)[0] for b in bad])
+
+
+def _simulated_events_available(cfg: DatasetConfig) -> None:
+    """The static source the events are simulated from (the cache is rebuilt from it when absent)."""
+    _AVAILABILITY[cfg.simulated.source](DatasetConfig(name=cfg.simulated.source))
+
+
 _AVAILABILITY: dict[str, Callable[[DatasetConfig], None]] = {
     "imagenet": imagenet_available,
     "cifar10": _cifar_available,
@@ -335,4 +362,6 @@ _AVAILABILITY: dict[str, Callable[[DatasetConfig], None]] = {
     "fashion_mnist": _fashion_mnist_available,
     "synthetic": _synthetic_available,
     "tinyimagenet": _tinyimagenet_available,
+    "simulated_events": _simulated_events_available,
+    **{name: event_available for name in RECORDED_EVENT_DATASETS},
 }

@@ -89,8 +89,8 @@ def _load_tinyimagenet(cfg: DatasetConfig) -> DataBundle:
         test_labels.append(class_of[fields[1]])
 
     size = (64, 64) if cfg.image_size is None else (cfg.image_size, cfg.image_size)
-    return _bundle_from_files(cfg, (train_paths, train_labels), (test_paths, test_labels), len(wnids), size,
-                              _TINYIMAGENET_STATS)
+    return _bundle_from_files(cfg, (train_paths, train_labels), (test_paths, test_labels), num_classes=len(wnids),
+                              in_channels=3, size=size, stats=_TINYIMAGENET_STATS)
 
 
 register_source(DataSource(names=("tinyimagenet",), check=_check_tinyimagenet, load=_load_tinyimagenet))

@@ -107,8 +107,17 @@ class Backbone(nn.Module):
         - ``once``: the stem runs once on the static image and every timestep gets the same tokens;
         - ``integrate`` (STAS's I-SPS, reconstructed): the first stage's convolution runs once, its LIF integrates
           that current over T steps, the spikes are averaged (or summed) over time into one rate map, the rest of
-          the stem runs once on it, and every timestep gets the same tokens."""
+          the stem runs once on it, and every timestep gets the same tokens.
+
+        Event frames ``[B, T, C, H, W]`` (batch first, as a DataLoader stacks them) bring their own time axis: the
+        stem runs per step on ``[T, B, C, H, W]``, frame t at timestep t, nothing repeated (``RunConfig`` holds
+        ``model.T == dataset.frames`` and refuses the static stem modes for event data)."""
         mode, T = self.cfg.stem, self.T
+        if x.dim() == 5:
+            if x.shape[1] != T or mode != "per_step":
+                raise ValueError(f"event input with {x.shape[1]} frames needs model.T == frames (T={T}) and "
+                                 f"stem: per_step (stem: {mode})")
+            return self.stem(x.transpose(0, 1), ctx)
         if mode == "per_step":
             return self.stem(x.unsqueeze(0).repeat(T, *([1] * x.dim())), ctx)
         if mode == "once":

@@ -82,9 +82,10 @@ def state_tile(grey_image: np.ndarray, active: np.ndarray, merged: np.ndarray | 
 
 
 def mosaic(grey_image: np.ndarray, maps: np.ndarray, grid: tuple[int, int], gap: int = 1,
-           merged: np.ndarray | None = None) -> np.ndarray:
+           merged: np.ndarray | None = None, steps: np.ndarray | None = None) -> np.ndarray:
     """One image's panels as one RGB array: rows = blocks, columns = [image, t=1..T]; white gaps between tiles.
-    ``merged`` ([L, T, N] like ``maps``): the tokens merged away, drawn apart from halted ones."""
+    ``merged`` ([L, T, N] like ``maps``): the tokens merged away, drawn apart from halted ones. ``steps`` ([T, H, W]
+    grey, event data): the input of each timestep, under that step's column instead of ``grey_image``."""
     L, T = maps.shape[:2]
     H, W = grey_image.shape
     out = np.ones((L * (H + gap) - gap, (T + 1) * (W + gap) - gap, 3))
@@ -96,7 +97,7 @@ def mosaic(grey_image: np.ndarray, maps: np.ndarray, grid: tuple[int, int], gap:
             else:
                 up = upsample_mask(maps[b, col - 1], grid, (H, W))
                 gone = None if merged is None else upsample_mask(merged[b, col - 1], grid, (H, W))
-                tile = state_tile(grey_image, up, gone)
+                tile = state_tile(grey_image if steps is None else steps[col - 1], up, gone)
             out[b * (H + gap):b * (H + gap) + H, col * (W + gap):col * (W + gap) + W] = tile
     return out
 
@@ -115,6 +116,10 @@ def heatmap_figure(rec: StudyRecords, config: str, run_id: str, out: Path, n_ima
     if not needed <= set(arrays):
         return Figure(stem, title, skipped=f"{run_id}/maps.npz lacks {sorted(needed - set(arrays))}")
     images, maps, grid = arrays["images"], arrays["maps"], tuple(int(v) for v in arrays["grid"])
+    # Event frames [N, T, C, H, W]: each step's column shows its own frame, the first column all events summed.
+    frames = images if images.ndim == 5 and images.shape[1] == maps.shape[2] else None
+    if frames is not None:
+        images = frames.sum(axis=1)
     if images.ndim != 4 or maps.ndim != 4 or maps.shape[-1] != grid[0] * grid[1] or len(images) == 0:
         return Figure(stem, title, skipped=f"{run_id}/maps.npz: maps {maps.shape} do not fit the {grid} token grid")
     k, (L, T), (H, W) = min(n_images, len(images), len(maps)), maps.shape[1:3], images.shape[2:]
@@ -129,8 +134,9 @@ def heatmap_figure(rec: StudyRecords, config: str, run_id: str, out: Path, n_ima
     for ax in axes.flat[k:]:
         ax.set_axis_off()
     for i, ax in enumerate(axes.flat[:k]):
-        ax.imshow(mosaic(grey(images[i]), maps[i], grid, merged=merged[i] if merged is not None else None),
-                  interpolation="nearest")
+        steps = None if frames is None else np.stack([grey(f) for f in frames[i]])
+        ax.imshow(mosaic(grey(images[i]), maps[i], grid, merged=merged[i] if merged is not None else None,
+                         steps=steps), interpolation="nearest")
         ax.grid(False)
         ax.set_xticks([c * (W + 1) + (W - 1) / 2 for c in range(T + 1)], ["image"] + [f"t={t + 1}" for t in range(T)],
                       fontsize=6)
@@ -156,8 +162,10 @@ def heatmap_figure(rec: StudyRecords, config: str, run_id: str, out: Path, n_ima
         states = ("purple = not processed (this record's maps.npz predates the merged map, so halted and merged "
                   "away are drawn alike)")
     legend_outside(fig, handles, where="below")
-    caption = (f"Run {run_id}, first {k} recorded test images. Per image: rows = blocks, first column = the input in "
-               f"grey, then one column per timestep; every token is tinted by its state, so none shows as plain "
+    inputs = ("the events of all frames in grey, then one column per timestep over that step's frame"
+              if frames is not None else "the input in grey, then one column per timestep")
+    caption = (f"Run {run_id}, first {k} recorded test images. Per image: rows = blocks, first column = "
+               f"{inputs}; every token is tinted by its state, so none shows as plain "
                f"(dark) image: orange = active (processed) in that block and step, {states}. Token grid "
                f"{grid[0]}×{grid[1]} upsampled to the {H}×{W} image; corner numbers = active tokens of "
                f"{grid[0] * grid[1]}.")
