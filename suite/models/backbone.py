@@ -174,7 +174,7 @@ class Backbone(nn.Module):
         if ctx.count:
             with torch.no_grad():
                 cin, cout = self.head.in_features, self.head.out_features
-                nz = float((pooled != 0).sum(dtype=torch.float64))
+                nz = float(torch.count_nonzero(pooled))
                 d = torch.tensor(float(pooled.shape[0] * cin * cout), dtype=torch.float64)
                 shape = LayerShape(inputs_nz=nz, outputs=float(pooled.shape[0] * cout), weights=cin * cout,
                                    biases=cout, fan_out=cout, in_size=cin, out_size=cout, synops=nz * cout)
