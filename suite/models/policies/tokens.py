@@ -123,7 +123,7 @@ class TokenPolicy(nn.Module):
         thr = 1.0 - hc.eps if hc is not None else 1.0
         for l, blk in enumerate(blocks):
             if self.keeper is not None and l == self.keeper.at_block:
-                if isinstance(self.keeper, TokenSelector):
+                if isinstance(self.keeper, TokenSelector) and ctx.count:  # a count reads a value: evaluation only
                     hidden = self.keeper.net[0].out_features
                     macs, acs = overhead.selector(float((alive > 0).sum()), C, hidden, T)
                     ctx.overhead("policy.selector", block=l, macs=macs, acs=acs)
