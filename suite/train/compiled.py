@@ -4,7 +4,8 @@ persistent compile cache a study shares (docs/throughput.md).
 ``auto`` compiles when the run's estimated eager training time is well above the estimated compile time
 (``AUTO_PAYBACK`` times it). Both estimates are deterministic for a given configuration, device type and cache
 state: the training time is the model's counted FLOPs per training image (``torch.utils.flop_counter`` on a
-two-image forward, x3 for forward + backward) times the images the run still trains, at a nominal eager rate per
+two-image forward, x3 for forward + backward) times the images the run trains (all epochs, so a resumed run
+decides as its first start did, given the same cache), at a nominal eager rate per
 device type; the compile time is a cold or warm constant, warm when this cache holds a marker of the same compiled
 shape (written after a compiled run's first epoch). The decision, its reason and both estimates go into the run's
 ``metrics.json`` (``details.compile``).
@@ -135,21 +136,21 @@ def flops_per_image(model: nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / x.shape[0]
 
 
-def decide(run, model: nn.Module, sample: torch.Tensor, images_left: int, batch: tuple[int, ...],
+def decide(run, model: nn.Module, sample: torch.Tensor, images: int, batch: tuple[int, ...],
            device: torch.device) -> CompileDecision:
-    """Resolve ``run.train.compile`` for a run that still trains ``images_left`` images of batch shape ``batch``;
+    """Resolve ``run.train.compile`` for a run that trains ``images`` images (all epochs) of batch shape ``batch``;
     ``sample`` holds two training images for the FLOP count (auto only)."""
     setting = run.train.compile
     key = shape_key(run, batch, device)
     where = str(cache_dir())
     if setting != "auto":
         return CompileDecision(setting, setting == "on", f"train.compile: {setting}", cache_dir=where, shape_key=key)
-    if images_left <= 0:
+    if images <= 0:
         return CompileDecision(setting, False, "auto: nothing left to train", cache_dir=where, shape_key=key)
     kind = device.type if device.type in EAGER_FLOPS else "cpu"
     warm = _marker(key).exists()
     compile_s = COMPILE_S[kind][1 if warm else 0]
-    train_s = 3 * flops_per_image(model, sample) * images_left / EAGER_FLOPS[kind]
+    train_s = 3 * flops_per_image(model, sample) * images / EAGER_FLOPS[kind]
     compiled = train_s >= AUTO_PAYBACK * compile_s
     reason = (f"auto: estimated eager training {train_s:.0f} s {'>=' if compiled else '<'} {AUTO_PAYBACK:g} x "
               f"estimated compile {compile_s:.0f} s ({'warm' if warm else 'cold'} cache)")

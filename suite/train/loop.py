@@ -210,7 +210,8 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=may_leave_parameters_unused(run))
-    decision = _compile_decision(run, model, data, device, local_bs, (tc.epochs - start_epoch) * len(data.train))
+    # the whole run's images, not what is left: a resumed run records the decision its first start made (same cache)
+    decision = _compile_decision(run, model, data, device, local_bs, tc.epochs * len(data.train))
     if main:
         log.info("%s: %s compiled (%s)", run.variant, "training forward" if decision.compiled else "not", decision.reason)
     eager_model = train_model  # the epoch's last, smaller batch runs here (compiled graphs keep the full shape)
