@@ -255,7 +255,7 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
 
 
 def _compile_decision(run, model: Backbone, data: DataBundle, device: torch.device, bs: int,
-                      images_left: int) -> compiled.CompileDecision:
+                      images: int) -> compiled.CompileDecision:
     """``train.compile`` resolved for this run (``suite.train.compiled``): the full batch's shape for the cache's
     shape key, two training images for auto's FLOP count. The RNG is restored: deciding draws nothing from the
     training's random stream (augmentation of the sample images included)."""
@@ -263,7 +263,7 @@ def _compile_decision(run, model: Backbone, data: DataBundle, device: torch.devi
     try:
         first = data.train[0][0]
         sample = torch.stack([first, data.train[min(1, len(data.train) - 1)][0]]).to(device)
-        return compiled.decide(run, model, sample, images_left, (bs, *first.shape), device)
+        return compiled.decide(run, model, sample, images, (bs, *first.shape), device)
     finally:
         set_rng(rng)
 
