@@ -161,8 +161,9 @@ class Backbone(nn.Module):
             logits, step_logits = self.readout(run, ctx)
             out = ModelOutput(logits, step_logits, aux, run.active, ctx, run.depth, run.maps, run.unit_halting,
                               merged_maps=run.merged)
-        if self.time_policy is not None and count:  # read off the masks as floats: a counted (evaluation) forward
-            out.active_steps = self.time_policy.active_steps()
+        if self.time_policy is not None and not torch.compiler.is_compiling():
+            out.active_steps = self.time_policy.active_steps()  # floats read off the masks: a graph break if traced
+        if self.time_policy is not None:
             ctx.overhead("policy.time_gates", block=-1,
                          **dict(zip(("macs", "acs"), overhead.time_gates(len(self.time_policy.groups), self.T,
                                                                          x.shape[0]))))
