@@ -100,7 +100,7 @@ def neuron_backends(device_names: list[str]) -> list[Check]:
     from spikingjelly.activation_based import functional
 
     from suite.config import ModelConfig, TimeConfig, TokenConfig
-    from suite.config.model import BackboneName
+    from suite.config.model import MULTI_STAGE, BackboneName
     from suite.models import build_model
     from suite.models.neurons import available_backends, backend_in_use, use_backend
     from suite.train.precision import amp_dtype, autocast
@@ -112,7 +112,8 @@ def neuron_backends(device_names: list[str]) -> list[Check]:
         out.append(Check("neuron backend", name, "available: " + ", ".join(
             f"{b}" if why is None else f"{b} (no: {why})" for b, why in avail.items())))
         for backbone in BackboneName.__args__:
-            cfg = ModelConfig(backbone=backbone, depth=1, dim=16, heads=2, T=2)
+            # one block per stage (QKFormer has three)
+            cfg = ModelConfig(backbone=backbone, depth=3 if backbone in MULTI_STAGE else 1, dim=16, heads=2, T=2)
             try:
                 chosen = use_backend("auto", dev)
                 model = build_model(cfg, TokenConfig(), TimeConfig(), in_channels=3, image_size=(32, 32),

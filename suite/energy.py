@@ -37,6 +37,7 @@ class Counts:
     active_steps: Mapping[str, float] | None = None  # details.active_steps of a time mask
     policy_ops: Mapping[str, Mapping[str, Any]] | None = None  # None: not recorded (a record counted before them)
     neuron_updates: float | None = None  # LIF elements updated per image; None: not recorded
+    leaky: bool = True  # the neurons leak (model.neuron.type lif, plif); IF neurons have no leak multiply
 
 
 def missing_inputs(conv: Convention, counts: Counts) -> list[str]:
@@ -138,10 +139,11 @@ def convention_uj(name: str, counts: Counts, cfg: EnergyConfig) -> float:
     if conv.policy_overhead:
         pj += _policy_pj(counts, cfg)
     per_image = pj / counts.n_images
+    leak = cfg.e_mac_pj if counts.leaky else 0.0  # an IF neuron integrates without the leak's multiply
     if conv.neuron_updates:
-        per_image += (cfg.e_mac_pj + cfg.e_ac_pj) * counts.neuron_updates
+        per_image += (leak + cfg.e_ac_pj) * counts.neuron_updates
     elif conv.memory == "lemaire2022":
-        per_image += cfg.e_mac_pj * counts.neuron_updates  # the leak multiply-accumulate of every LIF update
+        per_image += leak * counts.neuron_updates  # the leak multiply-accumulate of every LIF update
     return per_image * _PJ_TO_UJ
 
 

@@ -67,9 +67,10 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     ec = run.eval
     ds = data.test if ec.split == "test" or data.val is None else data.val
     model.eval()
-    loader = make_loader(ds, batch_size=run.train.eval_batch_size, shuffle=False, seed=0)
+    loader = make_loader(ds, batch_size=run.train.eval_batch_size, shuffle=False, seed=0,
+                         num_workers=run.train.num_workers, pin_memory=device.type == "cuda")
     L, T = model.depth, model.T
-    per_step = float(model.depth * model.num_tokens)  # the dense model's token-units per timestep
+    per_step = float(sum(model.block_tokens()))  # the dense model's token-units per timestep
     ops: dict = {}
     policy_ops: dict = {}  # a policy's own work (Context.overhead), apart from the synaptic layers
     spikes: dict = {}
@@ -185,7 +186,8 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     m.update(energy_metrics(ops, seen, ec.costs))
     conventions = convention_metrics(Counts(
         details["ops"], seen, T, model.cfg.stem, static_input, details.get("exit_step_share"),
-        details.get("active_steps"), details["policy_ops"], details["neuron_updates"]), ec.costs)
+        details.get("active_steps"), details["policy_ops"], details["neuron_updates"],
+        model.cfg.neuron.type != "if"), ec.costs)
     # exact and paper stay as energy_metrics gives them (with their per-kind parts); the registry recomputes them
     m.update({k: v for k, v in conventions.items() if k not in m})
     if out.unit_halting is not None:

@@ -237,7 +237,8 @@ def recount_energy(doc: dict[str, Any], config: RunConfig, label: str, out: Outc
     if derived:
         d["energy_derived"] = d.get("energy_derived", []) + derived
     counts = Counts(d["ops"], n, config.model.T, config.model.stem, bool(d.get("static_input", True)),
-                    d.get("exit_step_share"), d.get("active_steps"), d.get("policy_ops"), d.get("neuron_updates"))
+                    d.get("exit_step_share"), d.get("active_steps"), d.get("policy_ops"), d.get("neuron_updates"),
+                    config.model.neuron.type != "if")
     log: dict[str, tuple[float, float]] = {}
     for key, value in convention_metrics(counts, config.eval.costs).items():
         if math.isnan(value):

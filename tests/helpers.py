@@ -90,3 +90,16 @@ def fire_in_eval(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(3.0 * (0.5 + torch.rand(m.weight.shape, generator=g)))
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g))
     return model.eval()
+
+
+def fire_peer(peer: nn.Module, seed: int = 0) -> nn.Module:
+    """A peer model (spikingjelly's) in eval mode whose every layer fires: BN gains in [0, 3), offsets ~ N(1.2, 1),
+    running variances in [0.5, 1.5)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in peer.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                m.weight.copy_(3 * torch.rand(m.weight.shape, generator=g))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) + 1.2)
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+    return peer.eval()

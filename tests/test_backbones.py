@@ -120,10 +120,11 @@ def test_sdt_counts_match_spikingjelly_op_counter_layer_by_layer() -> None:
 # ----------------------------------------------------------------------------------------- stem modes
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("backbone", (*BACKBONES, "qkformer"))
 @pytest.mark.parametrize("stem", ["once", "integrate"])
 def test_stem_run_once_feeds_identical_tokens_to_every_step(backbone: str, stem: str) -> None:
-    per_step = ModelConfig(backbone=backbone, depth=2, dim=16, heads=2, T=3)
+    shape = {"depth": 3, "patch_embed": "cifar"} if backbone == "qkformer" else {"depth": 2}
+    per_step = ModelConfig(backbone=backbone, dim=16, heads=2, T=3, **shape)
     # a LIF that sees one step from rest fires only at twice its threshold: a stronger BN offset
     model = _firing(_build(per_step.model_copy(update={"stem": stem})), bias=2.5)
     dense = _firing(_build(per_step), bias=2.5)

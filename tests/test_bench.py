@@ -42,13 +42,15 @@ def test_quick_bench_parts_1_2_write_a_tidy_csv(tmp_path) -> None:
     # part 1: both step times of each backbone pair (Spikformer: the original case names), equal parameter and
     # token counts
     step = df[(df.part == 1) & (df.metric == "step_time_s")].set_index("case")
-    assert set(step.index) == {"ours", "spikingjelly", "sdt/ours", "sdt/spikingjelly"}
-    for ours, sj in (("ours", "spikingjelly"), ("sdt/ours", "sdt/spikingjelly")):
+    assert set(step.index) == {"ours", "spikingjelly", "sdt/ours", "sdt/spikingjelly", "qkformer/ours",
+                               "qkformer/spikingjelly"}
+    for ours, sj in (("ours", "spikingjelly"), ("sdt/ours", "sdt/spikingjelly"), ("qkformer/ours", "qkformer/spikingjelly")):
         assert step.loc[sj, "ratio"] == 1.0
         for metric in ("params", "tokens"):
             m = df[(df.part == 1) & (df.metric == metric)].set_index("case")
             assert m.loc[ours, "median"] == m.loc[sj, "median"]
-    assert {"train step ours/spikingjelly", "train step sdt ours/spikingjelly"} <= {t.name for t in res.targets}
+    assert {"train step ours/spikingjelly", "train step sdt ours/spikingjelly",
+            "train step qkformer ours/spikingjelly"} <= {t.name for t in res.targets}
     # part 2, every configuration (Spikformer per_step: unprefixed names; sdt, and stem: once of both backbones):
     # dense, stem, masked and compacted images/s at each target fraction, f reached by beta_offset, the stem share,
     # the Amdahl ceiling and the compacted speedup as a fraction of it

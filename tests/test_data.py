@@ -48,7 +48,7 @@ def test_config_rejects_unknown_fields_and_bad_values():
     with pytest.raises(ValidationError):
         DatasetConfig(nmae="digits")
     with pytest.raises(ValidationError):
-        DatasetConfig(name="imagenet")
+        DatasetConfig(name="imagenet21k")
     with pytest.raises(ValidationError):
         DatasetConfig(val_fraction=0.5)
     with pytest.raises(ValidationError):

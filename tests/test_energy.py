@@ -146,11 +146,15 @@ def test_lemaire_on_one_linear_with_real_input_by_hand() -> None:
 # ------------------------------------------------------------------ real forwards on both backbones
 
 TINY = dict(depth=2, dim=16, heads=2, T=3)
+# QKFormer at the same width: stages 4 / 8 / 16 wide, one block each, 8x8 -> 4x4 -> 2x2 tokens
+SHAPE = {"qkformer": {"depth": 3, "patch_embed": "cifar"}}
+ALL_BACKBONES = (*BACKBONES, "qkformer")  # the conventions and NeuroBench's counters do not depend on the structure
 
 
 def _model(backbone: str, tokens: TokenConfig = TokenConfig(), time: TimeConfig = TimeConfig(), **model):
     torch.manual_seed(0)
-    net = build_model(ModelConfig(backbone=backbone, **{**TINY, **model}), tokens, time, in_channels=1,
+    net = build_model(ModelConfig(backbone=backbone, **{**TINY, **SHAPE.get(backbone, {}), **model}), tokens, time,
+                      in_channels=1,
                       image_size=(8, 8), num_classes=5)
     with torch.no_grad():  # BN as 2 y + 1: random weights fire
         for mod in net.modules():
@@ -248,9 +252,9 @@ def test_counting_runs_in_fp32_inside_a_callers_autocast(backbone: str) -> None:
     assert lossy != exact
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("backbone", ALL_BACKBONES)
 def test_every_convention_is_recorded_per_run_with_neurobench_names(backbone: str) -> None:
-    cfg = _run(model={"backbone": backbone})
+    cfg = _run(model={"backbone": backbone, **SHAPE.get(backbone, {})})
     res = evaluate(_model(backbone), cfg, _data(), torch.device("cpu"), maps=False)
     m = res.metrics
     for name in CONVENTIONS:
@@ -299,7 +303,7 @@ class _Logits(nn.Module):
         return self.net(x).logits
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("backbone", ALL_BACKBONES)
 def test_neurobench_synaptic_operations_and_activation_sparsity_agree(backbone: str) -> None:
     import neurobench as nb  # the test extra of pyproject.toml: a missing package fails, never skips
     from neurobench.benchmarks import Benchmark

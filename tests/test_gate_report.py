@@ -77,3 +77,32 @@ def test_diagnostics_figures_from_the_records_and_absent_for_old_ones(tmp_path, 
     assert [a.get_title() for a in fg_axes] == ["dense (n=2)", "act (n=2)"]
     assert "n = images where both vary" in figs[1].caption and "2-2 of 64 images" in \
         seen[1].legends[0].get_texts()[0].get_text()
+
+
+def test_the_diagnostics_table_gives_fg_minus_bg_and_rho_with_t_intervals_and_is_absent_for_old_records(tmp_path):
+    from scipy import stats as sps
+
+    from suite.report.tables import diagnostics_table, write_tables
+
+    variants = {"dense": {}, "act": {"tokens": {"halting": {}}}}
+    old = write_study(tmp_path, "old", variants, seeds=(0, 1, 2))
+    assert diagnostics_table(report.load_records(old), 0.95) is None
+    write_tables(report.load_records(old), old / "report")
+    assert not (old / "report" / "diagnostics.md").exists()
+    sdir = write_study(tmp_path, "new", variants, seeds=(0, 1, 2))
+    runs = pd.read_csv(sdir / "runs.csv", dtype={"run_id": str})
+    act = runs.variant == "act"
+    runs.loc[act, "fg_active_pct"] = [80.0, 70.0, 75.0]
+    runs.loc[act, "bg_active_pct"] = [60.0, 65.0, 55.0]  # fg - bg: 20, 5, 20
+    runs.loc[act, "occlusion_spearman"] = [0.1, 0.3, 0.2]
+    runs.loc[act, "occlusion_n"] = [50, 64, 60]
+    runs.to_csv(sdir / "runs.csv", index=False)
+    table = diagnostics_table(report.load_records(sdir), 0.95)
+    assert [r[0] for r in table.rows] == ["act"]  # dense records no diagnostics: no row
+    d = [20.0, 5.0, 20.0]
+    lo, hi = sps.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    assert table.rows[0][4] == f"+15.0 [{lo:+.1f}, {hi:+.1f}]"
+    lo, hi = sps.ttest_1samp([0.1, 0.3, 0.2], 0.0).confidence_interval(0.95)
+    assert table.rows[0][5] == f"+0.20 [{lo:+.2f}, {hi:+.2f}]" and table.rows[0][6] == "50–64"
+    write_tables(report.load_records(sdir), sdir / "report")
+    assert "which tokens the policy keeps" in (sdir / "report" / "diagnostics.md").read_text()

@@ -167,10 +167,16 @@ def ours_model(shape: BenchShape, tokens: TokenConfig = TokenConfig(), *, backbo
                stem: str = "per_step") -> Backbone:
     """Our ``backbone`` at ``shape`` with two stem pools (spikingjelly's Spikformer patch_size=4 stem; SDT's
     ``pooling_stat="0011"``), the stem in mode ``stem``."""
-    cfg = ModelConfig(backbone=backbone, stem=stem, depth=shape.depth, dim=shape.dim, heads=shape.heads, T=shape.T,
+    depth = qkformer_depth(shape) if backbone == "qkformer" else shape.depth
+    cfg = ModelConfig(backbone=backbone, stem=stem, depth=depth, dim=shape.dim, heads=shape.heads, T=shape.T,
                       stem_pools=2)
     return build_model(cfg, tokens, TimeConfig(), in_channels=shape.channels, image_size=(shape.image, shape.image),
                        num_classes=shape.classes)
+
+
+def qkformer_depth(shape: BenchShape) -> int:
+    """QKFormer's blocks at ``shape``: one per stage at least (its stages hold 1, 1 and depth - 2 blocks)."""
+    return max(3, shape.depth)
 
 
 def n_params(model: nn.Module) -> int:

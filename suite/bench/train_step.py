@@ -2,7 +2,8 @@
 
 Spikformer: ours (``backbone: spikformer``) vs ``model.spikformer.Spikformer`` (cases ``ours``, ``spikingjelly``);
 Spike-driven Transformer v1: ours (``backbone: sdt``) vs ``model.spike_driven_transformer.SpikeDrivenTransformer``
-(cases ``sdt/ours``, ``sdt/spikingjelly``). A step is forward (+ loss) under autocast on CUDA, backward, AdamW step
+(cases ``sdt/ours``, ``sdt/spikingjelly``); QKFormer: ours (``backbone: qkformer``, ImageNet embedding, stages
+(1, 1, depth - 2), at least 3 blocks) vs ``model.qkformer.QKFormer`` (cases ``qkformer/ours``, ``qkformer/spikingjelly``). A step is forward (+ loss) under autocast on CUDA, backward, AdamW step
 and ``reset_net``; both models of a pair have the same shape (parameter and token counts are checked and
 reported), and a pair's two cases are timed interleaved. Ratio = median over rounds of ours / spikingjelly
 (< 1: ours is faster).
@@ -33,15 +34,22 @@ from suite.bench.common import (
     ours_model,
     paired_ratio,
     profile_top,
+    qkformer_depth,
     random_batch,
 )
 
 # backbone -> (case-name prefix, label in logs and target names); Spikformer's cases keep their original names
-BACKBONES = {"spikformer": ("", ""), "sdt": ("sdt/", "sdt ")}
+BACKBONES = {"spikformer": ("", ""), "sdt": ("sdt/", "sdt "), "qkformer": ("qkformer/", "qkformer ")}
 STEM_POOLS = 2  # ours: ModelConfig.stem_pools (common.ours_model); SDT's peer: pooling_stat "0011"
 
 
 def spikingjelly_model(shape: BenchShape, backbone: str = "spikformer") -> nn.Module:
+    if backbone == "qkformer":  # ours at patch_embed: imagenet, depths (1, 1, depth - 2) (common.ours_model)
+        from spikingjelly.activation_based.model.qkformer import QKFormer
+
+        depth = qkformer_depth(shape)
+        return QKFormer(T=shape.T, in_channels=shape.channels, num_classes=shape.classes, embed_dims=shape.dim,
+                        num_heads=(shape.heads,) * 3, depths=(1, 1, depth - 2), mlp_ratio=4.0)
     if backbone == "sdt":
         from spikingjelly.activation_based.model.spike_driven_transformer import SpikeDrivenTransformer
 
@@ -60,7 +68,7 @@ def spikingjelly_tokens(model: nn.Module, shape: BenchShape, device: torch.devic
     """Tokens after spikingjelly's stem, measured on one image."""
     x = torch.zeros(shape.T, 1, shape.channels, shape.image, shape.image, device=device)
     try:
-        z = model.patch_embed(x)
+        z = model.patch_embed1(x) if hasattr(model, "patch_embed1") else model.patch_embed(x)
     finally:
         functional.reset_net(model)
     return int(z.shape[-1] * z.shape[-2])

@@ -45,7 +45,8 @@ def has_policy(variant: VariantConfig) -> bool:
 
 
 def _parent(study: Study, variant: VariantConfig) -> str | None:
-    return variant.train["init_from"] if "init_from" in variant.train else study.train.init_from
+    p = variant.train["init_from"] if "init_from" in variant.train else study.train.init_from
+    return p if isinstance(p, str) else None  # a checkpoint file is no variant of the study
 
 
 def _merge(a: dict, b: dict) -> dict:

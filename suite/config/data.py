@@ -10,7 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-DatasetName = Literal["digits", "fashion_mnist", "cifar10", "cifar100", "tinyimagenet", "synthetic"]
+from suite.config.fields import added_field
+
+DatasetName = Literal["digits", "fashion_mnist", "cifar10", "cifar100", "tinyimagenet", "imagenet", "synthetic"]
 
 TINYIMAGENET_DEFAULT_ROOT = Path("data/tiny-imagenet-200")
 TINYIMAGENET_HINT = (
@@ -19,12 +21,22 @@ TINYIMAGENET_HINT = (
     f"(default root {TINYIMAGENET_DEFAULT_ROOT}); torchvision cannot download it."
 )
 
+IMAGENET_DEFAULT_ROOT = Path("data/imagenet")
+IMAGENET_HINT = (
+    "Set dataset.root to the ImageNet-1k folder. ImageNet-1k (ILSVRC2012) cannot be downloaded automatically: register at https://image-net.org/download.php, "
+    "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar, and extract them in the ImageFolder layout "
+    "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG (the val archive is flat: sort it into class folders, "
+    "e.g. with imagenet/extract_ILSVRC.sh of github.com/pytorch/examples) "
+    f"(default root {IMAGENET_DEFAULT_ROOT})."
+)
+IMAGENET_SIZE = 224  # the published resolution of Spikformer/SDT/QKFormer ImageNet results (no image_size: 224)
+
 
 # Images in each dataset's training pool before any subset (the pool the validation split is carved from): known
 # without loading, so a study's validation size can be checked by ``spikesuite plan``. digits: 1797 images less
 # the 20 % test split sklearn's set lacks (suite/data/digits.py).
 TRAIN_POOL = {"digits": 1797 - round(0.2 * 1797), "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
-              "tinyimagenet": 100_000}
+              "tinyimagenet": 100_000, "imagenet": 1_281_167}
 
 
 def val_count(pool: int, val_fraction: float) -> int:
@@ -43,7 +55,16 @@ class AugmentConfig(BaseModel):
     random_crop_padding: int = Field(default=0, ge=0)  # RandomCrop(size, padding=p) when > 0
     horizontal_flip: bool = False
     randaugment: bool = False  # RandAugment(num_ops=1, magnitude=9): Spikformer's rand-m9-n1
+    # RandAugment's ops per image (timm's n: rand-m9-n1 -> 1; timm's default when n is absent: 2) and magnitude, on
+    # torchvision's scale (magnitude / 30 of each op's range: the default 9 is what randaugment: true always ran) or
+    # timm's (magnitude / 10: timm's m9 is 90 % of the range). timm's mstd/inc options have no torchvision peer.
+    randaugment_ops: int = added_field(1, ge=1, le=14)
+    randaugment_magnitude: int = added_field(9, ge=0, le=30)
+    randaugment_scale: Literal["torchvision", "timm"] = added_field("torchvision")
     random_erasing: float = Field(default=0.0, ge=0.0, le=1.0)  # probability of v2.RandomErasing
+    # RandomResizedCrop(size, scale=(random_resized_crop_min, 1), ratio=(3/4, 4/3)) as timm's ImageNet training
+    # transform (imagenet: instead of its resize-and-centre-crop; other sets: after their resize); 0 = off.
+    random_resized_crop_min: float = added_field(0.0, ge=0.0, le=1.0)  # timm default scale (0.08, 1.0): 0.08
 
 
 class SyntheticConfig(BaseModel):
@@ -73,6 +94,14 @@ class DatasetConfig(BaseModel):
     train_subset: int | None = Field(default=None, ge=1)
     test_subset: int | None = Field(default=None, ge=1)
     normalize: bool = True
+    # imagenet's evaluation: resize the shorter side to floor(size / crop_pct), centre-crop size (timm's crop_pct;
+    # 0.875 is timm's default, 256 -> 224; 1.0 resizes straight to the crop). Other sets have one native size.
+    crop_pct: float = added_field(0.875, gt=0.0, le=1.0)
+    # How images are resampled: bilinear (what the suite always did: bilinear resizes and crops, RandAugment's
+    # geometric ops nearest, torchvision's defaults) or bicubic (timm's interpolation / train_interpolation bicubic,
+    # as the official Spikformer and SDT configs: resizes and crops; RandAugment's geometric ops bilinear, since
+    # torchvision's affine ops refuse bicubic on tensors).
+    interpolation: Literal["bilinear", "bicubic"] = added_field("bilinear")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
@@ -96,4 +125,12 @@ class DatasetConfig(BaseModel):
         # no download, so the flag is harmless there.
         if self.download and self.name == "tinyimagenet":
             raise ValueError("dataset.download is not supported for tinyimagenet. " + TINYIMAGENET_HINT)
+        aug = self.augment
+        if aug.randaugment_scale == "timm" and aug.randaugment_magnitude > 10:
+            raise ValueError(f"dataset.augment.randaugment_magnitude ({aug.randaugment_magnitude}) must be at most 10 "
+                             "on timm's scale (randaugment_scale: timm)")
+        if self.crop_pct != 0.875 and self.name != "imagenet":
+            raise ValueError(f"dataset.crop_pct is for imagenet (images of varying size) only, not {self.name}")
+        if self.download and self.name == "imagenet":
+            raise ValueError("dataset.download is not supported for imagenet. " + IMAGENET_HINT)
         return self

@@ -8,6 +8,8 @@ before anything is written. Evaluation-time updates (overrides, search trials) a
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import itertools
 import math
 from pathlib import Path
@@ -16,9 +18,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from suite.config.graph import link_parents, share_training, variant_depths
+from suite.config.graph import init_from_key, link_parents, share_training, variant_depths
 from suite.config.policies import EVAL_TIME_KEYS, axis_applies, is_eval_time_key
 from suite.config.study import RunConfig, RunSpec, Study, StudyError, format_errors, run_id
+from suite.config.train import CheckpointInit
 
 # ---------------------------------------------------------------------------------------------- load
 
@@ -95,9 +98,33 @@ def expand(study: Study, source: str = "<study>") -> list[RunSpec]:
     if problems:
         raise StudyError(source, list(dict.fromkeys(problems)))  # one line per problem, not per run
     runs: dict[str, RunSpec] = {}
-    for spec in link_parents(study, resolved, depths, source):
+    for spec in link_parents(study, pin_checkpoints(study, resolved, source), depths, source):
         runs.setdefault(spec.run_id, spec)  # the first of equal ids wins
     return share_training(list(runs.values()))
+
+
+def pin_checkpoints(study: Study, specs: list[RunSpec], source: str) -> list[RunSpec]:
+    """Every run with ``train.init_from: {checkpoint, format}`` gets its file's sha256 in its config (so in its run
+    id: another file, another run); a missing file is a problem naming the key and the path."""
+    digests: dict[str, str] = {}
+    out, problems = [], []
+    for spec in specs:
+        init = spec.config.train.init_from
+        if not isinstance(init, CheckpointInit):
+            out.append(spec)
+            continue
+        if init.checkpoint not in digests:
+            path = Path(init.checkpoint)
+            if not path.is_file():
+                problems.append(f"{init_from_key(study, spec.variant)}.checkpoint: no such file {path}")
+                continue
+            with path.open("rb") as f:
+                digests[init.checkpoint] = hashlib.file_digest(f, "sha256").hexdigest()
+        config = spec.config.model_copy(update={"init_sha256": digests[init.checkpoint]})
+        out.append(dataclasses.replace(spec, config=config, run_id=run_id(config)))
+    if problems:
+        raise StudyError(source, list(dict.fromkeys(problems)))
+    return out
 
 
 def _matrix(study: Study, source: str) -> tuple[dict[str, list], list[dict], list[dict]]:

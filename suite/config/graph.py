@@ -29,7 +29,8 @@ def init_from_key(study: Study, variant: str) -> str:
 def parent_variant(study: Study, variant: str) -> str | None:
     """The variant ``variant`` fine-tunes from (its own train section over the study's), or None."""
     own = study.variants[variant].train
-    return own["init_from"] if "init_from" in own else study.train.init_from
+    p = own["init_from"] if "init_from" in own else study.train.init_from
+    return p if isinstance(p, str) else None  # {checkpoint, format}: a file, not a variant
 
 
 def variant_depths(study: Study, source: str = "<study>") -> dict[str, int]:

@@ -54,6 +54,9 @@ class HaltingConfig(Policy):
     # (0, 1]: at build (or at attach, when fine-tuning) one shift of every gate logit is set by bisection on a
     # calibration batch so the model keeps this fraction of its dense token-units; None: no calibration
     init_fraction: float | None = added_field(None, gt=0, le=1)
+    # multi-stage backbones: a next-stage token's cumulative halting score from its 2x2 children's. min: it runs
+    # while any child runs (never halts a region with a running token); mean: the region's average progress
+    stage_carry: Literal["min", "mean"] = added_field("min")
 
 
     @model_validator(mode="after")

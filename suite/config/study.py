@@ -96,16 +96,38 @@ class RunConfig(BaseModel):
     # The run whose final checkpoint this run starts from: ``train.init_from`` resolved by ``expand`` (so
     # retraining the parent, which changes its id, changes this run's id too).
     init_run: str | None = added_field(None, pattern=r"^[0-9a-f]{12}$")
+    # The sha256 of ``train.init_from.checkpoint``'s file, set by ``expand`` (another file, another run).
+    init_sha256: str | None = added_field(None, pattern=r"^[0-9a-f]{64}$")
 
     @model_validator(mode="after")
     def _gate_fits_backbone(self) -> RunConfig:
         """A halting gate that reads one channel needs the backbone to have it (the one gate setting that depends
         on the model; ``linear`` and ``norm_linear`` read every channel of any backbone)."""
         hc = self.tokens.halting
-        if hc is not None and hc.gate == "channel" and hc.channel >= self.model.dim:
+        width = min(self.model.stage_dims)
+        if hc is not None and hc.gate == "channel" and hc.channel >= width:
             raise ValueError(f"tokens.halting.channel: {hc.channel} is not a channel of the backbone's residual "
-                             f"stream (model.dim {self.model.dim}; gate: channel reads z[..., channel])")
+                             f"stream (width {width}; gate: channel reads z[..., channel])")
+        if len(self.model.stage_depths) > 1:
+            stage_refusal(self.tokens)
         return self
+
+
+def stage_refusal(tokens: TokenConfig) -> None:
+    """The token settings a multi-stage backbone (docs/models.md, "Stages") cannot run, refused with the reason."""
+    hc = tokens.halting
+    if hc is not None and hc.readout == "act":
+        raise ValueError("tokens.halting.readout: act sums unit outputs whose width changes between stages; a "
+                         "multi-stage backbone needs readout: carry")
+    if hc is not None and hc.mode == "2d" and hc.order == "time_major":
+        raise ValueError("tokens.halting.order: time_major runs the whole network one step at a time; a "
+                         "multi-stage backbone supports block_major only")
+    if hc is not None and hc.gate != "channel":
+        raise ValueError(f"tokens.halting.gate: {hc.gate} learns one head of one width per block; a multi-stage "
+                         "backbone supports gate: channel only")
+    if tokens.select is not None:
+        raise ValueError("tokens.select: the selector network has one width; a multi-stage backbone supports "
+                         "tokens.drop but not tokens.select")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Every loader returns float32 images in ``[0, 1]`` (before normalisation) with shape ``[C, H, W]`` and
 integer labels.  Small datasets (digits, synthetic, Fashion-MNIST, CIFAR) are held in memory as one
-tensor; Tiny-ImageNet is file-backed so that building the dataset never decodes 100k JPEGs.
+tensor; Tiny-ImageNet and ImageNet are file-backed so that building the dataset never decodes 100k JPEGs.
 
 Splits and subsets are derived from a single deterministic, class-stratified ordering of the training
 pool (see :func:`suite.data.base._stratified_order`), so the same config always yields the same indices.
@@ -13,6 +13,7 @@ Where data is looked for, by default:
 * ``fashion_mnist``: ``/usr/share/datasets/fashion-mnist`` (Debian ``dataset-fashion-mnist``), then ``data/``.
 * ``cifar10`` / ``cifar100``: ``data/`` (``cifar-10-batches-py`` / ``cifar-100-python`` inside it).
 * ``tinyimagenet``: ``data/tiny-imagenet-200``.
+* ``imagenet``: ``data/imagenet`` (ImageFolder layout ``train/<wnid>/``, ``val/<wnid>/``; file-backed).
 * ``synthetic``: generated in memory.
 
 Layout: ``registry.py`` is the one dispatcher over dataset names (:func:`load_data` and

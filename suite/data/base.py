@@ -90,6 +90,17 @@ class ImageFileDataset(Dataset):
         return image, int(self.labels[index])
 
 
+IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
+
+
+def list_images(directory: Path) -> list[Path]:
+    """The image files directly in ``directory`` (none when it does not exist), sorted so that indices (and hence
+    splits) do not depend on the filesystem's listing order."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def split_digest(ds: Dataset) -> str:
     """16 hex characters of a sha256 over what a split reads: the stored images and labels of an in-memory split
     (before transforms, which ``DataBundle.describe`` states apart), or the class folder, name, size and label of
@@ -206,29 +217,49 @@ def _select_test(labels: np.ndarray, cfg: DatasetConfig) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
+def resampling(cfg: DatasetConfig) -> v2.InterpolationMode:
+    """``dataset.interpolation`` as torchvision's mode (resizes and crops)."""
+    return v2.InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
+
+
 def _build_transforms(
-    cfg: DatasetConfig, size: tuple[int, int], mean: Sequence[float] | None, std: Sequence[float] | None
+    cfg: DatasetConfig, size: tuple[int, int], mean: Sequence[float] | None, std: Sequence[float] | None,
+    sizing: tuple[list[Callable[..., Any]], list[Callable[..., Any]]] | None = None,
 ) -> tuple[Transform | None, Transform | None]:
-    """(train, eval) pipelines operating on float [C, H, W] tensors in [0, 1]."""
+    """(train, eval) pipelines operating on float [C, H, W] tensors in [0, 1].
+
+    ``sizing``: the (train, eval) steps that bring every image to ``size``, for sets whose images differ in size
+    (imagenet: a random resized crop / a resize and centre crop); by default a ``Resize`` when ``image_size`` is
+    set, and ``augment.random_resized_crop_min`` adds a random resized crop after it."""
+    aug = cfg.augment
+    resample = resampling(cfg)
     common: list[Callable[..., Any]] = []
-    if cfg.image_size is not None:
-        common.append(v2.Resize(size, antialias=True))
+    if sizing is None and cfg.image_size is not None:
+        common.append(v2.Resize(size, interpolation=resample, antialias=True))
     normalize = [v2.Normalize(list(mean), list(std))] if mean is not None and std is not None else []
 
-    aug = cfg.augment
     geometric: list[Callable[..., Any]] = []
+    if sizing is None and aug.random_resized_crop_min > 0:
+        geometric.append(v2.RandomResizedCrop(size, scale=(aug.random_resized_crop_min, 1.0), interpolation=resample,
+                                              antialias=True))
     if aug.random_crop_padding > 0:
         geometric.append(v2.RandomCrop(size, padding=aug.random_crop_padding))
     if aug.horizontal_flip:
         geometric.append(v2.RandomHorizontalFlip())
     if aug.randaugment:
         # Photometric ops assume [0, 1] intensities, so RandAugment must run before Normalize.
-        geometric.append(v2.RandAugment(num_ops=1, magnitude=9))
+        bins = 11 if aug.randaugment_scale == "timm" else 31  # magnitude / (bins - 1) of each op's range
+        # bilinear keeps torchvision's nearest for RandAugment (what the suite always ran); bicubic resamples its
+        # geometric ops bilinearly, the nearest torchvision offers: its affine ops refuse bicubic on tensors
+        ra_resample = v2.InterpolationMode.NEAREST if cfg.interpolation == "bilinear" else v2.InterpolationMode.BILINEAR
+        geometric.append(v2.RandAugment(num_ops=aug.randaugment_ops, magnitude=aug.randaugment_magnitude,
+                                        num_magnitude_bins=bins, interpolation=ra_resample))
     # Erasing after Normalize (as in timm/Spikformer) so the erased value 0 is the dataset mean.
     erasing = [v2.RandomErasing(p=aug.random_erasing)] if aug.random_erasing > 0 else []
 
-    train_steps = common + geometric + normalize + erasing
-    eval_steps = common + normalize
+    train_sizing, eval_sizing = sizing if sizing is not None else (common, common)
+    train_steps = train_sizing + geometric + normalize + erasing
+    eval_steps = eval_sizing + normalize
     return (v2.Compose(train_steps) if train_steps else None, v2.Compose(eval_steps) if eval_steps else None)
 
 
@@ -287,6 +318,39 @@ def _bundle_from_tensors(
         test=part(test_images, test_labels, test_ids, test_idx, eval_tf),
         num_classes=num_classes,
         in_channels=int(train_images.shape[1]),
+        image_size=size,
+        name=cfg.name,
+        mean=mean,
+        std=std,
+    )
+
+
+def _bundle_from_files(
+    cfg: DatasetConfig,
+    train: tuple[list[Path], list[int]],
+    test: tuple[list[Path], list[int]],
+    num_classes: int,
+    size: tuple[int, int],
+    stats: tuple[Sequence[float], Sequence[float]],
+    sizing: tuple[list[Callable[..., Any]], list[Callable[..., Any]]] | None = None,
+) -> DataBundle:
+    """Split/subset file-backed (path, label) lists and wrap them, decoded on access: the file-backed sets'
+    ``_bundle_from_tensors``. ``stats``: the published normalisation (decoding every image to compute it would
+    cost an epoch), used when ``cfg.normalize``; ``sizing`` as in ``_build_transforms``."""
+    train_idx, val_idx = _split_train(np.asarray(train[1]), cfg)
+    test_idx = _select_test(np.asarray(test[1]), cfg)
+    mean, std = (tuple(stats[0]), tuple(stats[1])) if cfg.normalize else (None, None)
+    train_tf, eval_tf = _build_transforms(cfg, size, mean, std, sizing)
+
+    def part(split: tuple[list[Path], list[int]], idx: np.ndarray, tf: Transform | None) -> ImageFileDataset:
+        return ImageFileDataset([split[0][i] for i in idx], [split[1][i] for i in idx], tf)
+
+    return DataBundle(
+        train=part(train, train_idx, train_tf),
+        val=None if val_idx is None else part(train, val_idx, eval_tf),
+        test=part(test, test_idx, eval_tf),
+        num_classes=num_classes,
+        in_channels=3,
         image_size=size,
         name=cfg.name,
         mean=mean,

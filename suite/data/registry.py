@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from suite.config import DatasetConfig
-from suite.config.data import TINYIMAGENET_DEFAULT_ROOT, TINYIMAGENET_HINT, DatasetName
+from suite.config.data import (
+    IMAGENET_DEFAULT_ROOT,
+    IMAGENET_HINT,
+    TINYIMAGENET_DEFAULT_ROOT,
+    TINYIMAGENET_HINT,
+    DatasetName,
+)
 
 if TYPE_CHECKING:
     from suite.data.base import DataBundle
@@ -66,7 +72,7 @@ _SOURCES: dict[str, DataSource] = {}
 
 # Every source module of this package; importing one registers it.  Imported on the first lookup by name, not
 # with the package, because they import torch (seconds) and checking paths needs none of it.
-SOURCE_MODULES = ("cifar", "digits", "fashion_mnist", "synthetic", "tinyimagenet")
+SOURCE_MODULES = ("cifar", "digits", "fashion_mnist", "imagenet", "synthetic", "tinyimagenet")
 _imported = False
 
 
@@ -291,7 +297,38 @@ def _tinyimagenet_available(cfg: DatasetConfig) -> None:
     raise _not_found("tinyimagenet", tried, TINYIMAGENET_HINT)
 
 
+def _imagefolder_missing(directory: Path) -> str:
+    """Why ``directory`` is not an ImageFolder tree ``train/<class>/`` + ``val/<class>/``; empty when it is. Lists
+    the two split folders only (never the images), so it stays a path check."""
+    if not directory.is_dir():
+        return "directory does not exist"
+    missing = [n for n in ("train", "val") if not (directory / n).is_dir()]
+    if missing:
+        return "missing " + ", ".join(f"{n}/" for n in missing)
+    empty = [n for n in ("train", "val") if not any(p.is_dir() for p in (directory / n).iterdir())]
+    if empty:
+        # the ILSVRC2012 val archive extracts flat (val/*.JPEG); it must be sorted into class folders first
+        return " and ".join(f"{n}/" for n in empty) + " has no class folders <wnid>/ (ImageFolder layout expected)"
+    return ""
+
+
+def imagenet_directory(cfg: DatasetConfig) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The ImageFolder root of ``dataset: {name: imagenet}`` (``root``, default ``data/imagenet``) or None, and
+    every location tried with why it does not qualify. Shared by the torch-free check and the source."""
+    directory = Path(cfg.root).expanduser() if cfg.root else IMAGENET_DEFAULT_ROOT
+    why = _imagefolder_missing(directory)
+    return (directory, []) if not why else (None, [(directory, why)])
+
+
+def imagenet_available(cfg: DatasetConfig) -> None:
+    """Raise unless ``dataset.root`` holds the ImageFolder layout (it cannot be downloaded)."""
+    directory, tried = imagenet_directory(cfg)
+    if directory is None:
+        raise _not_found("imagenet", tried, IMAGENET_HINT)
+
+
 _AVAILABILITY: dict[str, Callable[[DatasetConfig], None]] = {
+    "imagenet": imagenet_available,
     "cifar10": _cifar_available,
     "cifar100": _cifar_available,
     "digits": _digits_available,

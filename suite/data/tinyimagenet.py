@@ -7,26 +7,14 @@ labelled val split serves as test.  torchvision cannot download it (the config r
 
 from pathlib import Path
 
-import numpy as np
-
 from suite.config import DatasetConfig
 from suite.config.data import TINYIMAGENET_DEFAULT_ROOT, TINYIMAGENET_HINT
-from suite.data.base import (
-    DataBundle,
-    ImageFileDataset,
-    Transform,
-    _build_transforms,
-    _select_test,
-    _split_train,
-)
+from suite.data.base import DataBundle, _bundle_from_files, list_images
 from suite.data.registry import DataSource, _not_found, register_source
 
 # Computing Tiny-ImageNet statistics would mean decoding all 100k training images, so the commonly
 # published values are used instead.
 _TINYIMAGENET_STATS = ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821))
-
-_IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
-
 
 def _tinyimagenet_candidates(cfg: DatasetConfig) -> list[Path]:
     if not cfg.root:
@@ -59,13 +47,6 @@ def _locate_tinyimagenet(cfg: DatasetConfig) -> tuple[Path | None, list[tuple[Pa
     return None, tried
 
 
-def _list_images(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        return []
-    # Sorted so that indices (and hence splits) do not depend on filesystem listing order.
-    return sorted(p for p in directory.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-
-
 def _check_tinyimagenet(cfg: DatasetConfig) -> None:
     """Raise if no candidate directory has the expected layout; it cannot be downloaded."""
     directory, tried = _locate_tinyimagenet(cfg)
@@ -86,7 +67,7 @@ def _load_tinyimagenet(cfg: DatasetConfig) -> DataBundle:
     train_paths: list[Path] = []
     train_labels: list[int] = []
     for wnid in wnids:
-        files = _list_images(directory / "train" / wnid / "images")
+        files = list_images(directory / "train" / wnid / "images")
         train_paths += files
         train_labels += [class_of[wnid]] * len(files)
     if not train_paths:
@@ -107,27 +88,9 @@ def _load_tinyimagenet(cfg: DatasetConfig) -> DataBundle:
         test_paths.append(directory / "val" / "images" / fields[0])
         test_labels.append(class_of[fields[1]])
 
-    train_idx, val_idx = _split_train(np.asarray(train_labels), cfg)
-    test_idx = _select_test(np.asarray(test_labels), cfg)
-
-    mean, std = _TINYIMAGENET_STATS if cfg.normalize else (None, None)
     size = (64, 64) if cfg.image_size is None else (cfg.image_size, cfg.image_size)
-    train_tf, eval_tf = _build_transforms(cfg, size, mean, std)
-
-    def part(paths: list[Path], labels: list[int], idx: np.ndarray, tf: Transform | None) -> ImageFileDataset:
-        return ImageFileDataset([paths[i] for i in idx], [labels[i] for i in idx], tf)
-
-    return DataBundle(
-        train=part(train_paths, train_labels, train_idx, train_tf),
-        val=None if val_idx is None else part(train_paths, train_labels, val_idx, eval_tf),
-        test=part(test_paths, test_labels, test_idx, eval_tf),
-        num_classes=len(wnids),
-        in_channels=3,
-        image_size=size,
-        name=cfg.name,
-        mean=mean,
-        std=std,
-    )
+    return _bundle_from_files(cfg, (train_paths, train_labels), (test_paths, test_labels), len(wnids), size,
+                              _TINYIMAGENET_STATS)
 
 
 register_source(DataSource(names=("tinyimagenet",), check=_check_tinyimagenet, load=_load_tinyimagenet))

@@ -5,10 +5,11 @@ Adding a backbone: one module in ``backbones/`` with a ``Backbone`` subclass dec
 imported below, and its name added to ``suite.config.model.BackboneName``.
 """
 
-from suite.models.backbone import Backbone, LIFLayer, ModelOutput
+from suite.models.backbone import Backbone, LIFLayer, ModelOutput, Stage
+from suite.models.backbones.qkformer import QKFormer, qkformer_lif_layers
 from suite.models.backbones.sdt import SDT, sdt_lif_layers
 from suite.models.backbones.spikformer import Spikformer, spikformer_lif_layers
 from suite.models.registry import BACKBONES, build_model, register_backbone
 
-__all__ = ["BACKBONES", "SDT", "Backbone", "LIFLayer", "ModelOutput", "Spikformer", "build_model", "register_backbone",
-           "sdt_lif_layers", "spikformer_lif_layers"]
+__all__ = ["BACKBONES", "SDT", "Backbone", "LIFLayer", "ModelOutput", "QKFormer", "Spikformer", "Stage", "build_model",
+           "qkformer_lif_layers", "register_backbone", "sdt_lif_layers", "spikformer_lif_layers"]

@@ -9,7 +9,10 @@ A backbone is an ``nn.Module`` subclass of ``Backbone`` that provides
   ``blk.forward_packed(x, call) -> (x, keys)`` on packed rows for compacted inference (``compact.py``);
 - ``head``: an ``nn.Linear`` on pooled features;
 - ``lif_layers()``: every LIF layer in forward order with the metadata time masks and counting need;
-- ``grid``: the token grid (rows, cols).
+- ``grid``: the token grid (rows, cols) of the first stage;
+- ``stages``: the blocks, grid and width of each stage (one stage unless the backbone is hierarchical), and
+  ``transition(s, z, ctx)``: the patch merging that turns stage ``s - 1``'s tokens into stage ``s``'s (a dense,
+  structured downsampling of the whole map, as DynamicViT's hierarchical variants keep it).
 
 Everything a policy does happens here, in ``Backbone.forward``: token and time policies never name a backbone.
 """
@@ -26,11 +29,15 @@ from suite.config import ModelConfig
 from suite.models.context import Context, LayerShape
 from suite.models.policies import overhead
 
+# The stems (Spikformer's SPS, SDT's) have four stages and pool after at most each of them.
+MAX_STEM_POOLS = 4
+
 
 def stem_pool_count(image_size: int) -> int:
     """Max-pools in the stem so the token grid is at most ~8x8: 8x8 digits -> 4x4 (16 tokens),
-    28x28 -> 7x7 (49), 32x32 CIFAR -> 8x8 (64, as the official code), 64x64 TinyImageNet -> 8x8."""
-    return max(1, math.ceil(math.log2(image_size / 8))) if image_size > 8 else 1
+    28x28 -> 7x7 (49), 32x32 CIFAR -> 8x8 (64, as the official code), 64x64 TinyImageNet -> 8x8; at most the
+    stem's four, so 224x224 ImageNet -> 14x14 (196 tokens, as the official ImageNet code)."""
+    return min(MAX_STEM_POOLS, max(1, math.ceil(math.log2(image_size / 8)))) if image_size > 8 else 1
 
 
 def _pooled(size: int, pools: int) -> int:
@@ -49,6 +56,19 @@ class LIFLayer:
     module: str  # the module type a ``granularity: type`` mask covers ("sps", "ssa", "mlp", ...)
     gates: tuple[str, ...]  # the counted synaptic layers that run only at this neuron's active steps
     timed: bool = True  # runs at every timestep, so a time mask can allocate its steps (not a stem run once)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a backbone: its blocks (indices into ``blocks``), token grid and width."""
+
+    blocks: range
+    grid: tuple[int, int]
+    dim: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
 
 
 @dataclass
@@ -124,12 +144,31 @@ class Backbone(nn.Module):
 
     @property
     def num_tokens(self) -> int:
+        """Tokens of the first stage's grid (the grid maps and token depths are drawn on)."""
         return self.grid[0] * self.grid[1]
 
     @property
+    def stages(self) -> list[Stage]:
+        """The stages in forward order; a single-stage backbone has one holding every block."""
+        return [Stage(range(self.depth), self.grid, self.cfg.dim)]
+
+    def transition(self, stage: int, z: Tensor, ctx: Context) -> Tensor:
+        """Stage ``stage - 1``'s tokens ``[T, B, N, C]`` -> stage ``stage``'s (multi-stage backbones only)."""
+        raise NotImplementedError(f"{type(self).__name__} has one stage")
+
+    def stage_kwargs(self) -> dict:
+        """What a token policy's run needs to cross stages (``TokenPolicy.forward``): nothing for one stage."""
+        stages = self.stages
+        return {"stages": stages, "transition": self.transition} if len(stages) > 1 else {}
+
+    def block_tokens(self) -> list[int]:
+        """Tokens each block sees in the dense model, in block order."""
+        return [st.num_tokens for st in self.stages for _ in st.blocks]
+
+    @property
     def dense_token_units(self) -> int:
-        """Token-units per image of the dense model: blocks x timesteps x tokens."""
-        return self.depth * self.T * self.num_tokens
+        """Token-units per image of the dense model: the sum over blocks of timesteps x that block's tokens."""
+        return self.T * sum(self.block_tokens())
 
     def layer_order(self) -> list[str]:
         """Names of every LIF layer and counted synaptic layer in forward order (for tables and figures)."""
@@ -147,16 +186,19 @@ class Backbone(nn.Module):
         if self.time_policy is not None:
             aux.update(self.time_policy.aux_losses())
         if self.token_policy is None:
-            for blk in self.blocks:
-                z, _ = blk(z, ctx)
+            T, B = z.shape[:2]
+            for s, stage in enumerate(self.stages):
+                z = self.transition(s, z, ctx) if s else z
+                for i in stage.blocks:
+                    z, _ = self.blocks[i](z, ctx)
             feats = self.step_features(z.mean(2), ctx)  # [T, B, C]: mean over tokens, then time (official order)
-            T, B, N = z.shape[:3]
-            active = torch.full((B, self.depth, T), float(N), device=z.device)
-            out = ModelOutput(self.classify(feats.mean(0), ctx), self.head(feats), aux, active, ctx,
-                              maps=torch.ones(B, self.depth, T, N, dtype=torch.bool, device=z.device)
+            active = torch.tensor(self.block_tokens(), dtype=torch.float, device=z.device)
+            out = ModelOutput(self.classify(feats.mean(0), ctx), self.head(feats), aux,
+                              active.view(1, -1, 1).expand(B, -1, T).contiguous(), ctx,
+                              maps=torch.ones(B, self.depth, T, self.num_tokens, dtype=torch.bool, device=z.device)
                               if record_maps else None)
         else:
-            run = self.token_policy(self.blocks, z, ctx, record_maps=record_maps)
+            run = self.token_policy(self.blocks, z, ctx, record_maps=record_maps, **self.stage_kwargs())
             aux.update(run.aux)
             logits, step_logits = self.readout(run, ctx)
             out = ModelOutput(logits, step_logits, aux, run.active, ctx, run.depth, run.maps, run.unit_halting,

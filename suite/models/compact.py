@@ -72,7 +72,10 @@ class LIFParams:
 
 
 def lif_params(node: neuron.LIFNode) -> LIFParams:
-    """Read the constants of a spikingjelly LIF neuron."""
+    """Read the constants of a spikingjelly LIF neuron (compacted inference reimplements LIF only: a PLIF or IF
+    layer, ``model.neuron.type``, is refused rather than run with the wrong dynamics)."""
+    if not isinstance(node, neuron.LIFNode):
+        raise TypeError(f"compacted inference runs LIF neurons only (model.neuron.type: lif), not {type(node).__name__}")
     return LIFParams(float(node.tau), float(node.v_threshold),
                      None if node.v_reset is None else float(node.v_reset), bool(node.decay_input))
 
@@ -359,7 +362,9 @@ def compact_forward(model: Backbone, x: Tensor) -> Tensor:
         ctx = Context(T=model.T, time_masks=masks)
         z = model.embed(x, ctx)
         blocks = [CompactBlock(b, need_keys=_need_keys(policy)) for b in model.blocks]
-        return model.readout(policy(blocks, z, ctx), ctx)[0]  # the readout of Backbone.forward
+        # a multi-stage backbone's transitions run on the dense map, halted and merged-away tokens included (as in
+        # the masked path); only the blocks are packed
+        return model.readout(policy(blocks, z, ctx, **model.stage_kwargs()), ctx)[0]  # Backbone.forward's readout
     finally:
         functional.reset_net(model)
 

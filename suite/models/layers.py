@@ -47,6 +47,29 @@ def count_conv3x3(ctx: Context, name: str, x: Tensor, cout: int, group: str | No
                 exact=exact, paper=paper, dense=torch.tensor(dense, dtype=torch.float64), memory=memory)
 
 
+@torch.no_grad()
+def count_conv1x1(ctx: Context, name: str, x: Tensor, cout: int, stride: int, group: str | None) -> None:
+    """Count a 1x1 convolution of stride ``stride`` on spikes or spike counts ``x`` [T', B, Cin, H, W] (QKFormer's
+    patch-embedding shortcuts) at the unmasked steps of ``group``: exact = the non-zero inputs it reads (every
+    ``stride``-th row and column) x Cout; paper = rate(x) x dense FLOPs; dense = Hout Wout Cin Cout per step."""
+    m = ctx.time_mask(group)
+    steps = torch.ones(x.shape[0], device=x.device) if m is None else m.detach()
+    xs = x * steps.view(-1, 1, 1, 1, 1)
+    read = xs[..., ::stride, ::stride]
+    B, cin, H, W = x.shape[1:]
+    h, w = read.shape[-2:]
+    active_steps = float(steps.sum())
+    dense = float(h * w * cin * cout) * B * active_steps
+    exact = (read != 0).sum(dtype=torch.float64) * cout
+    paper = xs.sum(dtype=torch.float64) / (active_steps * B * cin * H * W) * dense if active_steps else \
+        torch.tensor(0.0, dtype=torch.float64)
+    memory = LayerShape(inputs_nz=float((read != 0).sum(dtype=torch.float64)), outputs=active_steps * B * cout * h * w,
+                        weights=cin * cout, biases=cout, fan_out=cout, in_size=cin * H * W, out_size=cout * h * w,
+                        synops=float(exact))
+    ctx.synapse(name, kind="stem", block=-1, x=read, fan_out=cout, active=None, group=group, exact=exact,
+                paper=paper, dense=torch.tensor(dense, dtype=torch.float64), memory=memory)
+
+
 def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
     """Conv -> BN on [T', B, C, H, W] flattened to [T' * B, C, H, W]."""
     # channels_last: the NCHW max-pool is the slowest stem op on CPU (measured by spikesuite bench).
@@ -55,19 +78,24 @@ def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
 
 class ConvBNLIF(nn.Module):
     """Conv3x3 -> BN2d -> (MaxPool) -> LIF on [T, B, C, H, W], with exact and paper op counts.
-    ``pool_after_lif``: Conv -> BN -> LIF -> MaxPool (Spike-driven Transformer's stem order)."""
+    ``pool_after_lif``: Conv -> BN -> LIF -> MaxPool (Spike-driven Transformer's stem order). ``kernel=1`` with
+    ``stride``: a 1x1 convolution (QKFormer's patch-embedding shortcuts, counted by ``count_conv1x1``)."""
 
     def __init__(self, cin: int, cout: int, pool: bool, neuron: NeuronConfig, name: str, analog: bool = False,
-                 bias: bool = False, pool_after_lif: bool = False):
+                 bias: bool = False, pool_after_lif: bool = False, kernel: int = 3, stride: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, 1, 1, bias=bias)
+        if kernel != 3 and (analog or kernel != 1):
+            raise ValueError(f"{name}: a ConvBNLIF is 3x3, or 1x1 on spikes")
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=bias)
         self.bn = nn.BatchNorm2d(cout)
         self.pool = nn.MaxPool2d(3, 2, 1) if pool else None
         self.lif = make_lif(neuron)
         self.name, self.analog, self.pool_after_lif = name, analog, pool_after_lif
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
-        if ctx.count:
+        if ctx.count and self.conv.kernel_size[0] == 1:
+            count_conv1x1(ctx, self.name, x, self.conv.out_channels, self.conv.stride[0], self.name)
+        elif ctx.count:
             count_conv3x3(ctx, self.name, x, self.conv.out_channels, self.name, self.analog)
         return self.fire(_conv_bn(self.conv, self.bn, x), x.shape[0], ctx)
 

@@ -34,17 +34,28 @@ def _fp32_input(module: neuron.LIFNode, args: tuple) -> tuple | None:
     return None
 
 
-def make_lif(cfg: NeuronConfig, *, v_threshold: float | None = None) -> neuron.LIFNode:
-    """A multi-step LIF neuron; ``v_threshold`` overrides the config (attention LIF uses 0.5)."""
-    sg = surrogate.Sigmoid(alpha=cfg.alpha) if cfg.surrogate == "sigmoid" else surrogate.ATan(alpha=cfg.alpha)
-    lif = LIFNode(  # spikingjelly's, with a faster forward without gradients (suite.models.lif_fused)
-        tau=cfg.tau,
+# model.neuron.surrogate -> spikingjelly's surrogate class (triangle: PiecewiseQuadratic, whose gradient is the
+# triangle alpha - alpha^2 |x|; rectangle: Rect, the window alpha * 1{|x| < 0.5 / alpha})
+SURROGATES = {"sigmoid": surrogate.Sigmoid, "atan": surrogate.ATan, "triangle": surrogate.PiecewiseQuadratic,
+              "rectangle": surrogate.Rect}
+
+
+def make_lif(cfg: NeuronConfig, *, v_threshold: float | None = None) -> neuron.BaseNode:
+    """A multi-step spiking neuron of ``model.neuron.type`` (LIF by default; PLIF with a learnable tau; IF);
+    ``v_threshold`` overrides the config (attention LIF uses 0.5)."""
+    common = dict(
         v_threshold=cfg.v_threshold if v_threshold is None else v_threshold,
         v_reset=cfg.v_reset,
-        surrogate_function=sg,
+        surrogate_function=SURROGATES[cfg.surrogate](alpha=cfg.alpha),
         detach_reset=cfg.detach_reset,
         step_mode="m",
     )
+    if cfg.type == "plif":
+        lif = neuron.ParametricLIFNode(init_tau=cfg.tau, **common)
+    elif cfg.type == "if":
+        lif = neuron.IFNode(**common)
+    else:  # spikingjelly's LIF with a faster forward without gradients (suite.models.lif_fused)
+        lif = LIFNode(tau=cfg.tau, **common)
     lif.register_forward_pre_hook(_fp32_input)
     return lif
 

@@ -18,7 +18,7 @@ from suite.report.content import Table
 from suite.report.energy import sensitivity_table
 from suite.report.load import StudyRecords, budget_note, fmt_value, off_split_note, parsed_setting
 from suite.report.stats import paired_table, report_settings
-from suite.report.style import ENERGY_UNIT, STD_NOTE, Stat, decimals, fmt_pm, slug, stat
+from suite.report.style import ENERGY_UNIT, STD_NOTE, Stat, decimals, fmt_pm, slug, stat, t_half_width
 
 MAIN_HEADERS = ("variant", "n seeds", "accuracy (%)", "token-units (% of dense)", "timesteps (mean)",
                 f"energy ({ENERGY_UNIT}, exact)")
@@ -78,6 +78,49 @@ def main_table(rec: StudyRecords) -> Table:
     rows = _metric_rows(groups, _places(groups))
     body = tuple((config, *cells) for config, cells in zip(configs, rows))
     return Table(f"{rec.name}: results per variant", MAIN_HEADERS, body, table_notes(rec))
+
+
+DIAGNOSTICS_HEADERS = ("variant", "n seeds", "foreground active (%)", "background active (%)", "fg − bg (pt)",
+                       "occlusion ρ", "occlusion n (images)")
+
+
+def _mean_interval(values: pd.Series, confidence: float, places: int) -> str:
+    """``mean [low, high]``: the mean over seeds with its t-interval (the mean alone for one seed)."""
+    s = stat(values)
+    if s.n == 0:
+        return "–"
+    if s.n < 2:
+        return f"{s.mean:+.{places}f}"
+    half = float(t_half_width(s.std, s.n, confidence))
+    return f"{s.mean:+.{places}f} [{s.mean - half:+.{places}f}, {s.mean + half:+.{places}f}]"
+
+
+def diagnostics_table(rec: StudyRecords, confidence: float) -> Table | None:
+    """Per variant with the token diagnostics (``suite.diagnostics``): foreground and background tokens active (mean
+    over units), their difference with its t-interval over seeds (positive: background halted first) and the
+    Spearman correlation of a token's units with its occlusion importance; None when no record carries them."""
+    done = rec.done
+    if "fg_active_pct" not in done or done.fg_active_pct.isna().all():
+        return None
+    rows = []
+    for config in rec.present(done):
+        g = done[(done.config == config) & done.fg_active_pct.notna()]
+        if g.empty:
+            continue
+        occ = g.get("occlusion_spearman", pd.Series(dtype=float))
+        occ_n = pd.to_numeric(g.get("occlusion_n", pd.Series(dtype=float)), errors="coerce").dropna()
+        rows.append((config, str(len(g)), fmt_pm(stat(g.fg_active_pct), 1), fmt_pm(stat(g.bg_active_pct), 1),
+                     _mean_interval(g.fg_active_pct - g.bg_active_pct, confidence, 1),
+                     _mean_interval(occ, confidence, 2),
+                     f"{int(occ_n.min())}–{int(occ_n.max())}" if len(occ_n) else "–"))
+    pct = f"{confidence * 100:g} %"
+    notes = (f"Active: % of foreground / background token positions of the evaluation split processed, mean over "
+             f"units ({STD_NOTE}); fg − bg: their difference, mean over seeds [{pct} t-interval]; positive means "
+             f"the background halts first. Foreground rule and occlusion importance: docs/halting_gates.md.",
+             f"Occlusion ρ: mean over images of the within-image Spearman correlation of a token's units with the "
+             f"drop of the true-class logit when its patch is blanked, mean over seeds [{pct} t-interval]; n: the "
+             f"images where both vary, per seed (min–max).")
+    return Table(f"{rec.name}: which tokens the policy keeps", DIAGNOSTICS_HEADERS, tuple(rows), notes)
 
 
 def natural_key(text: str) -> tuple:
@@ -181,7 +224,8 @@ def write_text(path: Path, text: str) -> Path:
 def write_tables(rec: StudyRecords, out: Path, settings: ReportConfig | None = None) -> tuple[list[Table], list[Path]]:
     """``table.md`` and ``table.tex`` (results per variant, then the paired differences), ``stats.csv`` (every
     paired statistic, ``stats.py``) and the optional ``energy_sensitivity.md`` (when a variant has a dense reference)
-    and ``evals.md`` (when overrides were evaluated); a stale optional table goes."""
+    ``evals.md`` (when overrides were evaluated) and ``diagnostics.md`` (when records carry the token diagnostics);
+    a stale optional table goes."""
     table = main_table(rec)
     paired, frame = paired_table(rec, settings or report_settings(rec))
     tables = [table] + ([paired] if paired is not None else [])
@@ -192,7 +236,9 @@ def write_tables(rec: StudyRecords, out: Path, settings: ReportConfig | None = N
         tex += "\n" + table_latex(paired, f"{label}-paired")
     paths = [write_text(out / "table.md", md), write_text(out / "table.tex", tex),
              write_text(out / STATS_TABLE, frame.to_csv(index=False, float_format="%.6g"))]
-    for name, optional in (("energy_sensitivity.md", sensitivity_table(rec)), ("evals.md", evals_table(rec))):
+    confidence = (settings or report_settings(rec)).confidence
+    for name, optional in (("energy_sensitivity.md", sensitivity_table(rec)), ("evals.md", evals_table(rec)),
+                           ("diagnostics.md", diagnostics_table(rec, confidence))):
         if optional is not None:
             paths.append(write_text(out / name, table_markdown(optional)))
             tables.append(optional)

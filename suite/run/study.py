@@ -4,6 +4,7 @@ write the study's tables. ``run_study`` is the whole pipe: study -> runs -> run_
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -46,7 +47,42 @@ def preflight(study: Study, source: str) -> list[RunSpec]:
     specs = expand(study, source)
     if problems := missing_datasets(spec.config.dataset for spec in specs):
         raise StudyError(source, [f"dataset: {p}" for p in problems])
+    if problems := checkpoint_problems(specs):
+        raise StudyError(source, problems)
     return specs
+
+
+def checkpoint_problems(specs: list[RunSpec]) -> list[str]:
+    """Each ``train.init_from: {checkpoint, format}`` tried on the model it would start: a file that is not a state
+    dict, missing or unexpected keys, wrong shapes, a format without a key map for the backbone (imports torch, and
+    loads a dataset for its shapes, only when some run starts from a file)."""
+    todo = [s for s in specs if s.config.init_sha256 is not None]
+    if not todo:
+        return []
+    import torch
+
+    from suite.data import cached_data
+    from suite.models import build_model
+    from suite.models.convert import CheckpointError, import_checkpoint
+
+    problems: dict[str, None] = {}
+    seen: set[str] = set()
+    for spec in todo:
+        c = spec.config
+        key = json.dumps([c.train.init_from.model_dump(), c.model.model_dump(mode="json"), c.dataset.model_dump(
+            mode="json")], sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        data = cached_data(c.dataset)
+        with torch.device("cpu"):
+            model = build_model(c.model, c.tokens, c.time, in_channels=data.in_channels, image_size=data.image_size,
+                                num_classes=data.num_classes)
+        try:
+            import_checkpoint(model, c.model, Path(c.train.init_from.checkpoint), c.train.init_from.format)
+        except CheckpointError as exc:
+            problems[f"train.init_from ({spec.variant}): {exc}"] = None
+    return list(problems)
 
 
 def study_units(study: Study, specs: list[RunSpec], study_dir: Path, results: Path, *, device: str, progress: bool,

@@ -234,6 +234,7 @@ def _shared_fit(unit: RunUnit, data, device):
     import shutil
 
     from suite.train import FitResult, load_checkpoint, make_model
+    from suite.train.checkpoint import eval_weights
 
     src, dst = unit.study_dir / unit.spec.trained_by / CHECKPOINT, unit.run_dir / CHECKPOINT
     tmp = dst.with_suffix(f".tmp{os.getpid()}")
@@ -245,7 +246,7 @@ def _shared_fit(unit: RunUnit, data, device):
     os.replace(tmp, dst)
     state = load_checkpoint(dst, device)
     model = make_model(unit.spec.config, data).to(device)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(eval_weights(state))
     return FitResult(model, state["history"], 0.0, 0)
 
 
@@ -262,6 +263,7 @@ def _fit_spawned(unit: RunUnit, batch: int, callbacks, data, device, attempts: i
     back here for ``callbacks``; the result is read from the run's checkpoint (rank 0's weights)."""
     from suite.run.distributed import launch
     from suite.train import FitResult, load_checkpoint, make_model
+    from suite.train.checkpoint import eval_weights
 
     def started(pids: list[int]) -> None:  # the ranks' pids beside the run's state (ps, kill, debugging)
         now = records.read_json(unit.run_dir / records.STATUS) or {}
@@ -276,7 +278,7 @@ def _fit_spawned(unit: RunUnit, batch: int, callbacks, data, device, attempts: i
     launch(unit, batch_size=batch, on_row=on_row, on_start=started)
     state = load_checkpoint(unit.run_dir / CHECKPOINT, device)
     model = make_model(unit.spec.config, data).to(device)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(eval_weights(state))
     return FitResult(model, state["history"], state["train_time_s"], 0)
 
 

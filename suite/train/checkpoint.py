@@ -20,9 +20,16 @@ def load_checkpoint(path: Path, device: torch.device | str) -> dict[str, Any]:
     return torch.load(path, map_location=device, weights_only=True)
 
 
+def eval_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint's run is evaluated with: its EMA's when it trained one (``train.ema``), else the
+    trained model's (``"model"`` always holds the raw weights, which a resume continues from)."""
+    return state.get("ema", state["model"])
+
+
 def load_weights(run_dir: Path, device: torch.device | str) -> dict[str, torch.Tensor]:
-    """The trained model's state dict of a finished run (``run_dir/checkpoint.pt``)."""
-    return load_checkpoint(run_dir / CHECKPOINT, device)["model"]
+    """The evaluated weights of a finished run (``run_dir/checkpoint.pt``, ``eval_weights``): what re-evaluation,
+    searches and a fine-tuned child (``train.init_from``) start from."""
+    return eval_weights(load_checkpoint(run_dir / CHECKPOINT, device))
 
 
 def load_parent_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
@@ -36,6 +43,23 @@ def load_parent_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], 
         raise ValueError("cannot start from the parent's weights, shapes differ: " + "; ".join(bad))
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return [k for k in own if k not in state]
+
+
+def start_from_checkpoint(model: torch.nn.Module, run) -> list[str]:
+    """``train.init_from: {checkpoint, format}``: the file's weights through the format's key map
+    (``suite.models.convert``), after checking that the file is the one the run id was computed from."""
+    from suite.models.convert import CheckpointError, import_checkpoint
+
+    init = run.train.init_from
+    path = Path(init.checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if digest != run.init_sha256:
+        raise CheckpointError(f"{path}: the file changed since the study was planned (sha256 {digest[:12]}..., the run "
+                              f"id has {run.init_sha256[:12]}...)")
+    return import_checkpoint(model, run.model, path, init.format)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -39,9 +39,11 @@ from suite.train.checkpoint import (
     load_weights,
     save_checkpoint,
     set_rng,
+    start_from_checkpoint,
     state_digest,
 )
 from suite.train.precision import amp_dtype, autocast, grad_scaler
+from suite.train.recipe import ModelEma, mix_batch, mixing, repeated_indices, timm_epoch_lambda
 
 log = logging.getLogger("spikesuite")
 
@@ -107,15 +109,21 @@ def calibrate(run, model: Backbone, data: DataBundle, device: torch.device, *, l
 
 
 def lr_lambda(run, steps_per_epoch: int) -> Callable[[int], float]:
-    """Linear warmup to lr, then cosine to min_lr, per optimizer step (as a factor of lr)."""
+    """Linear warmup to lr, then cosine to min_lr, then ``cooldown_epochs`` at min_lr, per optimizer step (as a
+    factor of lr). The warm-up starts at ``warmup_lr`` (its first step takes exactly warmup_lr, as timm's first
+    epoch); unset, it keeps the suite's first rule (first step at min_lr + one step's rise), so existing runs
+    train as before."""
     tc = run.train
+    if tc.lr_schedule == "timm_epoch":
+        return timm_epoch_lambda(tc, steps_per_epoch)
     warm = int(tc.warmup_epochs * steps_per_epoch)
-    total = max(1, tc.epochs * steps_per_epoch)
+    total = max(1, (tc.epochs - tc.cooldown_epochs) * steps_per_epoch)  # the cosine ends where the cooldown starts
     floor = tc.min_lr / tc.lr
+    start, shift = (floor, 1) if tc.warmup_lr is None else (tc.warmup_lr / tc.lr, 0)
 
     def factor(step: int) -> float:
         if step < warm:
-            return floor + (1 - floor) * (step + 1) / warm
+            return start + (1 - start) * (step + shift) / warm
         progress = min(1.0, (step - warm) / max(1, total - warm))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -192,6 +200,11 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
         history, start_epoch, spent = state["history"], state["epoch"], state["train_time_s"]
         if "scaler" in state:  # fp16 loss scale (absent from checkpoints written without one)
             scaler.load_state_dict(state["scaler"])
+    elif run.init_sha256 is not None:  # a checkpoint file (train.init_from: {checkpoint, format})
+        fresh = start_from_checkpoint(model, run)
+        if main:
+            log.info("%s starts from %s (%s)%s", run.variant, run.train.init_from.checkpoint, run.train.init_from.format,
+                     f" ({len(fresh)} tensor(s) of its own keep their initialisation)" if fresh else "")
     elif run.init_run is not None:  # fine-tuning starts from the parent's final weights (a resume from its own)
         fresh = load_parent_weights(model, load_weights(run_dir.parent / run.init_run, device), run.init_run)
         if main:
@@ -199,6 +212,9 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
                      f" ({len(fresh)} tensor(s) of its own keep their initialisation)" if fresh else "")
     if state is None:  # a resume has the calibrated shift in its checkpoint already
         calibrate(run, model, data, device, log_it=main)
+    ema = ModelEma(model, tc.ema) if tc.ema is not None and main else None  # rank 0 alone validates and saves
+    if ema is not None and state is not None and "ema" in state:
+        ema.module.load_state_dict(state["ema"])
     if dist is None:
         if state is not None:
             set_rng(state["rng"])
@@ -219,8 +235,8 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
         train_model = compiled.compile_model(train_model)
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.perf_counter()
-        row = _train_epoch(run, (train_model, eager_model), model, data, (opt, sched, scaler), epoch, device, amp,
-                           local_bs, progress and main, dist)
+        row = _train_epoch(run, (train_model, eager_model), model, data, (opt, sched, scaler, ema), epoch, device,
+                           amp, local_bs, progress and main, dist)
         if epoch == start_epoch and main:
             compiled.mark_compiled(decision, time.perf_counter() - t0)
         if dist is not None:
@@ -230,7 +246,8 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
         failure: BaseException | None = None
         if main:
             try:
-                row.update(_validate(model, data, device, amp, tc.eval_batch_size))
+                row.update(_validate(model if ema is None else ema.module, data, device, amp, tc.eval_batch_size,
+                                     tc.num_workers))
                 spent += time.perf_counter() - t0
                 row.update(epoch=epoch + 1, lr=opt.param_groups[0]["lr"], epoch_time_s=time.perf_counter() - t0)
                 history.append(row)
@@ -238,6 +255,8 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
                         "history": history, "epoch": epoch + 1, "train_time_s": spent, "rng": get_rng()}
                 if scaler.is_enabled():
                     ckpt["scaler"] = scaler.state_dict()
+                if ema is not None:  # the evaluated weights (checkpoint.eval_weights); "model" resumes training
+                    ckpt["ema"] = ema.module.state_dict()
                 if dist is not None:
                     ckpt.update(world_size=dist.world, rng_ranks=rngs)
                 save_checkpoint(ckpt_path, ckpt)
@@ -251,7 +270,7 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
                 raise StoppedByRankZero(f"rank 0 stopped the run after epoch {epoch + 1}: {reason}")
         if failure is not None:
             raise failure
-    return FitResult(model, history, spent, start_epoch, decision.record())
+    return FitResult(model if ema is None else ema.module, history, spent, start_epoch, decision.record())
 
 
 def _compile_decision(run, model: Backbone, data: DataBundle, device: torch.device, bs: int,
@@ -352,21 +371,26 @@ def _train_epoch(run, train_models: tuple[nn.Module, nn.Module], model: Backbone
                  epoch: int, device: torch.device, amp: torch.dtype | None, bs: int, progress: bool,
                  dist: _Ranks | None = None) -> dict[str, float]:
     """One epoch; ``train_models`` is (the module a full batch runs through, possibly compiled; the same module
-    eager, for a smaller last batch); ``optim`` is (optimizer, scheduler, grad scaler); ``bs`` is this rank's batch.
-    With ``dist``, the row's sums are taken over every rank."""
+    eager, for a smaller last batch); ``optim`` is (optimizer, scheduler, grad scaler, weights' EMA or None); ``bs``
+    is this rank's batch. With ``dist``, the row's sums are taken over every rank."""
     tc = run.train
     train_model, eager_model = train_models
-    opt, sched, scaler = optim
+    opt, sched, scaler, ema = optim
     model.train()
     seed = run.seed * 100_003 + epoch
-    if dist is None:
+    if tc.repeated_aug > 1:  # timm RASampler: the copies of an image go to consecutive ranks (one rank: one batch)
+        world, rank = (dist.world, dist.rank) if dist is not None else (1, 0)
+        picked = repeated_indices(len(data.train), world=world, rank=rank, seed=seed, repeats=tc.repeated_aug)
+        loader = make_loader(Subset(data.train, picked), batch_size=bs, shuffle=False, seed=seed * 1_009 + rank,
+                             num_workers=tc.num_workers, pin_memory=device.type == "cuda")
+    elif dist is None:
         loader = make_loader(data.train, batch_size=bs, shuffle=True, seed=seed, num_workers=tc.num_workers,
                              pin_memory=device.type == "cuda")
     else:
         shard = Subset(data.train, shard_indices(len(data.train), world=dist.world, rank=dist.rank, seed=seed))
         loader = make_loader(shard, batch_size=bs, shuffle=False, seed=seed * 1_009 + dist.rank,
                              num_workers=tc.num_workers, pin_memory=device.type == "cuda")
-    mix = tc.mixup > 0 and (tc.mixup_off_epoch is None or epoch < tc.mixup_off_epoch)
+    mix = mixing(tc, epoch)
     sums = torch.zeros(3, device=device)  # loss sum, correct, seen: kept on device (no sync per step)
     aux_sums: dict[str, torch.Tensor] = {}
     bar = tqdm(loader, desc=f"{run.variant} s{run.seed} ep {epoch + 1}/{tc.epochs}", leave=False,
@@ -375,11 +399,7 @@ def _train_epoch(run, train_models: tuple[nn.Module, nn.Module], model: Backbone
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         target = y
         if mix:
-            lam = float(np.random.beta(tc.mixup, tc.mixup))
-            perm = torch.randperm(x.shape[0], device=device)
-            x = lam * x + (1 - lam) * x[perm]
-            onehot = F.one_hot(y, data.num_classes).float()
-            target = lam * onehot + (1 - lam) * onehot[perm]
+            x, target = mix_batch(x, y, data.num_classes, tc)
         with autocast(amp, device):
             # compiled for the full batch shape only: the epoch's last, smaller batch runs eager (no recompile)
             out = (train_model if x.shape[0] == bs else eager_model)(x)
@@ -399,6 +419,8 @@ def _train_epoch(run, train_models: tuple[nn.Module, nn.Module], model: Backbone
         scaler.step(opt)  # skipped where fp16 gradients overflowed; the scale then shrinks
         scaler.update()
         sched.step()
+        if ema is not None:
+            ema.update(model)
         functional.reset_net(model)  # neurons are stateful: every batch starts from rest (on every rank)
         with torch.no_grad():
             sums += torch.stack([loss.detach().float() * x.shape[0],
@@ -434,13 +456,14 @@ def _guard(loss_sum: torch.Tensor, dist: _Ranks | None = None) -> None:
 
 @torch.no_grad()
 def _validate(model: Backbone, data: DataBundle, device: torch.device, amp: torch.dtype | None,
-              bs: int) -> dict[str, float]:
+              bs: int, workers: int = 0) -> dict[str, float]:
     if data.val is None or len(data.val) == 0:
         return {}
     model.eval()
     correct = seen = 0
     units = torch.zeros((), device=device)
-    for x, y in make_loader(data.val, batch_size=bs, shuffle=False, seed=0):
+    for x, y in make_loader(data.val, batch_size=bs, shuffle=False, seed=0, num_workers=workers,
+                            pin_memory=device.type == "cuda"):
         x, y = x.to(device), y.to(device)
         with autocast(amp, device):
             out = model(x)

@@ -33,13 +33,13 @@ from suite.models.registry import register_backbone
 class SDTStem(nn.Module):
     """The SDT patch embedding on [T', B, C, H, W] -> tokens [T', B, N, C] (real-valued)."""
 
-    def __init__(self, in_channels: int, dim: int, pools: int, neuron: NeuronConfig):
+    def __init__(self, in_channels: int, dim: int, pools: int, neuron: NeuronConfig, pool_after_lif: bool = True):
         super().__init__()
         widths = [dim // 8, dim // 4, dim // 2]
         cins = [in_channels] + widths[:-1]
         self.stages = nn.ModuleList(
             ConvBNLIF(cin, cout, pool=i >= 4 - pools, neuron=neuron, name=f"stem.{i}", analog=i == 0, bias=True,
-                      pool_after_lif=True)
+                      pool_after_lif=pool_after_lif)
             for i, (cin, cout) in enumerate(zip(cins, widths)))
         self.final = ConvBN(widths[-1], dim, pool=pools >= 1, name="stem.3", group="stem.2", bias=True)
         self.rpe_lif = make_lif(neuron)
@@ -126,7 +126,7 @@ class SDT(Backbone):
                  token_policy: nn.Module | None = None, time_policy: nn.Module | None = None):
         super().__init__()
         pools = self._setup(cfg, image_size, num_classes)
-        self.stem = SDTStem(in_channels, cfg.dim, pools, cfg.neuron)
+        self.stem = SDTStem(in_channels, cfg.dim, pools, cfg.neuron, pool_after_lif=cfg.stem_pool != "before_lif")
         self.blocks = nn.ModuleList(SDTBlock(cfg, i) for i in range(cfg.depth))
         self.head_lif = make_lif(cfg.neuron)
         self.head = nn.Linear(cfg.dim, num_classes)

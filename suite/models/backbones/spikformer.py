@@ -21,15 +21,17 @@ from suite.models.registry import register_backbone
 
 
 class SPS(nn.Module):
-    """Spiking Patch Splitting: 4 conv stages (dim/8, dim/4, dim/2, dim), pools on the last stages,
-    then a relative-position conv whose spikes are added to the stage-4 spikes (values 0..2)."""
+    """Spiking Patch Splitting: 4 conv stages (dim/8, dim/4, dim/2, dim), pools on the last stages (before each
+    stage's LIF as the official CIFAR code, or after it as the official ImageNet code: ``pool_after_lif``), then a
+    relative-position conv whose spikes are added to the stage-4 spikes (values 0..2)."""
 
-    def __init__(self, in_channels: int, dim: int, pools: int, neuron: NeuronConfig):
+    def __init__(self, in_channels: int, dim: int, pools: int, neuron: NeuronConfig, pool_after_lif: bool = False):
         super().__init__()
         widths = [dim // 8, dim // 4, dim // 2, dim]
         cins = [in_channels] + widths[:-1]
         self.stages = nn.ModuleList(
-            ConvBNLIF(cin, cout, pool=i >= 4 - pools, neuron=neuron, name=f"stem.{i}", analog=i == 0)
+            ConvBNLIF(cin, cout, pool=i >= 4 - pools, neuron=neuron, name=f"stem.{i}", analog=i == 0,
+                      pool_after_lif=pool_after_lif)
             for i, (cin, cout) in enumerate(zip(cins, widths))
         )
         self.rpe = ConvBNLIF(dim, dim, pool=False, neuron=neuron, name="stem.rpe")
@@ -48,18 +50,22 @@ class SPS(nn.Module):
 class Block(nn.Module):
     """``x = x + SSA(x); x = x + MLP(x)`` with spiking self-attention (no softmax, fixed scale)."""
 
-    def __init__(self, cfg: ModelConfig, index: int):
+    def __init__(self, cfg: ModelConfig, index: int, *, dim: int | None = None,
+                 biases: tuple[bool, bool, bool] | None = None):
+        """``dim`` (default ``cfg.dim``) and ``biases`` (Q/K/V, projection, MLP; default ``cfg.linear_bias`` for
+        all) let a multi-stage backbone use this block in one of its stages (QKFormer's last stage)."""
         super().__init__()
-        d, n, b = cfg.dim, cfg.neuron, cfg.linear_bias
+        d, n = cfg.dim if dim is None else dim, cfg.neuron
+        bq, bp, bm = (cfg.linear_bias,) * 3 if biases is None else biases
         name = f"block{index}"
-        self.q = LinearBNLIF(d, d, n, f"{name}.q", "attention", index, b)
-        self.k = LinearBNLIF(d, d, n, f"{name}.k", "attention", index, b)
-        self.v = LinearBNLIF(d, d, n, f"{name}.v", "attention", index, b)
+        self.q = LinearBNLIF(d, d, n, f"{name}.q", "attention", index, bq)
+        self.k = LinearBNLIF(d, d, n, f"{name}.k", "attention", index, bq)
+        self.v = LinearBNLIF(d, d, n, f"{name}.v", "attention", index, bq)
         self.attn_lif = make_lif(n, v_threshold=cfg.attn_v_threshold)
-        self.proj = LinearBNLIF(d, d, n, f"{name}.proj", "attention", index, b)
+        self.proj = LinearBNLIF(d, d, n, f"{name}.proj", "attention", index, bp)
         hidden = int(d * cfg.mlp_ratio)
-        self.mlp1 = LinearBNLIF(d, hidden, n, f"{name}.mlp1", "mlp", index, b)
-        self.mlp2 = LinearBNLIF(hidden, d, n, f"{name}.mlp2", "mlp", index, b)
+        self.mlp1 = LinearBNLIF(d, hidden, n, f"{name}.mlp1", "mlp", index, bm)
+        self.mlp2 = LinearBNLIF(hidden, d, n, f"{name}.mlp2", "mlp", index, bm)
         self.heads, self.scale, self.index, self.name = cfg.heads, cfg.attn_scale, index, name
 
     def forward(self, x: Tensor, ctx: Context, active: Tensor | None = None,
@@ -134,7 +140,7 @@ class Spikformer(Backbone):
                  token_policy: nn.Module | None = None, time_policy: nn.Module | None = None):
         super().__init__()
         pools = self._setup(cfg, image_size, num_classes)
-        self.stem = SPS(in_channels, cfg.dim, pools, cfg.neuron)
+        self.stem = SPS(in_channels, cfg.dim, pools, cfg.neuron, pool_after_lif=cfg.stem_pool == "after_lif")
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.depth))
         self.head = nn.Linear(cfg.dim, num_classes)
         self.token_policy = token_policy

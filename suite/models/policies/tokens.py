@@ -11,6 +11,7 @@ token also has size 0, so it leaves the size-weighted readout. The compacted inf
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ from suite.models.policies.halting import (
     unit_step,
 )
 from suite.models.policies.merge import MergePlan, bipartite_soft_matching, parse_r, size_weighted_mean
+from suite.models.policies.stages import carry, to_first_grid
 
 
 @dataclass
@@ -99,15 +101,27 @@ class TokenPolicy(nn.Module):
         work = overhead.halting(float((scored > 0).sum()), self.cfg.halting.gate, self.dim, mean_steps)
         ctx.overhead(f"policy.halting.block{block}", block=block, **dict(zip(("macs", "acs"), work)))
 
-    def forward(self, blocks: nn.ModuleList, z: Tensor, ctx: Context, *, record_maps: bool = False) -> TokenRun:
+    def forward(self, blocks: nn.ModuleList, z: Tensor, ctx: Context, *, record_maps: bool = False,
+                stages: list | None = None, transition: Callable[[int, Tensor, Context], Tensor] | None = None
+                ) -> TokenRun:
+        """Run ``blocks`` on tokens ``z``; a multi-stage backbone passes its ``stages`` and ``transition`` (the
+        policy state crosses a transition by the rules of ``policies/stages.py``)."""
         hc = self.cfg.halting
+        if stages is not None:
+            from suite.config.study import stage_refusal  # the reasons, stated once
+
+            stage_refusal(self.cfg)
         if hc is not None and hc.mode == "2d" and hc.order == "time_major":
             return self._time_major(blocks, z, ctx, record_maps)
-        return self._block_major(blocks, z, ctx, record_maps)
+        return self._block_major(blocks, z, ctx, record_maps, stages, transition)
 
-    def _block_major(self, blocks: nn.ModuleList, z: Tensor, ctx: Context, record_maps: bool) -> TokenRun:
+    def _block_major(self, blocks: nn.ModuleList, z: Tensor, ctx: Context, record_maps: bool,
+                     stages: list | None = None, transition: Callable | None = None) -> TokenRun:
         T, B, N, C = z.shape
         L = len(blocks)
+        opens = {st.blocks.start: s for s, st in enumerate(stages)} if stages is not None else {}
+        grids = [st.grid for st in stages] if stages is not None else []
+        stage = 0
         hc, mc = self.cfg.halting, self.cfg.merge
         alive = torch.ones((T, B, N) if mc is not None and mc.per == "timestep" else (B, N),
                            device=z.device, dtype=z.dtype)
@@ -122,6 +136,12 @@ class TokenPolicy(nn.Module):
         depth = torch.zeros(B, N, device=z.device)
         thr = 1.0 - hc.eps if hc is not None else 1.0
         for l, blk in enumerate(blocks):
+            if l in opens and l > 0:
+                stage = opens[l]
+                z, alive, size, gone, cum, rho = self._cross(stage, grids[stage - 1], transition, z, ctx, alive,
+                                                              size, gone, cum, rho)
+                T, B, N, C = z.shape
+                y = None  # the ACT sum of unit outputs changes width here (readout: carry does not read it)
             if self.keeper is not None and l == self.keeper.at_block:
                 if isinstance(self.keeper, TokenSelector) and ctx.count:  # a count reads a value: evaluation only
                     hidden = self.keeper.net[0].out_features
@@ -154,10 +174,10 @@ class TokenPolicy(nn.Module):
             z_new, keys = blk(z, ctx, active, None if size is None else size.expand(T, B, N))
             on = active > 0
             counts.append(on.sum(-1).float())  # [T, B]
-            depth += on.sum(0).float()
+            depth += to_first_grid(on.sum(0).float(), grids, stage) if stage else on.sum(0).float()
             if record_maps:
-                maps.append(on)
-                merged.append(gone.expand(T, B, N))
+                maps.append(to_first_grid(on, grids, stage) if stage else on)
+                merged.append(to_first_grid(gone.expand(T, B, N), grids, stage) if stage else gone.expand(T, B, N))
             if step is not None:
                 live = (alive > 0).to(z.dtype)
                 if hc.mode == "2d":
@@ -168,7 +188,7 @@ class TokenPolicy(nn.Module):
                     rho = rho + step.ponder * live
                 y = part if y is None else y + part
                 cum = cum_next
-            if mc is not None and l < L - 1 and l >= mc.start_block:
+            if mc is not None and l < L - 1 and l >= mc.start_block and l + 1 not in opens:  # within a stage
                 plan = merge_plan(mc, self.r[l] if self.r is not None else None, l, keys, z_new, size, alive,
                                   cum if hc is not None else None, thr, self.training, ctx)
                 if plan is not None:
@@ -188,6 +208,22 @@ class TokenPolicy(nn.Module):
                         torch.stack(maps).permute(2, 0, 1, 3) if record_maps else None,
                         torch.stack(unit_h).detach() if unit_h else None,
                         torch.stack(merged).permute(2, 0, 1, 3) if record_maps else None)
+
+    def _cross(self, stage: int, grid: tuple[int, int], transition: Callable, z: Tensor, ctx: Context,
+               alive: Tensor, size: Tensor | None, gone: Tensor, cum: Tensor, rho: Tensor) -> tuple:
+        """Into ``stage``: the backbone re-tokenises the whole map (frozen tokens included) and the policy state
+        passes to the new tokens (``policies/stages.py``): alive if any child is alive or merged away, the
+        cumulative score by ``tokens.halting.stage_carry``, ponder by the mean, sizes restart at 1."""
+        z = transition(stage, z, ctx)
+        hc = self.cfg.halting
+        alive = carry(((alive > 0) | gone).to(z.dtype), grid, "max")
+        size = torch.ones_like(alive) if size is not None else None
+        if hc is not None:
+            cum = carry(cum, grid, hc.stage_carry)
+            rho = carry(rho, grid, "mean")
+        else:
+            cum, rho = carry(cum, grid, "min"), carry(rho, grid, "mean")  # unused zeros, on the new grid
+        return z, alive, size, torch.zeros_like(alive, dtype=torch.bool), cum, rho
 
     def _time_major(self, blocks: nn.ModuleList, z: Tensor, ctx: Context, record_maps: bool) -> TokenRun:
         """2-D halting with time as the outer loop: the whole network runs one timestep at a time
