@@ -197,12 +197,12 @@ def _parser() -> argparse.ArgumentParser:
     doc.add_argument("--device", default="auto", help="the device the study would run on: auto, cpu, cuda ...")
 
     b = sub.add_parser("bench", help="wall-clock ratios: training step vs spikingjelly, compacted inference, "
-                       "study end to end", description=plain(_bench.__doc__), formatter_class=_HelpFormatter)
+                       "study end to end, training and evaluation throughput", description=plain(_bench.__doc__), formatter_class=_HelpFormatter)
     b.set_defaults(func=_bench)
     b.add_argument("--out", type=Path, default=Path("results/bench"), help="output directory")
     b.add_argument("--quick", action="store_true", help="tiny shapes and a tiny study (checks that it runs)")
     b.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda runs under bf16 autocast")
-    b.add_argument("--parts", default="1,2,3", help="comma-separated subset of 1,2,3")
+    b.add_argument("--parts", default="1,2,3,4", help="comma-separated subset of 1,2,3,4")
     b.add_argument("--no-profile", action="store_true", help="do not profile the cases whose target is missed")
     return p
 

@@ -1,5 +1,6 @@
 """Evaluate a trained model on real data: accuracy, token and timestep counts, firing rates, operation counts and
-energy, throughput, early exit, halting maps.
+energy, early exit, halting maps (images/s is ``spikesuite bench``'s: no timing pass here; records written before
+still hold ``images_per_s``, and every reader tolerates its absence).
 
 One path for every evaluation: ``evaluate`` measures a model; ``evaluate_checkpoint`` rebuilds a run's model with
 evaluation-time settings changed (layered on the run's own ``eval.apply``), loads the trained weights and measures
@@ -9,8 +10,6 @@ several points on an accuracy/cost curve)."""
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +67,6 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     ec = run.eval
     ds = data.test if ec.split == "test" or data.val is None else data.val
     model.eval()
-    amp = device.type == "cuda" and run.train.amp == "auto"
     loader = make_loader(ds, batch_size=run.train.eval_batch_size, shuffle=False, seed=0,
                          num_workers=run.train.num_workers, pin_memory=device.type == "cuda")
     L, T = model.depth, model.T
@@ -202,7 +200,6 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         m.update(m_occ)
     if getattr(model.token_policy, "gate_shift", None) is not None:
         details["gate_shift"] = float(model.token_policy.gate_shift)
-    m["images_per_s"] = throughput(model, ds, device, run.train.eval_batch_size, amp)
     m["params"] = float(sum(p.numel() for p in model.parameters()))
     sample_maps = None
     if sample["images"]:
@@ -238,26 +235,6 @@ def processed_units(out) -> torch.Tensor:
     if units is None:
         raise ValueError("the forward ran without count=True: no token-units were counted")
     return units.cpu()  # float64: sums of token counts stay exact
-
-
-@torch.no_grad()
-def throughput(model: Backbone, ds, device: torch.device, batch_size: int, amp: bool, repeats: int = 5) -> float:
-    """Images/s of the (masked) forward without counting: median of ``repeats`` timed batches after a warm-up."""
-    x, _ = next(iter(make_loader(ds, batch_size=min(batch_size, len(ds)), shuffle=False, seed=0)))
-    x = x.to(device)
-    times = []
-    for i in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            model(x)
-        functional.reset_net(model)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - t0)
-    return x.shape[0] / statistics.median(times)
 
 
 def rebuilt_model(config: RunConfig, state: dict[str, torch.Tensor], data: DataBundle, device: torch.device,

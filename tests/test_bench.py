@@ -136,3 +136,25 @@ def test_halting_channel_on_a_real_valued_stream() -> None:
     z[..., 2] = torch.rand(z[..., 2].shape, generator=g) * 6 - 3  # channel 2 spread evenly over [-3, 3]
     c, dist = halting_channel(z)
     assert c == 2 and dist["q0"] < -2.5 and dist["q100"] > 2.5
+
+
+@pytest.mark.timeout(300)
+def test_quick_bench_part_4_throughput_rows(tmp_path, monkeypatch) -> None:
+    """Part 4 on its tiny shape (aot_eager in quick mode): every throughput row, auto's choice for the default."""
+    from suite.train import compiled
+
+    monkeypatch.setenv(compiled.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(compiled.INDUCTOR_ENV, str(tmp_path / "cache"))
+    lines: list[str] = []
+    run_bench(tmp_path, quick=True, parts=(4,), config=TINY, profile=False, log=lines.append)
+    df = pd.read_csv(tmp_path / "bench.csv").set_index(["case", "metric"])
+    for case, metric in (("train_eager", "step_time_s"), ("train_compiled", "step_time_s"),
+                         ("train_compiled", "compile_s"), ("train_default", "step_time_s"),
+                         ("train_default", "default_compiled"), ("train_default", "images_per_s"),
+                         ("eval_counted", "images_per_s"), ("eval_uncounted", "images_per_s"),
+                         ("eval_counted", "vs_uncounted")):
+        assert (f"quick/{case}", metric) in df.index, (case, metric)
+    assert df.loc[("quick/train_default", "default_compiled"), "median"] == 0  # a tiny run: auto stays eager
+    assert df.loc[("quick/train_default", "step_time_s"), "median"] == df.loc[("quick/train_eager", "step_time_s"),
+                                                                              "median"]
+    assert any("auto: estimated eager training" in line for line in lines)

@@ -23,10 +23,14 @@ change on a shared machine hits every case alike), after warm-up, reported as th
    directory and of its rerun (every run cached), each a ``python -m suite run ... --no-progress`` subprocess
    (imports, data, training, evaluation, MLflow, report). Ratio = time / target.
 
+4. **Throughput** (``throughput.py``): the suite's training step eager vs compiled vs the default
+   (``train.compile: auto``), evaluation with and without counting, at the Fashion-MNIST reference configuration
+   and at part 1's CIFAR shape. Ratios = eager / case step time; counted evaluation images/s / training images/s.
+
 Shapes, timing, the result table and the targets are in ``common.py``; the figure in ``figure.py``.
 
 Outputs under ``out`` (default ``results/bench``): ``bench.csv`` (tidy: part, case, device, metric, median,
-iqr, ratio, n; ``part`` is 1, 2 or 3 as above), ``bench.png`` / ``bench.pdf`` (no timestamps), ``machine.json``
+iqr, ratio, n; ``part`` is 1 to 4 as above), ``bench.png`` / ``bench.pdf`` (no timestamps), ``machine.json``
 (CPU, cores, threads, versions, device), and ``profile.txt`` with the top operators of any case whose target was
 missed. On CUDA the forward passes run under bf16 autocast and every timing is bracketed by a synchronize.
 """
@@ -47,6 +51,7 @@ from suite.bench.common import (
     PARTS,
     QUICK,
     STUDY,
+    THROUGHPUT,
     TRAIN_STEP,
     BenchConfig,
     BenchResult,
@@ -58,6 +63,7 @@ from suite.bench.common import (
 from suite.bench.figure import plot
 from suite.bench.inference import bench_inference
 from suite.bench.study import bench_study
+from suite.bench.throughput import bench_throughput
 from suite.bench.train_step import bench_train_step
 
 __all__ = ["COLUMNS", "FULL", "QUICK", "BenchConfig", "BenchResult", "BenchShape", "run_bench", "summary_table"]
@@ -93,6 +99,8 @@ def run_bench(out: Path | str = Path("results/bench"), *, quick: bool = False, d
         bench_inference(cfg, dev, res, log, profile)
     if STUDY in parts:
         bench_study(quick, dev, res, log, profile)
+    if THROUGHPUT in parts:
+        bench_throughput(cfg, quick, dev, res, log)
     if hasattr(os, "getloadavg"):  # other jobs on a shared machine: at start (machine_info) and at the end
         info["load_average_1m_at_end"] = os.getloadavg()[0]
     res.paths.append(write_csv(res.rows, out / "bench.csv"))

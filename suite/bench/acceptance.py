@@ -94,7 +94,7 @@ def run_study_step(backbone: str, shapes: Shapes, device: torch.device, out: Pat
     runs["neuron_backend"] = [ran[r].get("neuron_backend", "") for r in runs.run_id]
     runs["amp"] = [ran[r].get("amp", "") for r in runs.run_id]
     runs.to_csv(out / f"runs_{study.name}{'_ddp' if nproc else ''}.csv", index=False)
-    keep = ["variant", "accuracy", "train_time_s", "images_per_s", "neuron_backend", "amp"]
+    keep = ["variant", "accuracy", "train_time_s", "neuron_backend", "amp"]  # images/s: spikesuite bench
     return {"ok": not summary.failed and len(summary.done) == len(runs), "failed": summary.failed,
             "runs": runs[[c for c in keep if c in runs]].to_dict("records")}
 

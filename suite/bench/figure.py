@@ -6,7 +6,15 @@ from pathlib import Path
 
 import torch
 
-from suite.bench.common import COLUMNS, INFERENCE, STUDY, TARGET_RERUN_S, TARGET_SMOKE_S, TRAIN_STEP
+from suite.bench.common import (
+    COLUMNS,
+    INFERENCE,
+    STUDY,
+    TARGET_RERUN_S,
+    TARGET_SMOKE_S,
+    THROUGHPUT,
+    TRAIN_STEP,
+)
 
 
 def plot(rows: list[dict], out: Path, device: str) -> list[Path]:
@@ -22,7 +30,8 @@ def plot(rows: list[dict], out: Path, device: str) -> list[Path]:
     style = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
              "ytick.labelsize": 7, "axes.grid": True, "axes.axisbelow": True, "grid.alpha": 0.3,
              "svg.hashsalt": "spikesuite"}
-    panels = {TRAIN_STEP: [_plot_train], INFERENCE: [_plot_infer, _plot_ceiling], STUDY: [_plot_e2e]}
+    panels = {TRAIN_STEP: [_plot_train], INFERENCE: [_plot_infer, _plot_ceiling], STUDY: [_plot_e2e],
+              THROUGHPUT: [_plot_throughput]}
     todo = [(fn, df[df.part == part]) for part in parts for fn in panels[part]]
     with plt.rc_context(style):
         fig, axes = plt.subplots(1, len(todo), figsize=(3.6 * len(todo), 3.0), squeeze=False)
@@ -103,4 +112,23 @@ def _plot_e2e(ax, d) -> None:
     ax.scatter(list(d.case), targets, marker="_", s=400, color="C3", label="target", zorder=3)
     ax.set_ylabel("wall time (s)")
     ax.set_title("3. study end to end")
+    ax.legend()
+
+
+def _plot_throughput(ax, d) -> None:
+    """Part 4: per configuration, the compiled and default training steps vs eager, and counted evaluation
+    images/s vs training images/s, against their targets (2x, 2.5x)."""
+    keys = sorted({c.split("/")[0] for c in d.case})
+    bars = [("train_compiled", "step_time_s", "compiled / eager step"),
+            ("train_default", "step_time_s", "default / eager step"),
+            ("eval_counted", "images_per_s", "counted eval / train images/s")]
+    width = 0.8 / len(bars)
+    for i, (case, metric, label) in enumerate(bars):
+        vals = [float(d[(d.case == f"{k}/{case}") & (d.metric == metric)].ratio.iloc[0]) for k in keys]
+        ax.bar([j + (i - 1) * width for j in range(len(keys))], vals, width, label=label)
+    ax.axhline(2.0, color="0.3", ls="--", lw=0.8)
+    ax.axhline(2.5, color="0.3", ls=":", lw=0.8)
+    ax.set_xticks(range(len(keys)), keys)
+    ax.set_ylabel("speedup (x)")
+    ax.set_title("4: throughput (targets 2x, 2.5x)")
     ax.legend()

@@ -6,8 +6,9 @@ a short hash of it, so the same settings always land in the same place (resume, 
 Hash policy (run ids never change when the schema grows): the id hashes the canonical JSON of the resolved config.
 Fields that existed in schema 1 always enter it. A field added later is declared with ``added_field``
 (``fields.py``): at its default value it is left out of the hash, so every existing run keeps its id; set to
-anything else, it enters the hash and makes a new run. ``tests/test_study.py`` pins this against the committed
-reference records.
+anything else, it enters the hash and makes a new run. A schema-1 field that says how a run executes rather than what
+it computes (``train.compile``) is declared with ``execution_field``: the hash holds its schema-1 default whatever it
+is set to. ``tests/test_study.py`` pins this against the committed reference records.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from suite.config.cluster import ResourcesConfig
 from suite.config.controls import add_controls
 from suite.config.data import DatasetConfig
 from suite.config.execution import ExecutionConfig, TrackingConfig
-from suite.config.fields import added_field, omitted_at_default
+from suite.config.fields import added_field, omitted_at_default, pinned_id_value
 from suite.config.model import ModelConfig
 from suite.config.policies import TimeConfig, TokenConfig
 from suite.config.report import ReportConfig
@@ -179,7 +180,8 @@ def _prune(model: Any, dumped: Any) -> Any:
             value = getattr(model, name)
             if omitted_at_default(field) and value == field.get_default(call_default_factory=True):
                 continue
-            out[name] = _prune(value, dumped[name])
+            pinned, id_value = pinned_id_value(field)
+            out[name] = id_value if pinned else _prune(value, dumped[name])
         return out
     if isinstance(model, (list, tuple)) and isinstance(dumped, list):
         return [_prune(m, d) for m, d in zip(model, dumped)]

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from suite.config.energy import MemoryConfig
-from suite.config.fields import added_field
+from suite.config.fields import added_field, execution_field
 from suite.names import E_AC_PJ, E_MAC_PJ, NAME_PATTERN
 
 PicoJoules = Annotated[float, Field(gt=0)]
@@ -78,7 +78,9 @@ class TrainConfig(BaseModel):
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     grad_clip: float | None = Field(None, gt=0)
     num_workers: int = Field(0, ge=0, le=64)  # data loader workers
-    compile: bool = False  # torch.compile the model for training
+    # torch.compile the training forward: auto decides per run from its estimated training time (suite.train.compiled,
+    # docs/throughput.md); how a run executes, not what it computes: out of the run id (a schema-1 bool, false there)
+    compile: Literal["auto", "on", "off"] = execution_field("auto", id_value=False)
     inject_fault: Literal["none", "nan", "error"] = "none"  # for robustness tests: a NaN loss / an exception at epoch 1
     # Fine-tuning: start from the final weights of this variant's run with the same seed (and matrix point), then
     # train for this section's own epochs and schedule. The parent's run id enters the run id (RunConfig.init_run).
@@ -90,6 +92,12 @@ class TrainConfig(BaseModel):
     def _yaml_off(cls, value: Any) -> Any:
         """YAML 1.1 reads a bare ``off`` as false: ``amp: off`` means off."""
         return "off" if value is False else value
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_bool(cls, value: Any) -> Any:
+        """The schema-1 bool (records store ``compile: false``) and YAML 1.1's bare ``on``/``off``."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _lr(self) -> TrainConfig:

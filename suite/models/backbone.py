@@ -212,8 +212,9 @@ class Backbone(nn.Module):
             logits, step_logits = self.readout(run, ctx)
             out = ModelOutput(logits, step_logits, aux, run.active, ctx, run.depth, run.maps, run.unit_halting,
                               merged_maps=run.merged)
+        if self.time_policy is not None and not torch.compiler.is_compiling():
+            out.active_steps = self.time_policy.active_steps()  # floats read off the masks: a graph break if traced
         if self.time_policy is not None:
-            out.active_steps = self.time_policy.active_steps()
             ctx.overhead("policy.time_gates", block=-1,
                          **dict(zip(("macs", "acs"), overhead.time_gates(len(self.time_policy.groups), self.T,
                                                                          x.shape[0]))))
@@ -225,7 +226,7 @@ class Backbone(nn.Module):
         if ctx.count:
             with torch.no_grad():
                 cin, cout = self.head.in_features, self.head.out_features
-                nz = float((pooled != 0).sum(dtype=torch.float64))
+                nz = float(torch.count_nonzero(pooled))
                 d = torch.tensor(float(pooled.shape[0] * cin * cout), dtype=torch.float64)
                 shape = LayerShape(inputs_nz=nz, outputs=float(pooled.shape[0] * cout), weights=cin * cout,
                                    biases=cout, fan_out=cout, in_size=cin, out_size=cout, synops=nz * cout)

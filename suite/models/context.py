@@ -7,6 +7,7 @@ statistic is ever read off a module by the training loop (A-ViT's ``model.module
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -127,9 +128,8 @@ class Context:
         if self.count:
             with torch.no_grad():
                 valid = _valid(spikes, active, m)
-                # float64 sums: bf16 (autocast) or float32 totals would round large counts
-                fired = float((spikes * valid).sum(dtype=torch.float64))
-                elements = float(valid.expand_as(spikes).sum(dtype=torch.float64))
+                fired = float(sum64(spikes if m is None and active is None else spikes * valid))
+                elements = broadcast_sum(valid, spikes.shape)
                 self.spikes[name][0] += fired
                 self.spikes[name][1] += elements
                 self._fired_after(name, fired, elements)
@@ -168,22 +168,23 @@ class Context:
             rec = self.ops.setdefault(name, LayerCounts(kind=kind, block=block))
             if dense is None:
                 cin = x.shape[-1]
-                tokens = float(valid.expand(*x.shape[:-1], 1).sum(dtype=torch.float64))
+                tokens = broadcast_sum(valid, (*x.shape[:-1], 1))
                 dense = torch.tensor(tokens * cin * fan_out, dtype=torch.float64)
-                xv = x * valid
-                exact = (xv != 0).sum() * fan_out
+                xv = x if m is None and active is None else x * valid
+                nz = torch.count_nonzero(xv)  # int64: exact, and no float64 copy of x
+                exact = nz * fan_out
                 # Spikformer-family convention: SOP = firing rate x FLOPs, with the rate taken as the
                 # mean input value, so a residual-stream value of 2 counts as two spikes.
-                paper = xv.sum(dtype=torch.float64) * fan_out
+                paper = sum64(xv) * fan_out
                 if block >= 0:
                     self._record_tokens(name, block, valid.expand(*x.shape[:-1], 1), cin * fan_out)
                 n_out = tokens * fan_out
-                nonbinary = bool(((xv != 0) & (xv != 1) & (xv != -1)).any()) if nonbinary is None else nonbinary
-                memory = LayerShape(inputs_nz=float((xv != 0).sum(dtype=torch.float64)), outputs=n_out,
+                nonbinary = outside_unit(xv, nz) if nonbinary is None else nonbinary
+                memory = LayerShape(inputs_nz=float(nz), outputs=n_out,
                                     weights=cin * fan_out, biases=fan_out, fan_out=fan_out,
                                     in_size=x.shape[-2] * cin, out_size=x.shape[-2] * fan_out, synops=float(exact))
             if nonbinary is None:
-                nonbinary = bool(((x != 0) & (x != 1) & (x != -1)).any()) if x.numel() else False
+                nonbinary = outside_unit(x) if x.numel() else False
             if analog:
                 rec.macs += float(dense)
             else:
@@ -256,3 +257,31 @@ def _valid(x: Tensor, active: Tensor | None, m: Tensor | None) -> Tensor:
         a = active.to(x.dtype)
         v = v * a.view(*a.shape, *([1] * (x.dim() - a.dim())))
     return v
+
+
+# Counting runs on every evaluation batch, so its reductions avoid full-size float64 copies of activations (a
+# ``sum(dtype=torch.float64)`` on a float32 tensor converts all of it first): counts of non-zeros are int64
+# (exact), and value sums take a partial sum in the tensor's own dtype over the last dimension (exact for the
+# spikes and small-integer residual streams counted here) before the float64 total.
+
+
+def sum64(x: Tensor) -> Tensor:
+    """The float64 sum of ``x``: partial sums over the last dimension in ``x``'s dtype, then a float64 total."""
+    return x.sum(-1).sum(dtype=torch.float64) if x.dim() else x.double()
+
+
+def broadcast_sum(v: Tensor, shape: tuple[int, ...]) -> float:
+    """``float(v.expand(shape).sum())`` without materialising the expansion (``v`` broadcasts to ``shape``)."""
+    full = math.prod(shape)
+    return float(v.sum(dtype=torch.float64)) * (full / v.numel()) if v.numel() else 0.0
+
+
+def outside_unit(x: Tensor, nonzero: Tensor | None = None) -> bool:
+    """Whether ``x`` holds a value outside {-1, 0, 1} (NeuroBench's rule for MACs): fewer entries of magnitude 1
+    than non-zero entries. ``nonzero``: ``count_nonzero(x)`` when the caller has it."""
+    lo, hi = torch.aminmax(x)
+    if lo < -1 or hi > 1:  # the common non-binary case (a residual stream holding a 2) decided in one pass
+        return True
+    nz = torch.count_nonzero(x) if nonzero is None else nonzero
+    ones = torch.count_nonzero(x == 1) + (torch.count_nonzero(x == -1) if lo < 0 else 0)
+    return bool(nz != ones)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from suite.config import NeuronConfig
-from suite.models.context import Context, LayerShape
+from suite.models.context import Context, LayerShape, sum64
 from suite.models.neurons import make_lif
 
 
@@ -29,9 +29,10 @@ def count_conv3x3(ctx: Context, name: str, x: Tensor, cout: int, group: str | No
     # An input pixel feeds every output window that covers it (4 at corners, 6 at edges, 9 inside).
     cover = F.conv2d(torch.ones(1, 1, H, W, device=x.device, dtype=x.dtype),
                      torch.ones(1, 1, 3, 3, device=x.device, dtype=x.dtype), padding=1)[0, 0]
-    xs = x * steps.view(-1, 1, 1, 1, 1)
-    exact = ((xs != 0).to(x.dtype) * cover).sum(dtype=torch.float64) * cout
-    memory = LayerShape(inputs_nz=float((xs != 0).sum(dtype=torch.float64)), outputs=float(steps.sum()) * B * cout * H * W,
+    xs = x if m is None else x * steps.view(-1, 1, 1, 1, 1)
+    nz_pixel = (xs != 0).sum((0, 1, 2))  # [H, W] int64: non-zero inputs at each position (exact)
+    exact = (nz_pixel.double() * cover.double()).sum() * cout
+    memory = LayerShape(inputs_nz=float(nz_pixel.sum()), outputs=float(steps.sum()) * B * cout * H * W,
                         weights=cin * cout * 9, biases=cout, fan_out=cout * 9, in_size=cin * H * W,
                         out_size=cout * H * W, synops=float(exact))
     if analog:
@@ -40,7 +41,7 @@ def count_conv3x3(ctx: Context, name: str, x: Tensor, cout: int, group: str | No
                     analog=True, exact=d, paper=d, dense=d, memory=memory)
         return
     # rate over the active steps only (as for linears), times dense FLOPs over the active steps
-    paper = xs.sum(dtype=torch.float64) / (float(steps.sum()) * B * cin * H * W) * per_step_dense * B \
+    paper = sum64(xs) / (float(steps.sum()) * B * cin * H * W) * per_step_dense * B \
         * float(steps.sum()) if float(steps.sum()) else torch.tensor(0.0)
     ctx.synapse(name, kind="stem", block=-1, x=xs, fan_out=cout, active=None, group=group,
                 exact=exact, paper=paper, dense=torch.tensor(dense, dtype=torch.float64), memory=memory)

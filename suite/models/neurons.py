@@ -18,6 +18,7 @@ import torch
 from spikingjelly.activation_based import neuron, surrogate
 
 from suite.config import NeuronConfig
+from suite.models.lif_fused import LIFNode
 
 # the suite's name -> spikingjelly 2.0's implementation name, fastest first (spikingjelly's own CUDA priority)
 SJ_NAMES = {"cupy": "cuda", "triton": "triton", "torch": "torch"}
@@ -53,8 +54,8 @@ def make_lif(cfg: NeuronConfig, *, v_threshold: float | None = None) -> neuron.B
         lif = neuron.ParametricLIFNode(init_tau=cfg.tau, **common)
     elif cfg.type == "if":
         lif = neuron.IFNode(**common)
-    else:
-        lif = neuron.LIFNode(tau=cfg.tau, **common)
+    else:  # spikingjelly's LIF with a faster forward without gradients (suite.models.lif_fused)
+        lif = LIFNode(tau=cfg.tau, **common)
     lif.register_forward_pre_hook(_fp32_input)
     return lif
 

@@ -198,7 +198,8 @@ def _execute(unit: RunUnit, tracker: Tracker | None, parent: str | None,
         if world > 1:
             metrics.update(world_size=float(world), batch_size_per_rank=float(batch // world))
         shared = {"trained_by": spec.trained_by} if spec.trained_by else {}
-        records.write_result(run_dir, spec.run_id, metrics, {**details, **shared, "dataset": dataset}, maps)
+        ran = {"compile": result.compile} if result.compile is not None else {}  # how train.compile resolved
+        records.write_result(run_dir, spec.run_id, metrics, {**details, **shared, **ran, "dataset": dataset}, maps)
         records.write_status(run_dir, "done", attempts=attempts, mlflow_run_id=child or "", **spread, **shared,
                              **_how_it_ran(spec.config, dev))
         if tracker is not None:

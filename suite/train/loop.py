@@ -31,6 +31,7 @@ from suite.models.neurons import use_backend
 from suite.models.policies.calibrate import CALIBRATION_IMAGES, calibrate_gate
 from suite.models.policies.tokens import HALTING_LOSSES, loss_warmup
 from suite.names import CHECKPOINT
+from suite.train import compiled
 from suite.train.checkpoint import (
     get_rng,
     load_checkpoint,
@@ -66,6 +67,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     train_time_s: float = 0.0
     resumed_from_epoch: int = 0
+    compile: dict | None = None  # how train.compile resolved (suite.train.compiled.CompileDecision.record)
 
 
 def seed_everything(seed: int) -> None:
@@ -224,11 +226,19 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=may_leave_parameters_unused(run))
-    train_model = torch.compile(train_model) if tc.compile else train_model
+    # the whole run's images, not what is left: a resumed run records the decision its first start made (same cache)
+    decision = _compile_decision(run, model, data, device, local_bs, tc.epochs * len(data.train))
+    if main:
+        log.info("%s: %s compiled (%s)", run.variant, "training forward" if decision.compiled else "not", decision.reason)
+    eager_model = train_model  # the epoch's last, smaller batch runs here (compiled graphs keep the full shape)
+    if decision.compiled:
+        train_model = compiled.compile_model(train_model)
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.perf_counter()
-        row = _train_epoch(run, train_model, model, data, (opt, sched, scaler, ema), epoch, device, amp, local_bs,
-                           progress and main, dist)
+        row = _train_epoch(run, (train_model, eager_model), model, data, (opt, sched, scaler, ema), epoch, device,
+                           amp, local_bs, progress and main, dist)
+        if epoch == start_epoch and main:
+            compiled.mark_compiled(decision, time.perf_counter() - t0)
         if dist is not None:
             dist.broadcast_buffers(model)  # BN running statistics: rank 0's, so every rank holds the checkpoint's
             rngs = dist.gather_object(get_rng())
@@ -260,7 +270,21 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
                 raise StoppedByRankZero(f"rank 0 stopped the run after epoch {epoch + 1}: {reason}")
         if failure is not None:
             raise failure
-    return FitResult(model if ema is None else ema.module, history, spent, start_epoch)
+    return FitResult(model if ema is None else ema.module, history, spent, start_epoch, decision.record())
+
+
+def _compile_decision(run, model: Backbone, data: DataBundle, device: torch.device, bs: int,
+                      images: int) -> compiled.CompileDecision:
+    """``train.compile`` resolved for this run (``suite.train.compiled``): the full batch's shape for the cache's
+    shape key, two training images for auto's FLOP count. The RNG is restored: deciding draws nothing from the
+    training's random stream (augmentation of the sample images included)."""
+    rng = get_rng()
+    try:
+        first = data.train[0][0]
+        sample = torch.stack([first, data.train[min(1, len(data.train) - 1)][0]]).to(device)
+        return compiled.decide(run, model, sample, images, (bs, *first.shape), device)
+    finally:
+        set_rng(rng)
 
 
 class _Ranks:
@@ -343,12 +367,14 @@ def _check_identical(dist: _Ranks, model: nn.Module, epoch: int) -> None:
                     epoch + 1, digests)
 
 
-def _train_epoch(run, train_model: nn.Module, model: Backbone, data: DataBundle, optim: tuple, epoch: int,
-                 device: torch.device, amp: torch.dtype | None, bs: int, progress: bool,
+def _train_epoch(run, train_models: tuple[nn.Module, nn.Module], model: Backbone, data: DataBundle, optim: tuple,
+                 epoch: int, device: torch.device, amp: torch.dtype | None, bs: int, progress: bool,
                  dist: _Ranks | None = None) -> dict[str, float]:
-    """One epoch; ``optim`` is (optimizer, scheduler, grad scaler, weights' EMA or None); ``bs`` is this rank's
-    batch. With ``dist``, the row's sums are taken over every rank."""
+    """One epoch; ``train_models`` is (the module a full batch runs through, possibly compiled; the same module
+    eager, for a smaller last batch); ``optim`` is (optimizer, scheduler, grad scaler, weights' EMA or None); ``bs``
+    is this rank's batch. With ``dist``, the row's sums are taken over every rank."""
     tc = run.train
+    train_model, eager_model = train_models
     opt, sched, scaler, ema = optim
     model.train()
     seed = run.seed * 100_003 + epoch
@@ -375,7 +401,8 @@ def _train_epoch(run, train_model: nn.Module, model: Backbone, data: DataBundle,
         if mix:
             x, target = mix_batch(x, y, data.num_classes, tc)
         with autocast(amp, device):
-            out = train_model(x)
+            # compiled for the full batch shape only: the epoch's last, smaller batch runs eager (no recompile)
+            out = (train_model if x.shape[0] == bs else eager_model)(x)
             ramp = loss_warmup(run.tokens.halting, epoch + i / len(loader))
             if ramp < 1:
                 out.aux.update({k: ramp * v for k, v in out.aux.items() if k in HALTING_LOSSES})

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from suite.config import ModelConfig, NeuronConfig
 from suite.models.backbone import Backbone, LIFLayer
-from suite.models.context import Context
+from suite.models.context import Context, outside_unit
 from suite.models.layers import ConvBNLIF, LinearBNLIF, masked
 from suite.models.neurons import make_lif
 from suite.models.registry import register_backbone
@@ -118,15 +118,15 @@ class Block(nn.Module):
         dense = (n_act**2 * C).sum()
         st = steps.view(-1, 1, 1, 1)
         # Q K^T: products q_ic * k_jc that are both 1 = sum_c (sum_i q_ic)(sum_j k_jc); heads split channels.
-        exact_qk = ((q * st).sum(2) * k.sum(2, dtype=torch.float64)).sum()
+        exact_qk = ((q * st).sum(2).double() * k.sum(2).double()).sum()  # token sums of spikes: exact in fp32
         paper_qk = (((q * st) != 0).sum((2, 3)) * n_act).sum()  # rate(Q) x N_a^2 C = nnz(Q) N_a
         # (Q K^T) V: non-zero attention entries times non-zero value entries sharing the index j.
-        nz_col = (attn != 0).sum(-2).double()  # [T, B, h, N]
-        nz_v = (vh != 0).sum(-1).double()  # [T, B, h, N]
-        exact_av = ((nz_col * nz_v).sum((2, 3)) * steps[:, None]).sum()
+        nz_col = (attn != 0).sum(-2)  # [T, B, h, N]
+        nz_v = (vh != 0).sum(-1)  # [T, B, h, N]
+        exact_av = ((nz_col * nz_v).sum((2, 3)).double() * steps[:, None]).sum()
         paper_av = ((vh != 0).sum((2, 3, 4)).double() * n_act).sum()
         # Q and K are spikes; the map Q K^T holds integer coincidence counts (NeuroBench's rule: MACs)
-        integer_map = bool(((attn != 0) & (attn != 1) & (attn != -1)).any())
+        integer_map = outside_unit(attn, nz_col.sum())
         for tag, ex, pa, nb in (("qk", exact_qk, paper_qk, False), ("av", exact_av, paper_av, integer_map)):
             ctx.synapse(f"{self.name}.{tag}", kind="attention", block=self.index, x=q, fan_out=0,
                         active=None, group=None, exact=ex, paper=pa, dense=dense, nonbinary=nb)

@@ -143,7 +143,7 @@ class TokenPolicy(nn.Module):
                 T, B, N, C = z.shape
                 y = None  # the ACT sum of unit outputs changes width here (readout: carry does not read it)
             if self.keeper is not None and l == self.keeper.at_block:
-                if isinstance(self.keeper, TokenSelector):
+                if isinstance(self.keeper, TokenSelector) and ctx.count:  # a count reads a value: evaluation only
                     hidden = self.keeper.net[0].out_features
                     macs, acs = overhead.selector(float((alive > 0).sum()), C, hidden, T)
                     ctx.overhead("policy.selector", block=l, macs=macs, acs=acs)

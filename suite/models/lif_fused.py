@@ -1,0 +1,48 @@
+"""The multi-step LIF without autograd (evaluation, validation) in fewer passes than spikingjelly's reference loop.
+
+On the CPU, spikingjelly 2.0's ``LIFNode`` runs its torch reference loop even without gradients: per step it
+computes the charge, the surrogate's spike through an autograd function, the reset as ``s * v_reset + (1 - s) * h``
+(three passes) and stacks spikes, potentials and charges. In a counted evaluation forward at the Fashion-MNIST
+reference configuration that loop is ~40 % of the time (docs/throughput.md). ``LIFNode`` here (a subclass) keeps
+spikingjelly's forward whenever a gradient may be needed, under ``torch.compile``, off the CPU, and for anything
+but the hard-reset, ``decay_input`` LIF without a stored potential sequence; otherwise it runs the same arithmetic
+with the reset as one ``where`` and spikes written in place: spikes and final potentials equal spikingjelly's bit
+for bit (``tests/test_lif_fused.py``; for a finite ``h``, ``s * r + (1 - s) * h`` is exactly ``r`` or ``h``).
+"""
+
+from __future__ import annotations
+
+import torch
+from spikingjelly.activation_based import neuron
+from torch import Tensor
+
+
+def lif_inference(x_seq: Tensor, v: Tensor, tau: float, threshold: float, reset: float) -> tuple[Tensor, Tensor]:
+    """Spikes ``[T, ...]`` and the final potential of a hard-reset, decay-input LIF (no autograd)."""
+    spikes = torch.empty_like(x_seq)
+    for t in range(x_seq.shape[0]):
+        h = v + (x_seq[t] - (v - reset)) / tau  # spikingjelly's charge, term for term
+        fired = h >= threshold  # its surrogate's forward: (h - threshold) >= 0, the same comparison
+        spikes[t] = fired
+        v = torch.where(fired, torch.tensor(reset, dtype=h.dtype), h)
+    return spikes, v
+
+
+class LIFNode(neuron.LIFNode):
+    """spikingjelly's multi-step ``LIFNode``; without gradients on the CPU its forward is ``lif_inference``."""
+
+    def _fast(self, x_seq: Tensor) -> bool:
+        return (not torch.is_grad_enabled() and x_seq.device.type == "cpu" and x_seq.dtype == torch.float32
+                and self.decay_input and self.v_reset is not None and not self.store_v_seq
+                and self._neuron_precision is None and not torch.compiler.is_compiling())
+
+    def multi_step_forward(self, x_seq: Tensor, *args: Tensor, **kwargs: object) -> Tensor:
+        if args or kwargs or not self._fast(x_seq):
+            return super().multi_step_forward(x_seq, *args, **kwargs)
+        (v,) = self.materialize_states((x_seq,), tuple(self._memories.values()), "m")
+        if not isinstance(v, Tensor) or v.dtype != torch.float32 or v.shape != x_seq.shape[1:]:
+            return super().multi_step_forward(x_seq, *args, **kwargs)
+        spikes, v_final = lif_inference(x_seq, v, float(self.tau), float(self.v_threshold), float(self.v_reset))
+        self._memories["v"] = v_final
+        self.v_seq = None
+        return spikes
