@@ -193,6 +193,7 @@ train:
   cutmix: 1.0
   ema: 0.5
   repeated_aug: 3
+  compile: off            # auto reads two training images for its FLOP estimate: the loader's asks alone are counted
 variants: {dense: {}}
 """
 

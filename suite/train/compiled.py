@@ -136,12 +136,12 @@ def flops_per_image(model: nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / x.shape[0]
 
 
-def decide(run, model: nn.Module, sample: torch.Tensor, images: int, batch: tuple[int, ...],
+def decide(run, model: nn.Module, sample: torch.Tensor | None, images: int, batch: tuple[int, ...] | None,
            device: torch.device) -> CompileDecision:
     """Resolve ``run.train.compile`` for a run that trains ``images`` images (all epochs) of batch shape ``batch``;
-    ``sample`` holds two training images for the FLOP count (auto only)."""
+    ``sample`` holds two training images for the FLOP count (auto only). ``off`` needs neither (both may be None)."""
     setting = run.train.compile
-    key = shape_key(run, batch, device)
+    key = shape_key(run, batch, device) if batch is not None else ""
     where = str(cache_dir())
     if setting != "auto":
         return CompileDecision(setting, setting == "on", f"train.compile: {setting}", cache_dir=where, shape_key=key)

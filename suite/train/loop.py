@@ -277,7 +277,10 @@ def _compile_decision(run, model: Backbone, data: DataBundle, device: torch.devi
                       images: int) -> compiled.CompileDecision:
     """``train.compile`` resolved for this run (``suite.train.compiled``): the full batch's shape for the cache's
     shape key, two training images for auto's FLOP count. The RNG is restored: deciding draws nothing from the
-    training's random stream (augmentation of the sample images included)."""
+    training's random stream (augmentation of the sample images included). ``off`` reads no image, so the training
+    split sees the loader's requests alone."""
+    if run.train.compile == "off":
+        return compiled.decide(run, model, None, images, None, device)
     rng = get_rng()
     try:
         first = data.train[0][0]
