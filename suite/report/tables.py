@@ -18,7 +18,7 @@ from suite.report.content import Table
 from suite.report.energy import sensitivity_table
 from suite.report.load import StudyRecords, budget_note, fmt_value, off_split_note, parsed_setting
 from suite.report.stats import paired_table, report_settings
-from suite.report.style import ENERGY_UNIT, STD_NOTE, Stat, decimals, fmt_pm, slug, stat, t_half_width
+from suite.report.style import ENERGY_UNIT, STD_NOTE, Stat, ci_half, decimals, fmt_pm, slug, stat
 
 MAIN_HEADERS = ("variant", "n seeds", "accuracy (%)", "token-units (% of dense)", "timesteps (mean)",
                 f"energy ({ENERGY_UNIT}, exact)")
@@ -91,7 +91,7 @@ def _mean_interval(values: pd.Series, confidence: float, places: int) -> str:
         return "–"
     if s.n < 2:
         return f"{s.mean:+.{places}f}"
-    half = float(t_half_width(s.std, s.n, confidence))
+    half = float(ci_half(s, confidence))
     return f"{s.mean:+.{places}f} [{s.mean - half:+.{places}f}, {s.mean + half:+.{places}f}]"
 
 
