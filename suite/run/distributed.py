@@ -128,6 +128,12 @@ def init_group(device: str, timeout_s: float) -> Rank:
     if kind == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
+        # torch._dynamo imported after the group exists keeps ten references to it (its distributed variables), so
+        # destroy_process_group no longer frees it and gloo's threads live into interpreter shutdown, where they
+        # abort the process now and then ("terminate called without an active exception", exit -6, after all the
+        # work was done). Imported first, nothing holds the group and leave_group ends its threads.
+        import torch._dynamo  # noqa: F401
+
         dist.init_process_group("nccl" if kind == "cuda" else "gloo", init_method="env://", rank=rank,
                                 world_size=world, timeout=timedelta(seconds=timeout_s),
                                 **({"device_id": dev} if kind == "cuda" else {}))
