@@ -232,7 +232,7 @@ def welch_stats(a: Sequence[float], b: Sequence[float], confidence: float, margi
 # ------------------------------------------------------------------------------------------ pairing
 
 
-def _units(rec: StudyRecords) -> pd.DataFrame:
+def eval_units(rec: StudyRecords) -> pd.DataFrame:
     """Every finished run's main evaluation and every evaluation override on the study's split, one row each,
     with a ``label``: the config label, plus `` @ <override>`` for an override. Runs of a train-stage search
     (``search`` column set) are left out."""
@@ -248,7 +248,13 @@ def _units(rec: StudyRecords) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True, sort=False)
 
 
-def _axes(rec: StudyRecords, units: pd.DataFrame) -> list[str]:
+def ordered_labels(rec: StudyRecords, units: pd.DataFrame) -> list[str]:
+    """``units``' labels in study order, each config's overrides after it (by name)."""
+    order = {c: i for i, c in enumerate(rec.order)}
+    return sorted(units["label"].unique(), key=lambda s: (order.get(s.split(" @ ")[0], len(order)), s))
+
+
+def matrix_axes(rec: StudyRecords, units: pd.DataFrame) -> list[str]:
     names = [k for k in (rec.study.matrix if rec.study is not None else {}) if k not in ("seed", "include",
                                                                                           "exclude", "variant")]
     for extra in (rec.study.matrix.get("include") or []) if rec.study is not None else []:
@@ -257,7 +263,7 @@ def _axes(rec: StudyRecords, units: pd.DataFrame) -> list[str]:
     return [c for c in dict.fromkeys(names) if c in units.columns]
 
 
-def _same_point(row: pd.Series, ref: pd.DataFrame, axes: Sequence[str]) -> pd.Series:
+def same_point(row: pd.Series, ref: pd.DataFrame, axes: Sequence[str]) -> pd.Series:
     """Reference rows agreeing with ``row`` on every axis both have a value for."""
     keep = pd.Series(True, index=ref.index)
     for a in axes:
@@ -271,7 +277,7 @@ def _compare(label: str, mine: pd.DataFrame, ref: pd.DataFrame, role: str, axes:
     """``mine`` (one label's rows) against the reference variant's main evaluations ``ref``."""
     pairs, at_point = [], pd.Series(False, index=ref.index)
     for _, row in mine.sort_values("seed").iterrows():
-        point = _same_point(row, ref, axes)
+        point = same_point(row, ref, axes)
         at_point |= point
         match = ref[point & (ref["seed"] == row["seed"])]
         if len(match) == 1:
@@ -321,16 +327,14 @@ def _result(base: Result, kind: str, seeds: tuple[int, ...], a: list[float], b: 
 def compare(rec: StudyRecords, settings: ReportConfig) -> list[Result]:
     """Every label against its control (fine-tuned variants with a policy) and against the study's reference,
     Holm-adjusted per metric over all of them."""
-    units = _units(rec)
+    units = eval_units(rec)
     if units.empty or rec.study is None and settings.reference is None and "dense" not in set(units["variant"]):
         return []
     reference = settings.reference or (dense_variant(rec.study) if rec.study is not None else "dense")
-    axes = _axes(rec, units)
+    axes = matrix_axes(rec, units)
     main = units[units["override"] == ""]
     results: list[Result] = []
-    order = {c: i for i, c in enumerate(rec.order)}
-    labels = sorted(units["label"].unique(), key=lambda s: (order.get(s.split(" @ ")[0], len(order)), s))
-    for label in labels:
+    for label in ordered_labels(rec, units):
         mine = units[units["label"] == label]
         variant = str(mine["variant"].iloc[0])
         refs = []

@@ -17,6 +17,7 @@ from suite.names import STATS_TABLE
 from suite.report.content import Table
 from suite.report.energy import sensitivity_table
 from suite.report.load import StudyRecords, budget_note, fmt_value, off_split_note, parsed_setting
+from suite.report.matched import claim_table, matched_table
 from suite.report.stats import paired_table, report_settings
 from suite.report.style import ENERGY_UNIT, STD_NOTE, Stat, ci_half, decimals, fmt_pm, slug, stat
 
@@ -224,7 +225,8 @@ def write_text(path: Path, text: str) -> Path:
 def write_tables(rec: StudyRecords, out: Path, settings: ReportConfig | None = None) -> tuple[list[Table], list[Path]]:
     """``table.md`` and ``table.tex`` (results per variant, then the paired differences), ``stats.csv`` (every
     paired statistic, ``stats.py``) and the optional ``energy_sensitivity.md`` (when a variant has a dense reference)
-    ``evals.md`` (when overrides were evaluated) and ``diagnostics.md`` (when records carry the token diagnostics);
+    ``evals.md`` (when overrides were evaluated), ``diagnostics.md`` (when records carry the token diagnostics),
+    ``matched.md`` (a drop variant to compare at equal token-units) and ``claim.md`` (``report.claim`` set);
     a stale optional table goes."""
     table = main_table(rec)
     paired, frame = paired_table(rec, settings or report_settings(rec))
@@ -236,9 +238,10 @@ def write_tables(rec: StudyRecords, out: Path, settings: ReportConfig | None = N
         tex += "\n" + table_latex(paired, f"{label}-paired")
     paths = [write_text(out / "table.md", md), write_text(out / "table.tex", tex),
              write_text(out / STATS_TABLE, frame.to_csv(index=False, float_format="%.6g"))]
-    confidence = (settings or report_settings(rec)).confidence
+    settings = settings or report_settings(rec)
     for name, optional in (("energy_sensitivity.md", sensitivity_table(rec)), ("evals.md", evals_table(rec)),
-                           ("diagnostics.md", diagnostics_table(rec, confidence))):
+                           ("diagnostics.md", diagnostics_table(rec, settings.confidence)),
+                           ("matched.md", matched_table(rec, settings)), ("claim.md", claim_table(rec, settings))):
         if optional is not None:
             paths.append(write_text(out / name, table_markdown(optional)))
             tables.append(optional)
