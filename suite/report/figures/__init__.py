@@ -11,6 +11,7 @@ from pathlib import Path
 
 from suite.report.content import Figure
 from suite.report.energy import sensitivity_figure
+from suite.report.figures.curves import curves_figure
 from suite.report.figures.diagnostics import diagnostic_figures
 from suite.report.figures.heatmaps import heatmap_figures
 from suite.report.figures.layers import allocation_figure, depth_figure, firing_figure
@@ -24,7 +25,7 @@ from suite.report.published import published_for
 # file stems the figures write
 FIGURE_PREFIXES = ("accuracy_vs_", "token_heatmap_", "halting_depth", "timestep_allocation", "firing_rates",
                    "temporal_similarity", "ablation", "early_exit", "energy_breakdown", "energy_sensitivity", "search_",
-                   "foreground_active", "occlusion_spearman")
+                   "foreground_active", "occlusion_spearman", "learning_curves")
 PAPER_DIR = "paper"  # report/paper/: the paper-sized figures of style="paper"
 
 
@@ -61,4 +62,6 @@ def build_figures(rec: StudyRecords, out: Path) -> list[Figure]:
     temporal = temporal_figure(rec, out)  # None: no run recorded it, the page does not list it
     figures += [temporal] if temporal is not None else []
     figures += [ablation_figure(rec, out), exit_figure(rec, out), energy_figure(rec, out), sensitivity_figure(rec, out)]
+    curves = curves_figure(rec, out)  # None: no run recorded a validation accuracy
+    figures += [curves] if curves is not None else []
     return figures + search_figures(rec, out)
