@@ -80,6 +80,13 @@ def test_each_policy_is_compared_with_the_drop_curve_of_its_own_seed_at_its_own_
     assert row[1] == "drop" and row[2] == "3" and row[3] == "55.0" and row[4] == f"{d.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
+def test_a_drop_variant_evaluated_at_one_keep_ratio_gives_no_table(tmp_path):
+    sdir = _study(tmp_path)
+    ev = pd.read_csv(sdir / "evals.csv", dtype={"run_id": str})
+    ev[ev.variant != "drop"].to_csv(sdir / "evals.csv", index=False)
+    assert matched_table(report.load_records(sdir), ReportConfig()) is None
+
+
 def test_the_claim_table_needs_equivalence_and_both_budgets_and_is_absent_without_a_claim(tmp_path):
     rec = report.load_records(_study(tmp_path))
     assert claim_table(rec, ReportConfig()) is None

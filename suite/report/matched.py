@@ -103,6 +103,8 @@ def matched(rec: StudyRecords, settings: ReportConfig) -> list[Matched]:
         if drop is None or not float(mine["token_pct"].mean()) < 100.0:
             continue
         curve_rows = units[units["variant"] == drop]
+        if curve_rows.empty or curve_rows.groupby("seed")["token_pct"].nunique().max() < 2:
+            continue  # a drop variant evaluated at one keep ratio draws no curve: nothing to read at equal units
         seeds, diffs, pcts, outside = [], [], [], 0
         for _, row in mine.sort_values("seed").iterrows():
             at = curve_rows[same_point(row, curve_rows, axes) & (curve_rows["seed"] == row["seed"])]
@@ -116,7 +118,7 @@ def matched(rec: StudyRecords, settings: ReportConfig) -> list[Matched]:
             pcts.append(float(row["token_pct"]))
         note = f"{outside} seed(s) outside the drop curve's token-units range left out" if outside else ""
         if not seeds:
-            note = note or "no seed with a drop curve"
+            note = note or "no seed of the drop curve at this matrix point"
         out.append(Matched(label, drop, float(np.mean(pcts)) if pcts else float(mine["token_pct"].mean()),
                            tuple(seeds), tuple(diffs), paired_stats(diffs, settings.confidence, settings.margin)
                            if seeds else {"n": 0, "mean": math.nan}, note))
@@ -141,7 +143,8 @@ def _reading(m: Matched, alpha: float) -> str:
 
 
 def matched_table(rec: StudyRecords, settings: ReportConfig) -> Table | None:
-    """The equal-token-units comparison (None when the study has no drop variant or no eligible label)."""
+    """The equal-token-units comparison (None when the study has no drop variant evaluated at two keep ratios
+    or more, or no eligible label)."""
     results = matched(rec, settings)
     if not results:
         return None
