@@ -44,7 +44,6 @@ from suite.metrics import (
 from suite.models import Backbone
 from suite.models.policies import overhead
 from suite.train import make_model
-from suite.train.batching import eval_batch, prefix_images
 
 COUNTING_VERSION = 2  # details.counting_version: token-units under the one rule (older: suite.records_migrate)
 COUNTING = ("token_units: (token, block, timestep) units the blocks processed, summed over blocks and steps; a "
@@ -68,10 +67,7 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     ec = run.eval
     ds = data.test if ec.split == "test" or data.val is None else data.val
     model.eval()
-    batch = eval_batch(run.train.eval_batch_size, model, device.type)
-    limit = prefix_images(ec.max_batches, run.train.eval_batch_size)
-    evaluated = Subset(ds, range(limit)) if limit is not None and limit < len(ds) else ds
-    loader = make_loader(evaluated, batch_size=batch, shuffle=False, seed=0,
+    loader = make_loader(ds, batch_size=run.train.eval_batch_size, shuffle=False, seed=0,
                          num_workers=run.train.num_workers, pin_memory=device.type == "cuda")
     L, T = model.depth, model.T
     per_step = float(sum(model.block_tokens()))  # the dense model's token-units per timestep
@@ -91,7 +87,9 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     n_maps = ec.heatmap_images if maps else 0
     # the dataset-level diagnostics read every batch's maps (a token policy; a dense model keeps every token)
     shares = ActiveShares() if model.token_policy is not None and run.dataset.name in BACKGROUND_DATASETS else None
-    for x, y in loader:
+    for b, (x, y) in enumerate(loader):
+        if ec.max_batches is not None and b >= ec.max_batches:
+            break
         x, y = x.to(device), y.to(device)
         static_input = x.dim() == 4  # [B, C, H, W]: the same image at every step (event data: [B, T, ...])
         # counted in fp32 always, even inside a caller's autocast: bf16 would change membrane sums, so spikes and counts
@@ -146,7 +144,6 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
         "counting": COUNTING,
         "counting_version": COUNTING_VERSION,
         "layer_order": model.layer_order(),  # forward order, for tables and figures
-        "eval_batch_size": batch,  # what train.eval_batch_size resolved to (suite.train.batching)
     }
     rates = list(details["firing_rates"].values())
     m["firing_rate_mean"] = float(np.mean(rates)) if rates else 0.0

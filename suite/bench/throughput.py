@@ -53,7 +53,7 @@ class ThroughputShape:
     heads: int
     T: int
     batch: int
-    eval_batch: int | str  # train.eval_batch_size: auto (the suite's default) resolves per model and device
+    eval_batch: int
     image: int
     channels: int
     classes: int
@@ -61,9 +61,9 @@ class ThroughputShape:
     eval_images: int
 
 
-FASHION = ThroughputShape("fashion", depth=2, dim=64, heads=8, T=4, batch=128, eval_batch="auto", image=28, channels=1,
+FASHION = ThroughputShape("fashion", depth=2, dim=64, heads=8, T=4, batch=128, eval_batch=256, image=28, channels=1,
                           classes=10, train_images=6 * 2700, eval_images=1024)
-CIFAR = ThroughputShape("cifar", depth=2, dim=128, heads=8, T=4, batch=32, eval_batch="auto", image=32, channels=3,
+CIFAR = ThroughputShape("cifar", depth=2, dim=128, heads=8, T=4, batch=32, eval_batch=256, image=32, channels=3,
                         classes=10, train_images=6 * 2700, eval_images=512)
 QUICK_SHAPE = ThroughputShape("quick", depth=1, dim=16, heads=2, T=2, batch=16, eval_batch=32, image=8, channels=1,
                               classes=4, train_images=64, eval_images=64)
@@ -93,7 +93,6 @@ def _one(s: ThroughputShape, cfg: BenchConfig, quick: bool, device: torch.device
     from suite.data import load_data
     from suite.evaluate import evaluate
     from suite.train import compiled
-    from suite.train.batching import EVAL_BATCH_ID, eval_batch
     from suite.train.loop import make_model
 
     dev, p = str(device), f"{s.name}/"
@@ -124,9 +123,8 @@ def _one(s: ThroughputShape, cfg: BenchConfig, quick: bool, device: torch.device
     log(f"[4] {s.name}: first compiled step {compile_s:.1f} s ({'warm' if decision.warm_cache else 'cold'} cache "
         f"{decision.cache_dir}); auto for the reference study's dense run: {decision.reason}")
 
-    eval_bs = eval_batch(s.eval_batch, model, device.type)
-    eval_x = torch.rand(eval_bs, s.channels, s.image, s.image, generator=g).to(device)
-    batches = -(-s.eval_images // eval_bs)
+    eval_x = torch.rand(s.eval_batch, s.channels, s.image, s.image, generator=g).to(device)
+    batches = -(-s.eval_images // s.eval_batch)
 
     @torch.no_grad()
     def uncounted() -> None:
@@ -139,14 +137,7 @@ def _one(s: ThroughputShape, cfg: BenchConfig, quick: bool, device: torch.device
     def counted() -> None:
         evaluate(model, run, data, device, maps=False)
 
-    # the schema-1 batch (256) beside the default: what ``train.eval_batch_size: auto`` buys
-    run_id_batch = run.model_copy(update={"train": run.train.model_copy(update={"eval_batch_size": EVAL_BATCH_ID})})
-
-    def counted_id_batch() -> None:
-        evaluate(model, run_id_batch, data, device, maps=False)
-
     cases = {"train_eager": lambda: step(model), "train_compiled": lambda: step(fast), "eval_counted": counted,
-             "eval_counted_256": counted_id_batch,
              "eval_uncounted": uncounted}
     reps = min(cfg.reps_train, ROUNDS) if not quick else 2
     times = interleave(cases, warmup=cfg.warmup, reps=reps, device=device)
@@ -164,24 +155,18 @@ def _one(s: ThroughputShape, cfg: BenchConfig, quick: bool, device: torch.device
             float(decision.compiled), 1)
     train_ips = [s.batch / t for t in times[default]]
     count_ips = [s.eval_images / t for t in times["eval_counted"]]
-    plain_ips = [batches * eval_bs / t for t in times["eval_uncounted"]]
+    plain_ips = [batches * s.eval_batch / t for t in times["eval_uncounted"]]
     vs_train = paired_ratio(count_ips, train_ips)
     res.add(THROUGHPUT, p + "train_default", dev, "images_per_s", s.batch / med[default], 0.0, 1.0, n)
     res.add(THROUGHPUT, p + "eval_counted", dev, "images_per_s", s.eval_images / med["eval_counted"], 0.0, vs_train, n)
-    res.add(THROUGHPUT, p + "eval_uncounted", dev, "images_per_s", batches * eval_bs / med["eval_uncounted"],
+    res.add(THROUGHPUT, p + "eval_uncounted", dev, "images_per_s", batches * s.eval_batch / med["eval_uncounted"],
             0.0, paired_ratio(plain_ips, train_ips), n)
-    id_ips = [s.eval_images / t for t in times["eval_counted_256"]]
-    res.add(THROUGHPUT, p + "eval_counted_256", dev, "images_per_s", s.eval_images / med["eval_counted_256"], 0.0,
-            paired_ratio(id_ips, train_ips), n)
-    batch_gain = paired_ratio(count_ips, id_ips)
-    res.add(THROUGHPUT, p + "eval_counted", dev, "vs_batch_256", batch_gain, 0.0, batch_gain, n)
     vs_plain = paired_ratio(count_ips, plain_ips)  # < 1: what counting costs
     res.add(THROUGHPUT, p + "eval_counted", dev, "vs_uncounted", vs_plain, 0.0, vs_plain, n)
     log(f"[4] {s.name}: training step eager {med['train_eager'] * 1e3:.0f} ms, compiled "
         f"{med['train_compiled'] * 1e3:.0f} ms ({speed:.2f}x), default ({default}) {default_speed:.2f}x; evaluation "
         f"with counting {s.eval_images / med['eval_counted']:.0f} images/s = {vs_train:.2f}x training's, without "
-        f"counting {batches * eval_bs / med['eval_uncounted']:.0f} images/s; evaluation batch {eval_bs} (auto), "
-        f"{batch_gain:.2f}x the counted images/s at batch {EVAL_BATCH_ID}")
+        f"counting {batches * s.eval_batch / med['eval_uncounted']:.0f} images/s")
     if not quick:
         res.targets.append(Target(f"{s.name}: default training step vs eager (compiled: {decision.compiled})",
                                   default_speed, f">= {TARGET_DEFAULT_STEP:.1f}x", default_speed >= TARGET_DEFAULT_STEP))

@@ -10,8 +10,6 @@ from suite.config.energy import MemoryConfig
 from suite.config.fields import added_field, execution_field
 from suite.names import E_AC_PJ, E_MAC_PJ, NAME_PATTERN
 
-EVAL_BATCH_ID = 256  # schema 1's eval_batch_size: what run ids hash, and the batch eval.max_batches counts in
-
 PicoJoules = Annotated[float, Field(gt=0)]
 VariantName = Annotated[str, Field(pattern=NAME_PATTERN)]
 # the key maps of suite/models/convert.py (docs/checkpoints.md); suite = our own checkpoint.pt
@@ -41,10 +39,7 @@ class TrainConfig(BaseModel):
 
     epochs: int = Field(300, ge=1, le=100_000)  # cifar10.yml: 300
     batch_size: int = Field(128, ge=1, le=65_536)  # cifar10.yml: 128
-    # auto: chosen per run and device (suite/train/batching.py): on a CPU the largest power of two whose activations
-    # stay cache-sized, on an accelerator 256. How a run executes, not what it computes (the same images, the same
-    # per-image arithmetic): out of the run id, which hashes the schema-1 default 256 whatever it is set to
-    eval_batch_size: int | Literal["auto"] = execution_field("auto", id_value=EVAL_BATCH_ID)
+    eval_batch_size: int = Field(256, ge=1, le=65_536)
     lr: float = Field(5e-4, gt=0, le=10)  # cifar10.yml: 5e-4
     min_lr: float = Field(1e-5, ge=0)  # cifar10.yml: 1e-5
     weight_decay: float = Field(6e-2, ge=0)  # cifar10.yml: 6e-2
@@ -97,13 +92,6 @@ class TrainConfig(BaseModel):
     def _yaml_off(cls, value: Any) -> Any:
         """YAML 1.1 reads a bare ``off`` as false: ``amp: off`` means off."""
         return "off" if value is False else value
-
-    @field_validator("eval_batch_size")
-    @classmethod
-    def _eval_batch(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 65_536:
-            raise ValueError(f"eval_batch_size must be auto or an integer in [1, 65536], not {value}")
-        return value
 
     @field_validator("compile", mode="before")
     @classmethod

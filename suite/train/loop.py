@@ -32,7 +32,6 @@ from suite.models.policies.calibrate import CALIBRATION_IMAGES, calibrate_gate
 from suite.models.policies.tokens import HALTING_LOSSES, loss_warmup
 from suite.names import CHECKPOINT
 from suite.train import compiled
-from suite.train.batching import eval_batch
 from suite.train.checkpoint import (
     get_rng,
     load_checkpoint,
@@ -247,8 +246,8 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
         failure: BaseException | None = None
         if main:
             try:
-                row.update(_validate(model if ema is None else ema.module, data, device, amp,
-                                     eval_batch(tc.eval_batch_size, model, device.type), tc.num_workers))
+                row.update(_validate(model if ema is None else ema.module, data, device, amp, tc.eval_batch_size,
+                                     tc.num_workers))
                 spent += time.perf_counter() - t0
                 row.update(epoch=epoch + 1, lr=opt.param_groups[0]["lr"], epoch_time_s=time.perf_counter() - t0)
                 history.append(row)
