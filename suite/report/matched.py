@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -123,7 +123,7 @@ def matched(rec: StudyRecords, settings: ReportConfig) -> list[Matched]:
                            tuple(seeds), tuple(diffs), paired_stats(diffs, settings.confidence, settings.margin)
                            if seeds else {"n": 0, "mean": math.nan}, note))
     adjusted = holm([m.stats.get("p", math.nan) for m in out])
-    return [Matched(m.label, m.drop, m.token_pct, m.seeds, m.diffs, m.stats, m.note, p) for m, p in zip(out, adjusted)]
+    return [replace(m, p_holm=p) for m, p in zip(out, adjusted)]
 
 
 def _interval(s: dict) -> str:
@@ -162,10 +162,10 @@ def matched_table(rec: StudyRecords, settings: ReportConfig) -> Table | None:
     return Table(f"{rec.name}: against random dropping at equal token-units", HEADERS, rows, notes, labels=2)
 
 
-def _energy_ratio(rec: StudyRecords, res: Result) -> float:
-    """Mean energy (primary convention) of ``res.label`` over that of its reference, over the paired seeds."""
+def _energy_ratio(rec: StudyRecords, units: pd.DataFrame, res: Result) -> float:
+    """Mean energy (primary convention) of ``res.label`` over that of its reference, over the paired seeds
+    (``units``: ``stats.eval_units(rec)``)."""
     column = energy_column(rec.energy_convention)
-    units = eval_units(rec)
     if column not in units or not res.seeds:
         return math.nan
     mine = units[(units["label"] == res.label) & units["seed"].isin(res.seeds)]
@@ -175,13 +175,15 @@ def _energy_ratio(rec: StudyRecords, res: Result) -> float:
     return 100.0 * float(mine[column].mean()) / float(ref[column].mean())
 
 
-def claim_table(rec: StudyRecords, settings: ReportConfig) -> Table | None:
-    """Per label with a policy or fewer token-units than dense: does it meet ``report.claim``? None without one."""
+def claim_table(rec: StudyRecords, settings: ReportConfig, results: Sequence[Result] | None = None) -> Table | None:
+    """Per label with a policy or fewer token-units than dense: does it meet ``report.claim``? None without one
+    (``results``: ``stats.compare(rec, settings)`` when the caller has it)."""
     claim = settings.claim
     if claim is None:
         return None
     alpha = 1 - settings.confidence
-    by = {(r.label, r.role, r.metric): r for r in compare(rec, settings)}
+    by = {(r.label, r.role, r.metric): r for r in (compare(rec, settings) if results is None else results)}
+    units = eval_units(rec)
     rows = []
     for (label, role, metric), acc in by.items():
         if metric != "accuracy" or acc.kind != PAIRED:
@@ -193,7 +195,7 @@ def claim_table(rec: StudyRecords, settings: ReportConfig) -> Table | None:
         variant = rec.study.variants.get(str(acc.label).split(" @ ")[0]) if rec.study is not None else None
         if not pct < 100.0 and (variant is None or not has_policy(variant)):
             continue  # dense, or fine-tuned dense: nothing claimed
-        energy = _energy_ratio(rec, acc)
+        energy = _energy_ratio(rec, units, acc)
         misses = []
         if not acc.p_tost < alpha:
             misses.append(f"not equivalent within ±{settings.margin:g} pt")

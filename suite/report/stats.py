@@ -448,9 +448,11 @@ def paired_notes(results: Sequence[Result], settings: ReportConfig) -> tuple[str
     return tuple(notes)
 
 
-def paired_table(rec: StudyRecords, settings: ReportConfig) -> tuple[Table | None, pd.DataFrame]:
-    """The paired table (None when nothing could be compared) and the tidy ``stats.csv`` frame."""
-    results = compare(rec, settings)
+def paired_table(rec: StudyRecords, settings: ReportConfig,
+                 results: Sequence[Result] | None = None) -> tuple[Table | None, pd.DataFrame]:
+    """The paired table (None when nothing could be compared) and the tidy ``stats.csv`` frame (``results``:
+    ``compare(rec, settings)`` when the caller has it)."""
+    results = compare(rec, settings) if results is None else results
     frame = stats_frame(results, settings.confidence)
     rows = paired_rows(results, settings)
     if not rows:

@@ -18,7 +18,7 @@ from suite.report.content import Table
 from suite.report.energy import sensitivity_table
 from suite.report.load import StudyRecords, budget_note, fmt_value, off_split_note, parsed_setting
 from suite.report.matched import claim_table, matched_table
-from suite.report.stats import paired_table, report_settings
+from suite.report.stats import compare, paired_table, report_settings
 from suite.report.style import ENERGY_UNIT, STD_NOTE, Stat, ci_half, decimals, fmt_pm, slug, stat
 
 MAIN_HEADERS = ("variant", "n seeds", "accuracy (%)", "token-units (% of dense)", "timesteps (mean)",
@@ -229,7 +229,9 @@ def write_tables(rec: StudyRecords, out: Path, settings: ReportConfig | None = N
     ``matched.md`` (a drop variant to compare at equal token-units) and ``claim.md`` (``report.claim`` set);
     a stale optional table goes."""
     table = main_table(rec)
-    paired, frame = paired_table(rec, settings or report_settings(rec))
+    settings = settings or report_settings(rec)
+    results = compare(rec, settings)  # the paired table's, and the claim's
+    paired, frame = paired_table(rec, settings, results)
     tables = [table] + ([paired] if paired is not None else [])
     label = f"tab:{slug(rec.name)}"
     md = "\n".join(table_markdown(t) for t in tables)
@@ -238,10 +240,9 @@ def write_tables(rec: StudyRecords, out: Path, settings: ReportConfig | None = N
         tex += "\n" + table_latex(paired, f"{label}-paired")
     paths = [write_text(out / "table.md", md), write_text(out / "table.tex", tex),
              write_text(out / STATS_TABLE, frame.to_csv(index=False, float_format="%.6g"))]
-    settings = settings or report_settings(rec)
     for name, optional in (("energy_sensitivity.md", sensitivity_table(rec)), ("evals.md", evals_table(rec)),
                            ("diagnostics.md", diagnostics_table(rec, settings.confidence)),
-                           ("matched.md", matched_table(rec, settings)), ("claim.md", claim_table(rec, settings))):
+                           ("matched.md", matched_table(rec, settings)), ("claim.md", claim_table(rec, settings, results))):
         if optional is not None:
             paths.append(write_text(out / name, table_markdown(optional)))
             tables.append(optional)
