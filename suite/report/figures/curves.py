@@ -16,7 +16,7 @@ import pandas as pd
 from suite.names import HISTORY
 from suite.report.content import Figure
 from suite.report.load import StudyRecords
-from suite.report.style import CI_NOTE, column_ci, legend_outside, marker_handle, save, style, t_half_width
+from suite.report.style import CI_NOTE, ci_half, column_ci, legend_outside, marker_handle, save, stat, style
 
 STEM, TITLE = "learning_curves", "Learning curves"
 
@@ -54,11 +54,8 @@ def _matrix(frames: list[pd.DataFrame], column: str) -> tuple[np.ndarray, np.nda
 
 def last_gain(frames: list[pd.DataFrame]) -> tuple[float, float, int]:
     """Mean over seeds of the validation accuracy's change over the last epoch, its t half-width and n."""
-    gains = [float(f["val_acc"].iloc[-1] - f["val_acc"].iloc[-2]) for f in frames if len(f) >= 2]
-    if not gains:
-        return math.nan, math.nan, 0
-    sd = float(np.std(gains, ddof=1)) if len(gains) > 1 else math.nan
-    return float(np.mean(gains)), t_half_width(sd, len(gains)), len(gains)
+    s = stat(pd.Series([f["val_acc"].iloc[-1] - f["val_acc"].iloc[-2] for f in frames if len(f) >= 2], dtype=float))
+    return s.mean, ci_half(s), s.n
 
 
 def curves_figure(rec: StudyRecords, out: Path) -> Figure | None:
@@ -77,6 +74,8 @@ def curves_figure(rec: StudyRecords, out: Path) -> Figure | None:
         color, marker = style(rec, config)
         for column, ls in (("val_acc", "-"), ("train_acc", "--")):
             epochs, arr = _matrix(frames, column)
+            if column == "val_acc":  # histories() keeps only configs with a validation accuracy
+                last_epoch[variant] = offset + float(epochs[-1])
             if np.isnan(arr).all():
                 continue
             mean = np.nanmean(arr, axis=0)
@@ -84,7 +83,6 @@ def curves_figure(rec: StudyRecords, out: Path) -> Figure | None:
             ax.errorbar(epochs + offset, mean, yerr=half if column == "val_acc" else None, color=color,
                         marker=marker if column == "val_acc" else None, ms=2.5, lw=1, ls=ls, capsize=1.5,
                         alpha=1.0 if column == "val_acc" else 0.6)
-        last_epoch[variant] = offset + float(_matrix(frames, "val_acc")[0][-1])
         handles.append(marker_handle(color, marker, f"{config} (n={len(frames)})"))
         if offset == 0.0:
             mean, half, n = last_gain(frames)
