@@ -42,8 +42,10 @@ from suite.metrics import (
     token_pct,
 )
 from suite.models import Backbone
+from suite.models.lif_fused import compiled_kernels
 from suite.models.policies import overhead
 from suite.train import make_model
+from suite.train.compiled import eval_kernels
 
 COUNTING_VERSION = 2  # details.counting_version: token-units under the one rule (older: suite.records_migrate)
 COUNTING = ("token_units: (token, block, timestep) units the blocks processed, summed over blocks and steps; a "
@@ -62,8 +64,10 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, maps: bool = True) -> EvalResult:
-    """Evaluate ``model`` for ``run`` (a RunConfig) on its evaluation split."""
+def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, maps: bool = True,
+             kernels: bool | None = None) -> EvalResult:
+    """Evaluate ``model`` for ``run`` (a RunConfig) on its evaluation split. ``kernels``: run the LIF as compiled
+    kernels (None: as ``train.compile`` decides for this many images, ``suite.train.compiled.eval_kernels``)."""
     ec = run.eval
     ds = data.test if ec.split == "test" or data.val is None else data.val
     model.eval()
@@ -87,45 +91,48 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     n_maps = ec.heatmap_images if maps else 0
     # the dataset-level diagnostics read every batch's maps (a token policy; a dense model keeps every token)
     shares = ActiveShares() if model.token_policy is not None and run.dataset.name in BACKGROUND_DATASETS else None
-    for b, (x, y) in enumerate(loader):
-        if ec.max_batches is not None and b >= ec.max_batches:
-            break
-        x, y = x.to(device), y.to(device)
-        static_input = x.dim() == 4  # [B, C, H, W]: the same image at every step (event data: [B, T, ...])
-        # counted in fp32 always, even inside a caller's autocast: bf16 would change membrane sums, so spikes and counts
-        with torch.autocast(device.type, enabled=False):
-            out = model(x, count=True, record_maps=shares is not None or sum(map(len, sample["images"])) < n_maps)
-        functional.reset_net(model)
-        logits = out.logits.float()
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(-1) == y).sum())
-        seen += x.shape[0]
-        act = processed_units(out)  # [B, L, T]
-        if run.time.exit is not None and out.step_logits is not None:
-            res = early_exit(out.step_logits.float(), run.time.exit)
-            exit_steps.append(res.exit_step.cpu())
-            exit_correct += int((res.pred == y).sum())
-            macs, acs = overhead.exit_test(float(res.exit_step.sum()), model.head.out_features, model.head.in_features)
-            out.ctx.overhead("policy.exit_test", block=-1, macs=macs, acs=acs)
-            act = act * (torch.arange(T) < res.exit_step.cpu().view(-1, 1, 1))  # the steps after the exit are skipped
-        active_sum += act.sum(0)
-        units.append(act.sum((1, 2)))
-        ops = merge_counts(ops, out.ctx.ops)
-        policy_ops = merge_counts(policy_ops, out.ctx.policy_ops)
-        spikes = merge_spikes(spikes, out.ctx.spikes)
-        similarity = merge_spikes(similarity, out.ctx.similarity)  # the same [sum, count] bookkeeping
-        if out.token_depth is not None:
-            depth_hist += torch.bincount(out.token_depth.long().flatten().cpu(), minlength=L * T + 1)[:L * T + 1]
-        if shares is not None:
-            shares.add(out.maps, foreground(x, model.grid))
-        take = n_maps - sum(map(len, sample["images"]))
-        if out.maps is not None and take > 0:
-            sample["images"].append(x[:take].float().cpu().numpy())
-            sample["maps"].append(out.maps[:take].cpu().numpy())
-            sample["labels"].append(y[:take].cpu().numpy())
-            sample["pred"].append(logits[:take].argmax(-1).cpu().numpy())
-            if out.merged_maps is not None:  # new records keep merged-away tokens apart from halted ones
-                sample.setdefault("merged", []).append(out.merged_maps[:take].cpu().numpy())
+    images = len(ds) if ec.max_batches is None else min(len(ds), ec.max_batches * run.train.eval_batch_size)
+    kernels = eval_kernels(run.train.compile, images, device) if kernels is None else kernels
+    with compiled_kernels(kernels):
+        for b, (x, y) in enumerate(loader):
+            if ec.max_batches is not None and b >= ec.max_batches:
+                break
+            x, y = x.to(device), y.to(device)
+            static_input = x.dim() == 4  # [B, C, H, W]: the same image at every step (event data: [B, T, ...])
+            # counted in fp32 always, even inside a caller's autocast: bf16 would change membrane sums, so spikes and counts
+            with torch.autocast(device.type, enabled=False):
+                out = model(x, count=True, record_maps=shares is not None or sum(map(len, sample["images"])) < n_maps)
+            functional.reset_net(model)
+            logits = out.logits.float()
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(-1) == y).sum())
+            seen += x.shape[0]
+            act = processed_units(out)  # [B, L, T]
+            if run.time.exit is not None and out.step_logits is not None:
+                res = early_exit(out.step_logits.float(), run.time.exit)
+                exit_steps.append(res.exit_step.cpu())
+                exit_correct += int((res.pred == y).sum())
+                macs, acs = overhead.exit_test(float(res.exit_step.sum()), model.head.out_features, model.head.in_features)
+                out.ctx.overhead("policy.exit_test", block=-1, macs=macs, acs=acs)
+                act = act * (torch.arange(T) < res.exit_step.cpu().view(-1, 1, 1))  # the steps after the exit are skipped
+            active_sum += act.sum(0)
+            units.append(act.sum((1, 2)))
+            ops = merge_counts(ops, out.ctx.ops)
+            policy_ops = merge_counts(policy_ops, out.ctx.policy_ops)
+            spikes = merge_spikes(spikes, out.ctx.spikes)
+            similarity = merge_spikes(similarity, out.ctx.similarity)  # the same [sum, count] bookkeeping
+            if out.token_depth is not None:
+                depth_hist += torch.bincount(out.token_depth.long().flatten().cpu(), minlength=L * T + 1)[:L * T + 1]
+            if shares is not None:
+                shares.add(out.maps, foreground(x, model.grid))
+            take = n_maps - sum(map(len, sample["images"]))
+            if out.maps is not None and take > 0:
+                sample["images"].append(x[:take].float().cpu().numpy())
+                sample["maps"].append(out.maps[:take].cpu().numpy())
+                sample["labels"].append(y[:take].cpu().numpy())
+                sample["pred"].append(logits[:take].argmax(-1).cpu().numpy())
+                if out.merged_maps is not None:  # new records keep merged-away tokens apart from halted ones
+                    sample.setdefault("merged", []).append(out.merged_maps[:take].cpu().numpy())
     u = torch.cat(units)
     m: dict[str, float] = {
         "accuracy": 100 * correct / seen,
@@ -160,6 +167,7 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
     fired, updated = (sum(v[i] for v in spikes.values()) for i in (0, 1))  # spikes, LIF element-steps
     details["neuron_updates"] = updated / seen  # LIF elements updated per image
     details["static_input"] = static_input
+    details["lif_kernels"] = "compiled" if kernels else "eager"  # the same spikes either way (lif_fused)
     m.update(neurobench_metrics(details["ops"], seen))
     m.update(static_metrics(model))
     m["ActivationSparsity"] = 1.0 - fired / max(updated, 1.0)

@@ -597,3 +597,51 @@ def test_spikingjelly_energy_constants_and_simple_energy() -> None:
     assert report.energy_mac_pj == 0.0
     # spikingjelly also charges memory traffic (weight reads), which the Spikformer-family model omits.
     assert report.energy_memory_pj > 0 and report.energy_total_pj > ours["energy_exact_uj"] * 1e6
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 1, 4), (6,), ()])
+def test_nonzeros_equals_count_nonzero(shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The float32-flag count is torch's exact count, in all of x and along dims, and so is its int64 fallback."""
+    from suite.models import context
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, shape, generator=g).float() * torch.rand(shape, generator=g).round()
+    dims = [None] + ([0, -1, (0, -1)] if len(shape) > 1 else [])
+    for limit in (context.EXACT_FP32_COUNT, 1):  # 1: every count takes the int64 path
+        monkeypatch.setattr(context, "EXACT_FP32_COUNT", limit)
+        for dim in dims:
+            got = context.nonzeros(x, dim)
+            want = torch.count_nonzero(x) if dim is None else torch.count_nonzero(x, dim=dim)
+            assert got.dtype == torch.float64 and torch.equal(got, want.double()), (limit, dim)
+    assert float(context.nonzeros(x)) > 0 or x.numel() <= 1
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 5), (4, 1), (2, 2), (2, 5), (3, 3), (7, 6)])
+def test_covered_nonzeros_equals_per_pixel_cover(hw: tuple[int, int]) -> None:
+    """The border formula for a 3x3, padding-1 conv's exact SOPs equals the per-pixel window count (a conv of
+    ones) it replaced, corners and one-pixel-wide maps included."""
+    from suite.models.layers import _covered_nonzeros
+
+    H, W = hw
+    x = (torch.rand(2, 3, 4, H, W, generator=torch.Generator().manual_seed(H * 10 + W)) < 0.4).float()
+    cover = torch.nn.functional.conv2d(torch.ones(1, 1, H, W), torch.ones(1, 1, 3, 3), padding=1)[0, 0]
+    want = ((x != 0).sum((0, 1, 2)).double() * cover.double()).sum()
+    nz, windows = _covered_nonzeros(x)
+    assert float(nz) == float((x != 0).sum()) and float(windows) == float(want) and float(want) > 0
+
+
+def test_shared_input_reading_is_reused_and_invalidated() -> None:
+    """Q, K and V read one input once; an in-place change or another input, mask or active set reads it again."""
+    ctx = Context(T=2, count=True)
+    x = (torch.rand(2, 3, 5, 4, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    first = ctx._input_stats(x, torch.ones(2, 1, 1, 1), None, None)
+    assert ctx._input_stats(x, torch.ones(2, 1, 1, 1), None, None) is first  # reused
+    x.mul_(2)  # in place: a new version
+    again = ctx._input_stats(x, torch.ones(2, 1, 1, 1), None, None)
+    assert again is not first and float(again[1]) == 2 * float(first[1]) and again[2] and not first[2]
+    m = torch.tensor([1.0, 0.0])
+    masked = ctx._input_stats(x, m.view(-1, 1, 1, 1), None, m)
+    assert float(masked[0]) == float(torch.count_nonzero(x[0]))
+    assert ctx._input_stats(x, m.view(-1, 1, 1, 1), None, m.clone()) is masked  # masks compare by value
+    active = torch.ones(2, 3, 5)
+    assert ctx._input_stats(x, active.unsqueeze(-1), active, None) is not masked

@@ -58,3 +58,69 @@ variants: {v: {tokens: {halting: {}}}}
         ref = model(x, count=True)
     assert torch.equal(ours.logits, ref.logits)
     assert {k: vars(v) for k, v in ours.ctx.ops.items()} == {k: vars(v) for k, v in ref.ctx.ops.items()}
+
+
+def test_compiled_kernel_equals_spikingjelly_bit_for_bit():
+    """Inside ``compiled_kernels(True)`` the LIF runs as an inductor kernel: the same spikes and potentials, for a
+    second shape and threshold too (one kernel each), and nothing is compiled outside the block."""
+    from suite.models import lif_fused
+
+    g = torch.Generator().manual_seed(3)
+    for shape, threshold in (((4, 3, 7, 16), 1.0), ((2, 5, 9), 0.5)):
+        kw = dict(tau=2.0, v_threshold=threshold, v_reset=0.0, step_mode="m", detach_reset=True)
+        ref, ours = neuron.LIFNode(**kw), LIFNode(**kw)
+        x = torch.randn(*shape, generator=g) * 1.5 + 0.5
+        with torch.no_grad(), lif_fused.compiled_kernels(True):
+            s_ours = ours(x)
+        assert lif_fused._kernel["fn"] is not None and not lif_fused._kernel["failed"]
+        with torch.no_grad():
+            s_ref = ref(x)
+        assert torch.equal(s_ref, s_ours) and torch.equal(ref.v, ours.v) and 0 < float(s_ours.mean()) < 1
+    assert lif_fused._kernel["enabled"] is False
+
+
+def test_kernel_that_cannot_compile_runs_eagerly_with_a_warning(monkeypatch, caplog):
+    from suite.models import lif_fused
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setitem(lif_fused._kernel, "fn", broken)
+    monkeypatch.setitem(lif_fused._kernel, "failed", False)
+    kw = dict(tau=2.0, v_threshold=1.0, v_reset=0.0, step_mode="m", detach_reset=True)
+    ref, ours = neuron.LIFNode(**kw), LIFNode(**kw)
+    x = torch.randn(3, 2, 8, generator=torch.Generator().manual_seed(0)) * 2
+    with torch.no_grad(), lif_fused.compiled_kernels(True), caplog.at_level("WARNING", logger="spikesuite"):
+        s_ours = ours(x)
+    assert torch.equal(ref(x).detach(), s_ours) and lif_fused._kernel["failed"]
+    assert "not compiled (RuntimeError: no C++ compiler)" in caplog.text
+
+
+@pytest.mark.parametrize("setting,images,compiled", [("auto", 1999, False), ("auto", 2000, True), ("on", 8, True),
+                                                     ("off", 10**6, False)])
+def test_eval_kernels_follow_train_compile(setting, images, compiled):
+    from suite.train.compiled import eval_kernels
+
+    assert eval_kernels(setting, images, torch.device("cpu")) is compiled
+    assert eval_kernels(setting, images, torch.device("meta")) is False  # the fast LIF is the CPU's only
+
+
+def test_evaluation_with_compiled_kernels_records_the_same_numbers():
+    """A whole counted evaluation with compiled LIF kernels equals the eager one, metric for metric."""
+    from suite.evaluate import evaluate
+
+    run = expand(parse_study("""
+name: l
+dataset: {name: synthetic, synthetic: {train_size: 8, test_size: 24}}
+model: {depth: 1, dim: 16, heads: 2, T: 2}
+train: {eval_batch_size: 8}
+variants: {v: {tokens: {halting: {}}}}
+"""))[0].config
+    data = load_data(run.dataset)
+    model = make_model(run, data)
+    eager = evaluate(model, run, data, torch.device("cpu"), maps=False, kernels=False)
+    fast = evaluate(model, run, data, torch.device("cpu"), maps=False, kernels=True)
+    assert eager.metrics == fast.metrics and eager.details["lif_kernels"] == "eager"
+    assert fast.details["lif_kernels"] == "compiled"
+    assert {k: v for k, v in eager.details.items() if k != "lif_kernels"} == \
+        {k: v for k, v in fast.details.items() if k != "lif_kernels"}

@@ -10,9 +10,11 @@ Cases per configuration, timed interleaved round by round (``common.interleave``
 - ``<cfg>/train_default``: what ``train.compile: auto`` picks for the reference study's dense run at that shape
   (one of the two above; row ``default_compiled`` says which), ratio = eager / default step time;
 - ``<cfg>/eval_counted``: ``suite.evaluate.evaluate`` (counting, every metric a run records) over ``eval_images``
-  synthetic images at the evaluation batch size, and ``<cfg>/eval_uncounted``: the same batches through the
-  eval-mode forward without counting. Images/s ratios: counted evaluation / default training (target >= 2.5x),
-  counted / uncounted (the cost of counting).
+  synthetic images at the evaluation batch size, with the LIF kernels ``train.compile: auto`` picks for the
+  reference study's evaluation (``ref_eval_images``: compiled from ``EVAL_COMPILE_MIN_IMAGES``), and
+  ``<cfg>/eval_uncounted``: the same batches through the eval-mode forward without counting, same kernels;
+  ``<cfg>/eval_counted_eager``: counted with the eager LIF loop. Images/s ratios: counted evaluation / default
+  training (target >= 2.5x), counted / uncounted (the cost of counting), counted / counted eager (the kernels).
 
 Part 3 (the smoke study in a fresh results directory) is the third throughput figure; its target is 120 s.
 """
@@ -58,7 +60,8 @@ class ThroughputShape:
     channels: int
     classes: int
     train_images: int  # the reference study's training images x epochs of its dense run (auto's estimate)
-    eval_images: int
+    eval_images: int  # timed per round
+    ref_eval_images: int = 2000  # the reference study's evaluation (auto's choice of LIF kernels)
 
 
 FASHION = ThroughputShape("fashion", depth=2, dim=64, heads=8, T=4, batch=128, eval_batch=256, image=28, channels=1,
@@ -66,7 +69,8 @@ FASHION = ThroughputShape("fashion", depth=2, dim=64, heads=8, T=4, batch=128, e
 CIFAR = ThroughputShape("cifar", depth=2, dim=128, heads=8, T=4, batch=32, eval_batch=256, image=32, channels=3,
                         classes=10, train_images=6 * 2700, eval_images=512)
 QUICK_SHAPE = ThroughputShape("quick", depth=1, dim=16, heads=2, T=2, batch=16, eval_batch=32, image=8, channels=1,
-                              classes=4, train_images=64, eval_images=64)
+                              classes=4, train_images=64, eval_images=64,
+                              ref_eval_images=64)
 
 
 def _study_text(s: ThroughputShape) -> str:
@@ -92,6 +96,7 @@ def _one(s: ThroughputShape, cfg: BenchConfig, quick: bool, device: torch.device
     from suite.config import expand, parse_study
     from suite.data import load_data
     from suite.evaluate import evaluate
+    from suite.models.lif_fused import compiled_kernels
     from suite.train import compiled
     from suite.train.loop import make_model
 
@@ -126,18 +131,22 @@ def _one(s: ThroughputShape, cfg: BenchConfig, quick: bool, device: torch.device
     eval_x = torch.rand(s.eval_batch, s.channels, s.image, s.image, generator=g).to(device)
     batches = -(-s.eval_images // s.eval_batch)
 
+    kernels = compiled.eval_kernels(run.train.compile, s.ref_eval_images, device)
+    log(f"[4] {s.name}: evaluation LIF kernels for a {s.ref_eval_images}-image evaluation (auto): "
+        f"{'compiled' if kernels else 'eager'}")
+
     @torch.no_grad()
     def uncounted() -> None:
         model.eval()
-        for _ in range(batches):
-            with autocast(device):
-                model(eval_x)
-            functional.reset_net(model)
+        with compiled_kernels(kernels):
+            for _ in range(batches):
+                with autocast(device):
+                    model(eval_x)
+                functional.reset_net(model)
 
-    def counted() -> None:
-        evaluate(model, run, data, device, maps=False)
-
-    cases = {"train_eager": lambda: step(model), "train_compiled": lambda: step(fast), "eval_counted": counted,
+    cases = {"train_eager": lambda: step(model), "train_compiled": lambda: step(fast),
+             "eval_counted": lambda: evaluate(model, run, data, device, maps=False, kernels=kernels),
+             "eval_counted_eager": lambda: evaluate(model, run, data, device, maps=False, kernels=False),
              "eval_uncounted": uncounted}
     reps = min(cfg.reps_train, ROUNDS) if not quick else 2
     times = interleave(cases, warmup=cfg.warmup, reps=reps, device=device)
@@ -163,10 +172,16 @@ def _one(s: ThroughputShape, cfg: BenchConfig, quick: bool, device: torch.device
             0.0, paired_ratio(plain_ips, train_ips), n)
     vs_plain = paired_ratio(count_ips, plain_ips)  # < 1: what counting costs
     res.add(THROUGHPUT, p + "eval_counted", dev, "vs_uncounted", vs_plain, 0.0, vs_plain, n)
+    eager_ips = [s.eval_images / t for t in times["eval_counted_eager"]]
+    res.add(THROUGHPUT, p + "eval_counted_eager", dev, "images_per_s", s.eval_images / med["eval_counted_eager"],
+            0.0, paired_ratio(eager_ips, train_ips), n)
+    res.add(THROUGHPUT, p + "eval_counted", dev, "vs_eager_kernels", paired_ratio(count_ips, eager_ips), 0.0,
+            paired_ratio(count_ips, eager_ips), n)
     log(f"[4] {s.name}: training step eager {med['train_eager'] * 1e3:.0f} ms, compiled "
         f"{med['train_compiled'] * 1e3:.0f} ms ({speed:.2f}x), default ({default}) {default_speed:.2f}x; evaluation "
         f"with counting {s.eval_images / med['eval_counted']:.0f} images/s = {vs_train:.2f}x training's, without "
-        f"counting {batches * s.eval_batch / med['eval_uncounted']:.0f} images/s")
+        f"counting {batches * s.eval_batch / med['eval_uncounted']:.0f} images/s, with counting and the eager LIF "
+        f"{s.eval_images / med['eval_counted_eager']:.0f} images/s")
     if not quick:
         res.targets.append(Target(f"{s.name}: default training step vs eager (compiled: {decision.compiled})",
                                   default_speed, f">= {TARGET_DEFAULT_STEP:.1f}x", default_speed >= TARGET_DEFAULT_STEP))

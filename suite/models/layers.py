@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from suite.config import NeuronConfig
-from suite.models.context import Context, LayerShape, sum64
+from suite.models.context import Context, LayerShape, nonzeros, sum64
 from suite.models.neurons import make_lif
 
 
@@ -26,13 +26,10 @@ def count_conv3x3(ctx: Context, name: str, x: Tensor, cout: int, group: str | No
     B, cin, H, W = x.shape[1:]
     per_step_dense = float(H * W * cin * 9 * cout)  # stride 1, padding 1: one 3x3 window per output
     dense = per_step_dense * B * float(steps.sum())
-    # An input pixel feeds every output window that covers it (4 at corners, 6 at edges, 9 inside).
-    cover = F.conv2d(torch.ones(1, 1, H, W, device=x.device, dtype=x.dtype),
-                     torch.ones(1, 1, 3, 3, device=x.device, dtype=x.dtype), padding=1)[0, 0]
     xs = x if m is None else x * steps.view(-1, 1, 1, 1, 1)
-    nz_pixel = (xs != 0).sum((0, 1, 2))  # [H, W] int64: non-zero inputs at each position (exact)
-    exact = (nz_pixel.double() * cover.double()).sum() * cout
-    memory = LayerShape(inputs_nz=float(nz_pixel.sum()), outputs=float(steps.sum()) * B * cout * H * W,
+    nz, windows = _covered_nonzeros(xs)
+    exact = windows * cout
+    memory = LayerShape(inputs_nz=float(nz), outputs=float(steps.sum()) * B * cout * H * W,
                         weights=cin * cout * 9, biases=cout, fan_out=cout * 9, in_size=cin * H * W,
                         out_size=cout * H * W, synops=float(exact))
     if analog:
@@ -45,6 +42,22 @@ def count_conv3x3(ctx: Context, name: str, x: Tensor, cout: int, group: str | No
         * float(steps.sum()) if float(steps.sum()) else torch.tensor(0.0)
     ctx.synapse(name, kind="stem", block=-1, x=xs, fan_out=cout, active=None, group=group,
                 exact=exact, paper=paper, dense=torch.tensor(dense, dtype=torch.float64), memory=memory)
+
+
+def _covered_nonzeros(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Non-zeros of ``x`` [..., H, W] and the sum over them of the 3x3 windows (padding 1) covering each: 9 inside,
+    6 on an edge, 4 in a corner, i.e. 9 per non-zero, less 3 per non-zero on each border row and column, plus 1
+    per non-zero corner (counted on two borders). float64, exact; the borders are thin slices, so this reads ``x``
+    about once (a per-pixel count would sum a full-size int64 copy)."""
+    H, W = x.shape[-2:]
+    nz = nonzeros(x)
+    if H < 2 or W < 2:  # one row or column: every pixel is on both borders of that axis; count per pixel
+        cover = F.conv2d(torch.ones(1, 1, H, W, device=x.device), torch.ones(1, 1, 3, 3, device=x.device),
+                         padding=1)[0, 0].double()
+        return nz, (nonzeros(x, tuple(range(x.dim() - 2))) * cover).sum()
+    border = sum(nonzeros(e) for e in (x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]))
+    corners = sum(nonzeros(x[..., i, j]) for i in (0, -1) for j in (0, -1))
+    return nz, 9 * nz - 3 * border + corners
 
 
 @torch.no_grad()
@@ -60,10 +73,11 @@ def count_conv1x1(ctx: Context, name: str, x: Tensor, cout: int, stride: int, gr
     h, w = read.shape[-2:]
     active_steps = float(steps.sum())
     dense = float(h * w * cin * cout) * B * active_steps
-    exact = (read != 0).sum(dtype=torch.float64) * cout
+    nz = nonzeros(read)
+    exact = nz * cout
     paper = xs.sum(dtype=torch.float64) / (active_steps * B * cin * H * W) * dense if active_steps else \
         torch.tensor(0.0, dtype=torch.float64)
-    memory = LayerShape(inputs_nz=float((read != 0).sum(dtype=torch.float64)), outputs=active_steps * B * cout * h * w,
+    memory = LayerShape(inputs_nz=float(nz), outputs=active_steps * B * cout * h * w,
                         weights=cin * cout, biases=cout, fan_out=cout, in_size=cin * H * W, out_size=cout * h * w,
                         synops=float(exact))
     ctx.synapse(name, kind="stem", block=-1, x=read, fan_out=cout, active=None, group=group, exact=exact,

@@ -44,6 +44,9 @@ EAGER_FLOPS = {"cpu": 40e9, "cuda": 2e12}
 COMPILE_S = {"cpu": (75.0, 20.0), "cuda": (60.0, 15.0)}
 COMPILE_SPEEDUP = 1.78  # measured compiled / eager step speed on the CPU host (issue 26)
 AUTO_PAYBACK = 3.0  # auto compiles when estimated eager training time >= this x the compile time (break-even ~2.3)
+# Evaluation's LIF kernels (``suite.models.lif_fused.compiled_kernels``): auto compiles them for an evaluation or
+# validation pass of at least this many images (docs/throughput.md: the compile cost against the time they save).
+EVAL_COMPILE_MIN_IMAGES = 2000
 BACKEND = "inductor"  # tests swap in "aot_eager" to check the plumbing without inductor's compile time
 
 
@@ -155,6 +158,16 @@ def decide(run, model: nn.Module, sample: torch.Tensor | None, images: int, batc
     reason = (f"auto: estimated eager training {train_s:.0f} s {'>=' if compiled else '<'} {AUTO_PAYBACK:g} x "
               f"estimated compile {compile_s:.0f} s ({'warm' if warm else 'cold'} cache)")
     return CompileDecision(setting, compiled, reason, train_s, compile_s, warm, where, key)
+
+
+def eval_kernels(setting: str, images: int, device: torch.device) -> bool:
+    """Whether a no-gradient pass over ``images`` images runs the LIF as compiled kernels (the CPU only, where
+    ``suite.models.lif_fused`` applies): ``on`` always, ``off`` never, ``auto`` from ``EVAL_COMPILE_MIN_IMAGES``.
+    Bit for bit the eager loop's spikes, so unlike the training forward it changes no number."""
+    compiled = device.type == "cpu" and (setting == "on" or (setting == "auto" and images >= EVAL_COMPILE_MIN_IMAGES))
+    if compiled:
+        use_cache()
+    return compiled
 
 
 def compile_model(module: nn.Module, backend: str | None = None) -> nn.Module:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from baselines.temporal import tet_loss
 from suite.data import DataBundle, make_loader
 from suite.models import Backbone, build_model
+from suite.models.lif_fused import compiled_kernels
 from suite.models.neurons import use_backend
 from suite.models.policies.calibrate import CALIBRATION_IMAGES, calibrate_gate
 from suite.models.policies.tokens import HALTING_LOSSES, loss_warmup
@@ -247,7 +248,7 @@ def fit(run, data: DataBundle, run_dir: Path, *, device: torch.device, progress:
         if main:
             try:
                 row.update(_validate(model if ema is None else ema.module, data, device, amp, tc.eval_batch_size,
-                                     tc.num_workers))
+                                     tc.num_workers, tc.compile))
                 spent += time.perf_counter() - t0
                 row.update(epoch=epoch + 1, lr=opt.param_groups[0]["lr"], epoch_time_s=time.perf_counter() - t0)
                 history.append(row)
@@ -459,19 +460,22 @@ def _guard(loss_sum: torch.Tensor, dist: _Ranks | None = None) -> None:
 
 @torch.no_grad()
 def _validate(model: Backbone, data: DataBundle, device: torch.device, amp: torch.dtype | None,
-              bs: int, workers: int = 0) -> dict[str, float]:
+              bs: int, workers: int = 0, kernels: str = "auto") -> dict[str, float]:
+    """Validation accuracy and token share; ``kernels``: ``train.compile``, for the LIF kernels
+    (``compiled.eval_kernels``)."""
     if data.val is None or len(data.val) == 0:
         return {}
     model.eval()
     correct = seen = 0
     units = torch.zeros((), device=device)
-    for x, y in make_loader(data.val, batch_size=bs, shuffle=False, seed=0, num_workers=workers,
-                            pin_memory=device.type == "cuda"):
-        x, y = x.to(device), y.to(device)
-        with autocast(amp, device):
-            out = model(x)
-        functional.reset_net(model)
-        correct += int((out.logits.argmax(-1) == y).sum())
-        seen += x.shape[0]
-        units += out.active_tokens.sum()
+    with compiled_kernels(compiled.eval_kernels(kernels, len(data.val), device)):
+        for x, y in make_loader(data.val, batch_size=bs, shuffle=False, seed=0, num_workers=workers,
+                                pin_memory=device.type == "cuda"):
+            x, y = x.to(device), y.to(device)
+            with autocast(amp, device):
+                out = model(x)
+            functional.reset_net(model)
+            correct += int((out.logits.argmax(-1) == y).sum())
+            seen += x.shape[0]
+            units += out.active_tokens.sum()
     return {"val_acc": 100 * correct / seen, "val_token_pct": 100 * float(units) / (seen * model.dense_token_units)}

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from suite.config import ModelConfig, NeuronConfig
 from suite.models.backbone import Backbone, LIFLayer, Stage
 from suite.models.backbones.spikformer import Block as SSABlock
-from suite.models.context import Context
+from suite.models.context import Context, nonzeros
 from suite.models.layers import ConvBNLIF, LinearBNLIF, masked
 from suite.models.neurons import make_lif
 from suite.models.registry import register_backbone
@@ -141,14 +141,14 @@ class QKBlock(nn.Module):
         paper: rate(Q) x N_a C, the same for spikes), ``mask`` = mask * K (exact: the non-zero products; paper:
         rate(K) x N_a C); dense N_a C each, at the steps the attention LIF runs."""
         m = ctx.time_mask(f"{self.name}.attn")
-        steps = (q.new_ones(q.shape[0]) if m is None else m.detach()).double().view(-1, 1, 1, 1)
+        steps = (q.new_ones(q.shape[0]) if m is None else m.detach()).double()
         T, B, N, C = q.shape
         n_act = q.new_full((T, B), float(N)) if active is None else (active > 0).sum(-1)
         dense = (n_act.double() * steps.view(-1, 1)).sum() * C
-        for tag, ex, pa in (("qk", q != 0, q != 0), ("mask", a != 0, k != 0)):
+        nz_q, nz_a, nz_k = ((nonzeros(t.flatten(1), 1) * steps).sum() for t in (q, a, k))  # masked steps weighed
+        for tag, ex, pa in (("qk", nz_q, nz_q), ("mask", nz_a, nz_k)):
             ctx.synapse(f"{self.name}.{tag}", kind="attention", block=self.index, x=q, fan_out=0, active=None,
-                        group=None, exact=(ex.double() * steps).sum(), paper=(pa.double() * steps).sum(), dense=dense,
-                        nonbinary=False)
+                        group=None, exact=ex, paper=pa, dense=dense, nonbinary=False)
 
 
 @register_backbone("qkformer")

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from suite.config import ModelConfig, NeuronConfig
 from suite.models.backbone import Backbone, LIFLayer
-from suite.models.context import Context
+from suite.models.context import Context, nonzeros
 from suite.models.layers import ConvBN, ConvBNLIF, LinearBN, LinearBNLIF, fire, masked
 from suite.models.neurons import make_lif
 from suite.models.registry import register_backbone
@@ -110,9 +110,9 @@ class SDTBlock(nn.Module):
         T, B, N, C = q.shape
         n_act = torch.full((T, B), float(N), device=q.device) if active is None else (active > 0).sum(-1)
         dense = (n_act.double() * C * steps[:, None]).sum()
-        # non-zeros per step (int64, exact) weighted by the step's mask: no float64 copy of the activations
+        # non-zeros per step (exact) weighted by the step's mask: no float64 copy of the activations
         exact_kv, paper_kv, exact_qkv, paper_qkv = (
-            (t.flatten(1).count_nonzero(1).double() * steps).sum() for t in (k * v, k, q * kv, q))
+            (nonzeros(t.flatten(1), 1) * steps).sum() for t in (k * v, k, q * kv, q))
         for tag, ex, pa in (("kv", exact_kv, paper_kv), ("qkv", exact_qkv, paper_qkv)):
             ctx.synapse(f"{self.name}.{tag}", kind="attention", block=self.index, x=q, fan_out=0,
                         active=None, group=None, exact=ex, paper=pa, dense=dense, nonbinary=False)  # spikes

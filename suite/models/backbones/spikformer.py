@@ -9,12 +9,14 @@ With both ``None`` a block is exactly the official dense block.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from suite.config import ModelConfig, NeuronConfig
 from suite.models.backbone import Backbone, LIFLayer
-from suite.models.context import Context, outside_unit
+from suite.models.context import Context, nonzeros, outside_unit
 from suite.models.layers import ConvBNLIF, LinearBNLIF, masked
 from suite.models.neurons import make_lif
 from suite.models.registry import register_backbone
@@ -77,18 +79,19 @@ class Block(nn.Module):
         h = self.heads
         qh, kh, vh = (t.view(T, B, N, h, C // h).transpose(2, 3) for t in (q, k, v))
         if ctx.count:
-            # Counting needs the attention map itself: (Q K^T) V, as the official CIFAR code.
-            attn = qh @ kh.transpose(-1, -2) * self.scale  # [T, B, h, N, N]
+            # Counting reads the attention map itself, (Q K^T) of the official CIFAR code; the output below does not.
+            # A power-of-two scale applied to Q's few entries gives the same floats as on the N x N map: one pass less.
+            pow2 = math.frexp(self.scale)[0] == 0.5
+            attn = (qh * self.scale if pow2 else qh) @ kh.transpose(-1, -2)  # [T, B, h, N, N]
+            attn = attn if pow2 else attn * self.scale
             if size is not None:
                 # No softmax, so a merged key of size s counts s times by weighting its column.
                 attn = attn * size[:, :, None, None, :]
             self._count_attention(ctx, q, k, vh, attn, active)
-            a = attn @ vh
-        else:
-            # Same product without the N x N map: Q (K^T V) (linear in N; spikes and sizes are small
-            # integers, so both orders give the same floats). Size weighting moves onto V's rows.
-            vw = vh if size is None else vh * size[:, :, None, :, None]
-            a = qh @ (kh.transpose(-1, -2) @ vw) * self.scale
+        # (Q K^T) V computed as Q (K^T V): linear in N. Spikes and sizes are small integers and the default scale is a
+        # power of two, so both orders give the same floats. Size weighting moves onto V's rows.
+        vw = vh if size is None else vh * size[:, :, None, :, None]
+        a = qh @ (kh.transpose(-1, -2) @ vw) * self.scale
         a = a.transpose(2, 3).reshape(T, B, N, C)
         a = ctx.fire(f"{self.name}.attn", masked(self.attn_lif(a), active), f"{self.name}.attn", active)
         x = x + self.proj(a, ctx, active)
@@ -116,15 +119,15 @@ class Block(nn.Module):
         n_act = n_act.double()
         n_act = n_act * steps[:, None]
         dense = (n_act**2 * C).sum()
-        st = steps.view(-1, 1, 1, 1)
+        st = steps.view(-1, 1, 1)
         # Q K^T: products q_ic * k_jc that are both 1 = sum_c (sum_i q_ic)(sum_j k_jc); heads split channels.
-        exact_qk = ((q * st).sum(2).double() * k.sum(2).double()).sum()  # token sums of spikes: exact in fp32
-        paper_qk = (((q * st) != 0).sum((2, 3)) * n_act).sum()  # rate(Q) x N_a^2 C = nnz(Q) N_a
+        exact_qk = ((q.sum(2).double() * st) * k.sum(2).double()).sum()  # token sums of spikes: exact in fp32
+        paper_qk = (nonzeros(q, (2, 3)) * (steps != 0)[:, None] * n_act).sum()  # rate(Q) x N_a^2 C = nnz(Q) N_a
         # (Q K^T) V: non-zero attention entries times non-zero value entries sharing the index j.
-        nz_col = (attn != 0).sum(-2)  # [T, B, h, N]
-        nz_v = (vh != 0).sum(-1)  # [T, B, h, N]
-        exact_av = ((nz_col * nz_v).sum((2, 3)).double() * steps[:, None]).sum()
-        paper_av = ((vh != 0).sum((2, 3, 4)).double() * n_act).sum()
+        nz_col = nonzeros(attn, -2)  # [T, B, h, N]
+        nz_v = nonzeros(vh, -1)  # [T, B, h, N]
+        exact_av = ((nz_col * nz_v).sum((2, 3)) * steps[:, None]).sum()
+        paper_av = (nz_v.sum((2, 3)) * n_act).sum()
         # Q and K are spikes; the map Q K^T holds integer coincidence counts (NeuroBench's rule: MACs)
         integer_map = outside_unit(attn, nz_col.sum())
         for tag, ex, pa, nb in (("qk", exact_qk, paper_qk, False), ("av", exact_av, paper_av, integer_map)):
