@@ -42,6 +42,7 @@ from suite.metrics import (
     token_pct,
 )
 from suite.models import Backbone
+from suite.models.context import release_scratch
 from suite.models.lif_fused import compiled_kernels
 from suite.models.policies import overhead
 from suite.train import make_model
@@ -133,6 +134,7 @@ def evaluate(model: Backbone, run, data: DataBundle, device: torch.device, *, ma
                 sample["pred"].append(logits[:take].argmax(-1).cpu().numpy())
                 if out.merged_maps is not None:  # new records keep merged-away tokens apart from halted ones
                     sample.setdefault("merged", []).append(out.merged_maps[:take].cpu().numpy())
+    release_scratch()
     u = torch.cat(units)
     m: dict[str, float] = {
         "accuracy": 100 * correct / seen,

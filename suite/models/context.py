@@ -320,6 +320,11 @@ def _scratch(x: Tensor) -> Tensor:
     return buf[:x.numel()].view(x.shape)
 
 
+def release_scratch() -> None:
+    """Free the flags buffer (``evaluate`` calls it when done: it may hold a large attention map's worth)."""
+    _SCRATCH.clear()
+
+
 def sum64(x: Tensor) -> Tensor:
     """The float64 sum of ``x``: partial sums over the last dimension in ``x``'s dtype, then a float64 total."""
     return x.sum(-1).sum(dtype=torch.float64) if x.dim() else x.double()
