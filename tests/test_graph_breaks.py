@@ -79,7 +79,7 @@ def _losses(body: str, compiled: bool) -> list[float]:
         loss.backward()
         opt.step()
         functional.reset_net(model)
-        out_losses.append(float(loss))
+        out_losses.append(float(loss.detach()))
     return out_losses
 
 
