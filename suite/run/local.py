@@ -41,7 +41,7 @@ def work_through(units: Sequence[RunUnit], poll_s: float = 2.0) -> list[RunResul
                 log.info("%s done, skipped", label)
             elif result.outcome == "busy":
                 busy.append(unit)
-                log.info("%s claimed by another process, skipped", label)
+                log.info("%s being run by another process (a worker of this study or another invocation)", label)
             elif result.outcome == "failed":
                 log.error("%s FAILED: %s", label, result.reason)
         orphans = [u for u in waiting if _needs_elsewhere(u, known)]
