@@ -299,13 +299,20 @@ def nonzeros(x: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
     pass and summed (over the last dimension first when counting all), exact while each float32 partial count stays
     below 2^24 (else counted in int64). On the CPU 3-7x faster than ``torch.count_nonzero`` of a float tensor or
     a bool sum, both of which convert every element to int64 first."""
-    dims = tuple(range(x.dim())) if dim is None else (dim,) if isinstance(dim, int) else dim
-    span = math.prod(x.shape[d] for d in dims) if dim is not None else (x.shape[-1] if x.dim() else 1)
-    if span >= EXACT_FP32_COUNT:
-        return (x != 0).sum(dim, dtype=torch.int64).double() if dim is not None else torch.count_nonzero(x).double()
-    flags = torch.ne(x, 0, out=_scratch(x))
-    return flags.sum(dim).double() if dim is not None else sum64(flags)
+    if dim is None:
+        return _count_flags(x, torch.ne, 0.0)
+    dims = (dim,) if isinstance(dim, int) else dim
+    if math.prod(x.shape[d] for d in dims) >= EXACT_FP32_COUNT:
+        return (x != 0).sum(dim, dtype=torch.int64).double()
+    return torch.ne(x, 0, out=_scratch(x)).sum(dim).double()
 
+
+def _count_flags(x: Tensor, compare, value: float) -> Tensor:
+    """float64 count of the entries of ``x`` where ``compare(x, value)`` holds (``torch.ne``, ``torch.eq``): float32
+    flags summed over the last dimension, then in float64; int64 where a row reaches 2^24 entries."""
+    if x.dim() and x.shape[-1] >= EXACT_FP32_COUNT:
+        return torch.count_nonzero(compare(x, value)).double()
+    return sum64(compare(x, value, out=_scratch(x)))
 
 _SCRATCH: dict[torch.device, Tensor] = {}
 
@@ -338,17 +345,10 @@ def broadcast_sum(v: Tensor, shape: tuple[int, ...]) -> float:
 
 def outside_unit(x: Tensor, nonzero: Tensor | None = None) -> bool:
     """Whether ``x`` holds a value outside {-1, 0, 1} (NeuroBench's rule for MACs): fewer entries of magnitude 1
-    than non-zero entries. ``nonzero``: ``count_nonzero(x)`` when the caller has it."""
+    than non-zero entries. ``nonzero``: ``nonzeros(x)`` when the caller has it."""
     lo, hi = torch.aminmax(x)
     if lo < -1 or hi > 1:  # the common non-binary case (a residual stream holding a 2) decided in one pass
         return True
     nz = nonzeros(x) if nonzero is None else nonzero
-    ones = _count_equal(x, 1.0) + (_count_equal(x, -1.0) if lo < 0 else 0)
+    ones = _count_flags(x, torch.eq, 1.0) + (_count_flags(x, torch.eq, -1.0) if lo < 0 else 0)
     return bool(nz != ones)
-
-
-def _count_equal(x: Tensor, value: float) -> Tensor:
-    """float64 count of the entries of ``x`` equal to ``value`` (as ``nonzeros``: float32 flags, exact)."""
-    if x.shape and x.shape[-1] >= EXACT_FP32_COUNT:
-        return torch.count_nonzero(x == value).double()
-    return sum64(torch.eq(x, value, out=_scratch(x)))
