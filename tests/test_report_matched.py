@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from scipy import stats as sps
 
 from suite import report
+from suite.config import CONVENTIONS
 from suite.config.report import ClaimConfig, ReportConfig
 from suite.report.matched import claim_table, drop_variant, interpolate, matched, matched_table
 from suite.report.tables import write_tables
@@ -119,6 +120,22 @@ def test_a_claim_that_holds_reads_yes(tmp_path):
     rec = report.load_records(sdir)
     row = next(r for r in claim_table(rec, rec.study.report).rows if r[0] == "act")
     assert row[7] == "yes"
+
+
+def test_the_claim_table_names_each_convention_under_which_the_energy_bound_holds(tmp_path):
+    sdir = _study(tmp_path, {"token_pct": 90, "energy_pct": 75})
+    runs = pd.read_csv(sdir / "runs.csv", dtype={"run_id": str})
+    runs.loc[runs.variant == "dense", ["energy_paper_uj", "energy_strict_uj"]] = [2.0, 4.0]
+    runs.loc[runs.variant == "act", ["energy_paper_uj", "energy_strict_uj"]] = [1.8, 2.0]  # 90 %, 50 % of dense
+    runs.to_csv(sdir / "runs.csv", index=False)
+    rec = report.load_records(sdir)
+    row = next(r for r in claim_table(rec, rec.study.report).rows if r[0] == "act")
+    assert row[6] == "60.0"  # the primary convention (exact) decides the verdict
+    missing = len(CONVENTIONS) - 3  # exact, paper, strict are recorded
+    assert row[8] == f"exact 60.0, strict 50.0 ({missing} not recorded)"  # paper (90 %) misses the bound
+    unbounded = report.load_records(_study(tmp_path / "u", {"token_pct": 90}))
+    row = next(r for r in claim_table(unbounded, unbounded.study.report).rows if r[0] == "act")
+    assert row[8] == "n/a (no energy bound)" and row[6] == "60.0"
 
 
 @pytest.mark.parametrize("claim", [{"token_pct": 120}, {"token_pct": 0}, {"energy_pct": -1}, {"tokens": 60}])
