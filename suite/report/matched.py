@@ -164,10 +164,10 @@ def matched_table(rec: StudyRecords, settings: ReportConfig) -> Table | None:
     return Table(f"{rec.name}: against random dropping at equal token-units", HEADERS, rows, notes, labels=2)
 
 
-def _energy_ratio(rec: StudyRecords, units: pd.DataFrame, res: Result, convention: str | None = None) -> float:
-    """Mean energy of ``res.label`` over that of its reference, over the paired seeds, in % (``units``:
-    ``stats.eval_units(rec)``; ``convention``: the primary one unless named)."""
-    column = energy_column(convention or rec.energy_convention)
+def _energy_ratio(rec: StudyRecords, units: pd.DataFrame, res: Result, convention: str) -> float:
+    """Mean energy of ``res.label`` under ``convention`` over that of its reference, over the paired seeds, in %
+    (``units``: ``stats.eval_units(rec)``)."""
+    column = energy_column(convention)
     if column not in units or not res.seeds:
         return math.nan
     mine = units[(units["label"] == res.label) & units["seed"].isin(res.seeds)]
@@ -177,12 +177,11 @@ def _energy_ratio(rec: StudyRecords, units: pd.DataFrame, res: Result, conventio
     return 100.0 * float(mine[column].mean()) / float(ref[column].mean())
 
 
-def _bound_met_under(rec: StudyRecords, units: pd.DataFrame, res: Result, bound: float | None) -> str:
-    """The conventions whose energy ratio (``_energy_ratio``) is within ``bound``, as 'name ratio' in the
-    registry's order; how many conventions the records lack is said."""
+def _bound_met_under(ratios: dict[str, float], bound: float | None) -> str:
+    """The conventions whose energy ratio (``_energy_ratio``, by convention name) is within ``bound``, as
+    'name ratio' in the registry's order; how many conventions the records lack is said."""
     if bound is None:
         return "n/a (no energy bound)"
-    ratios = {name: _energy_ratio(rec, units, res, name) for name in CONVENTIONS}
     met = [f"{name} {r:.1f}" for name, r in ratios.items() if r <= bound]
     missing = sum(math.isnan(r) for r in ratios.values())
     return (", ".join(met) or "none") + (f" ({missing} not recorded)" if missing else "")
@@ -208,7 +207,8 @@ def claim_table(rec: StudyRecords, settings: ReportConfig, results: Sequence[Res
         variant = rec.study.variants.get(str(acc.label).split(" @ ")[0]) if rec.study is not None else None
         if not pct < 100.0 and (variant is None or not has_policy(variant)):
             continue  # dense, or fine-tuned dense: nothing claimed
-        energy = _energy_ratio(rec, units, acc)
+        ratios = {name: _energy_ratio(rec, units, acc, name) for name in CONVENTIONS}
+        energy = ratios[rec.energy_convention]  # a registered name (ReportConfig checks it)
         misses = []
         if not acc.p_tost < alpha:
             misses.append(f"not equivalent within ±{settings.margin:g} pt")
@@ -220,7 +220,7 @@ def claim_table(rec: StudyRecords, settings: ReportConfig, results: Sequence[Res
                                                                                  "ci": acc.ci}),
                      f"{acc.p_tost:.3f}" if not math.isnan(acc.p_tost) else "n/a", f"{pct:.1f}",
                      "n/a" if math.isnan(energy) else f"{energy:.1f}", "yes" if not misses else "no: " + "; ".join(misses),
-                     _bound_met_under(rec, units, acc, claim.energy_pct)))
+                     _bound_met_under(ratios, claim.energy_pct)))
     if not rows:
         return None
     bounds = " and ".join(x for x in (f"token-units <= {claim.token_pct:g} % of dense" if claim.token_pct is not None
