@@ -44,9 +44,10 @@ def smoke(session: nox.Session) -> None:
 # The committed reference results (results/reference/, see results/README.md): train, search, report.
 REFERENCE_STUDIES = ("atsnn_digits", "tmask_digits", "baselines_digits", "atsnn_fashion_mnist", "backbones_digits",
                      "adaptive_fashion_mnist", "adaptive_fashion_mnist_recipe", "halting_gates", "qkformer_digits",
-                     "events_simulated", "halting_gates_fashion_mnist")
+                     "events_simulated", "halting_gates_fashion_mnist", "adaptive_fashion_mnist_full")
 # run with --workers 2 (1 thread each), as committed
-PARALLEL = {"backbones_digits", "adaptive_fashion_mnist", "halting_gates", "halting_gates_fashion_mnist"}
+PARALLEL = {"backbones_digits", "adaptive_fashion_mnist", "halting_gates", "halting_gates_fashion_mnist",
+            "adaptive_fashion_mnist_full"}
 FASHION_DENSE = "37bebed778ed"  # the run id of atsnn_fashion_mnist's dense variant (spikesuite plan shows it)
 
 

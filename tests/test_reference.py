@@ -18,7 +18,7 @@ from suite import report
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
 STUDIES = ("atsnn_digits", "tmask_digits", "baselines_digits", "atsnn_fashion_mnist", "backbones_digits",
            "adaptive_fashion_mnist", "adaptive_fashion_mnist_recipe", "halting_gates", "qkformer_digits",
-           "events_simulated", "halting_gates_fashion_mnist")
+           "events_simulated", "halting_gates_fashion_mnist", "adaptive_fashion_mnist_full")
 
 
 def same_figure(a: Path, b: Path) -> bool:
