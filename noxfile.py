@@ -49,6 +49,9 @@ REFERENCE_STUDIES = ("atsnn_digits", "tmask_digits", "baselines_digits", "atsnn_
 PARALLEL = {"backbones_digits", "adaptive_fashion_mnist", "halting_gates", "halting_gates_fashion_mnist",
             "adaptive_fashion_mnist_full"}
 FASHION_DENSE = "37bebed778ed"  # the run id of atsnn_fashion_mnist's dense variant (spikesuite plan shows it)
+# adaptive_fashion_mnist_full's random_drop_ft runs (seeds 0-4; spikesuite plan shows them): evaluated after the
+# study at keep 0.3 and 0.4 too, so that the drop curve of report/matched.md reaches halting's 37 % point
+FULL_DROP_RUNS = ("57cfb1ab7bf2", "cb12f94bba00", "5e5703800868", "88132addd439", "cc7a2b758317")
 
 
 @nox.session(python="3.11")
@@ -66,6 +69,11 @@ def reference(session: nox.Session) -> None:
         if name == "atsnn_fashion_mnist":  # training-free ToMe on the dense checkpoint (no second dense run)
             session.run("spikesuite", "evaluate", study, FASHION_DENSE, "--set", "tokens.merge={r: 6}",
                         "--name", "tome_r6", "--results", "results/reference")
+        if name == "adaptive_fashion_mnist_full":
+            for rid in FULL_DROP_RUNS:
+                for keep in ("0.3", "0.4"):
+                    session.run("spikesuite", "evaluate", study, rid, "--set", f"tokens.drop.keep_ratio={keep}",
+                                "--name", f"keep{keep}", "--results", "results/reference", env={"OMP_NUM_THREADS": "1"})
         session.run("spikesuite", "report", f"results/reference/{name}")
 
 

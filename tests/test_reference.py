@@ -59,3 +59,21 @@ def test_report_regenerates_the_committed_outputs(tmp_path, name):
         stem = f"search_pareto_{report.slug(variant)}" if variant else "search_pareto"
         assert same_figure(trials.parent / "pareto.png", dst / "report" / f"{stem}.png"), trials
     assert bool(report.search_tables(src)) == ("search" in study)
+
+
+def test_the_post_hoc_drop_evaluations_are_committed_and_nox_reruns_them():
+    """adaptive_fashion_mnist_full's random_drop_ft runs were evaluated after the study at keep 0.3 and 0.4
+    (`spikesuite evaluate`): each run holds both, at the keep ratio's token-units, and `nox -s reference` names
+    exactly those runs, so a rerun from scratch reproduces the drop curve that report/matched.md reads."""
+    sdir = REFERENCE / "adaptive_fashion_mnist_full"
+    runs = pd.read_csv(sdir / "runs.csv", dtype={"run_id": str})
+    drop = sorted(runs.loc[runs.variant == "random_drop_ft", "run_id"])
+    assert len(drop) == 5
+    evals = pd.read_csv(sdir / "evals.csv", dtype={"run_id": str})
+    for keep, pct in (("0.3", 30.6), ("0.4", 40.8)):
+        rows = evals[(evals.override == f"keep{keep}")].set_index("run_id")
+        assert sorted(rows.index) == drop, keep
+        assert rows.token_pct.round(1).eq(pct).all(), keep
+    noxfile = (REFERENCE.parent.parent / "noxfile.py").read_text()
+    named = noxfile.split("FULL_DROP_RUNS = (", 1)[1].split(")", 1)[0]
+    assert sorted(x.strip().strip('"') for x in named.split(",")) == drop
