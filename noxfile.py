@@ -48,10 +48,15 @@ REFERENCE_STUDIES = ("atsnn_digits", "tmask_digits", "baselines_digits", "atsnn_
 # run with --workers 2 (1 thread each), as committed
 PARALLEL = {"backbones_digits", "adaptive_fashion_mnist", "halting_gates", "halting_gates_fashion_mnist",
             "adaptive_fashion_mnist_full"}
-FASHION_DENSE = "37bebed778ed"  # the run id of atsnn_fashion_mnist's dense variant (spikesuite plan shows it)
-# adaptive_fashion_mnist_full's random_drop_ft runs (seeds 0-4; spikesuite plan shows them): evaluated after the
-# study at keep 0.3 and 0.4 too, so that the drop curve of report/matched.md reaches halting's 37 % point
-FULL_DROP_RUNS = ("57cfb1ab7bf2", "cb12f94bba00", "5e5703800868", "88132addd439", "cc7a2b758317")
+# evaluations made after a study's runs (`spikesuite evaluate`): (run id, --set, --name); spikesuite plan shows the ids
+FULL_DROP_RUNS = ("57cfb1ab7bf2", "cb12f94bba00", "5e5703800868", "88132addd439", "cc7a2b758317")  # random_drop_ft
+POST_HOC_EVALS = {
+    # training-free ToMe on atsnn_fashion_mnist's dense checkpoint (no second dense run)
+    "atsnn_fashion_mnist": [("37bebed778ed", "tokens.merge={r: 6}", "tome_r6")],
+    # adaptive_fashion_mnist_full's drop curve down to halting's 37 % point (report/matched.md)
+    "adaptive_fashion_mnist_full": [(rid, f"tokens.drop.keep_ratio={keep}", f"keep{keep}") for rid in FULL_DROP_RUNS
+                                    for keep in ("0.3", "0.4")],
+}
 
 
 @nox.session(python="3.11")
@@ -62,18 +67,13 @@ def reference(session: nox.Session) -> None:
     for name in session.posargs or REFERENCE_STUDIES:
         study = f"studies/{name}.yaml"
         workers = ["--workers", "2"] if name in PARALLEL else []
-        session.run("spikesuite", "run", study, "--results", "results/reference", "--no-report", *workers,
-                    env={"OMP_NUM_THREADS": "1"} if workers else None)
+        env = {"OMP_NUM_THREADS": "1"} if workers else None
+        session.run("spikesuite", "run", study, "--results", "results/reference", "--no-report", *workers, env=env)
         if "search:" in open(study, encoding="utf-8").read():
             session.run("spikesuite", "search", study, "--results", "results/reference")
-        if name == "atsnn_fashion_mnist":  # training-free ToMe on the dense checkpoint (no second dense run)
-            session.run("spikesuite", "evaluate", study, FASHION_DENSE, "--set", "tokens.merge={r: 6}",
-                        "--name", "tome_r6", "--results", "results/reference")
-        if name == "adaptive_fashion_mnist_full":
-            for rid in FULL_DROP_RUNS:
-                for keep in ("0.3", "0.4"):
-                    session.run("spikesuite", "evaluate", study, rid, "--set", f"tokens.drop.keep_ratio={keep}",
-                                "--name", f"keep{keep}", "--results", "results/reference", env={"OMP_NUM_THREADS": "1"})
+        for rid, setting, eval_name in POST_HOC_EVALS.get(name, ()):
+            session.run("spikesuite", "evaluate", study, rid, "--set", setting, "--name", eval_name,
+                        "--results", "results/reference", env=env)
         session.run("spikesuite", "report", f"results/reference/{name}")
 
 

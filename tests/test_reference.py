@@ -4,6 +4,7 @@ or, under another matplotlib build, pixel for pixel), and each search figure is 
 
 from __future__ import annotations
 
+import ast
 import shutil
 from pathlib import Path
 
@@ -71,9 +72,10 @@ def test_the_post_hoc_drop_evaluations_are_committed_and_nox_reruns_them():
     assert len(drop) == 5
     evals = pd.read_csv(sdir / "evals.csv", dtype={"run_id": str})
     for keep, pct in (("0.3", 30.6), ("0.4", 40.8)):
-        rows = evals[(evals.override == f"keep{keep}")].set_index("run_id")
+        rows = evals[evals.override == f"keep{keep}"].set_index("run_id")
         assert sorted(rows.index) == drop, keep
         assert rows.token_pct.round(1).eq(pct).all(), keep
-    noxfile = (REFERENCE.parent.parent / "noxfile.py").read_text()
-    named = noxfile.split("FULL_DROP_RUNS = (", 1)[1].split(")", 1)[0]
-    assert sorted(x.strip().strip('"') for x in named.split(",")) == drop
+    noxfile = ast.parse((REFERENCE.parent.parent / "noxfile.py").read_text())
+    named = next(ast.literal_eval(node.value) for node in noxfile.body if isinstance(node, ast.Assign)
+                 and any(getattr(t, "id", None) == "FULL_DROP_RUNS" for t in node.targets))
+    assert sorted(named) == drop
